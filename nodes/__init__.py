@@ -1,0 +1,54 @@
+"""FDTA node modules, loaded one by one so that one broken optional dependency disables only its nodes.
+
+Each module in :data:`NODE_MODULES` exposes ``NODES``: a list of ``io.ComfyNode`` classes. A module
+that fails to import is reported once, in one aggregated log block that says which nodes are missing
+and why (usually a package to install), and the others still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+log = logging.getLogger("FDTA")
+
+#: One module per pipeline area (kept in pipeline order; the order is the menu order).
+NODE_MODULES: tuple[str, ...] = (
+    "nodes_dataset",
+)
+
+#: Filled by :func:`load_node_classes`: module name -> error text, for the log and for tests.
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def load_node_classes() -> list[type[io.ComfyNode]]:
+    classes: list[type[io.ComfyNode]] = []
+    IMPORT_ERRORS.clear()
+    for name in NODE_MODULES:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except Exception as exc:  # noqa: BLE001 - reported below, never hidden
+            IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        classes.extend(module.NODES)
+    if IMPORT_ERRORS:
+        lines = "\n".join(f"  - nodes/{k}.py: {v}" for k, v in IMPORT_ERRORS.items())
+        log.error(
+            "[FDTA] %d node module(s) could not be loaded; their nodes are unavailable:\n%s\n"
+            "  Install the missing package(s) into ComfyUI's Python (pip install -r requirements.txt).",
+            len(IMPORT_ERRORS),
+            lines,
+        )
+    log.info("[FDTA] loaded %d nodes from %d module(s)", len(classes), len(NODE_MODULES) - len(IMPORT_ERRORS))
+    return classes
+
+
+class FDTAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.64 does not call on_load(); folders are registered here, before any node runs.
+        from ._common import register_model_folders
+
+        register_model_folders()
+        return load_node_classes()

@@ -1,0 +1,102 @@
+"""Glue shared by every FDTA node module: custom socket types, model folders, errors, progress.
+
+This is the only place (with the node modules) that imports ComfyUI; ``fdta_core`` never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..fdta_core.errors import FDTAError
+
+log = logging.getLogger("FDTA")
+
+# ---------------------------------------------------------------------------- socket types
+#: Aligned 112x112 faces + labels + provenance + source faces (``fdta_core.faceset.FaceSet``).
+Faceset = io.Custom("FDTA_FACESET")
+#: Identities, attributes and prompts of one chunk (``fdta_core.prompts`` plan).
+IdentityPlan = io.Custom("FDTA_IDENTITY_PLAN")
+#: Detector / ArcFace / gender-age models of one insightface pack.
+FaceModels = io.Custom("FDTA_FACE_MODELS")
+#: STG (DCFace mixer) model.
+STGModel = io.Custom("FDTA_STG_MODEL")
+#: Real reference faces that give styles to the STG mixer.
+ReferenceBank = io.Custom("FDTA_REFERENCE_BANK")
+#: SAM age model.
+AgeModel = io.Custom("FDTA_AGE_MODEL")
+#: A written dataset (folder with train.rec / train.idx / property / manifest).
+Dataset = io.Custom("FDTA_DATASET")
+
+CATEGORY = "FDTA"
+
+# ---------------------------------------------------------------------------- model folders
+#: ComfyUI folder name -> default sub-folder of ``models/`` (DESIGN section 4).
+MODEL_FOLDERS: dict[str, str] = {
+    "insightface": "insightface",
+    "fdta_stg": os.path.join("fdta", "stg"),
+    "fdta_age": os.path.join("fdta", "age"),
+    "fdta_fr": os.path.join("fdta", "fr"),
+}
+
+
+def register_model_folders() -> None:
+    """Register FDTA's model folders without clobbering ``extra_model_paths.yaml`` entries.
+
+    ComfyUI applies ``extra_model_paths.yaml`` before custom nodes load, so a folder may already exist;
+    the default path is added to it rather than replacing it.
+    """
+    for name, sub in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, sub)
+        folder_paths.add_model_folder_path(name, default, is_default=True)
+
+
+def model_folders(name: str) -> list[str]:
+    """Every folder registered under ``name`` (defaults and ``extra_model_paths.yaml`` entries)."""
+    try:
+        return folder_paths.get_folder_paths(name)
+    except KeyError:
+        register_model_folders()
+        return folder_paths.get_folder_paths(name)
+
+
+def output_roots() -> list[str]:
+    """Folders a node may write into: ComfyUI's output folder first."""
+    return [folder_paths.get_output_directory()]
+
+
+# ---------------------------------------------------------------------------- errors and progress
+@contextlib.contextmanager
+def node_errors(node_id: str) -> Iterator[None]:
+    """Prefix FDTA errors raised inside a node with the node id, so the UI says which node failed.
+
+    Only :class:`FDTAError` is touched; everything else (ComfyUI's interrupt in particular) passes
+    through unchanged.
+    """
+    try:
+        yield
+    except FDTAError as exc:
+        raise exc.at(node_id) from None
+
+
+def progress_callback(total: int, node_id: str | None = None) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for ``fdta_core`` loops.
+
+    It moves ComfyUI's progress bar and, through the bar's hook, raises ComfyUI's interrupt exception
+    when the user cancels; ``fdta_core`` never catches it.
+    """
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(int(total), 1), node_id=node_id)
+
+    def progress(done: int, total_now: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(int(done), int(total_now) if total_now else None)
+
+    return progress

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fdta_core.errors import InputError
+from fdta_core.faceset import (
+    FaceSet,
+    Provenance,
+    faceset_from_image,
+    faceset_to_image,
+    image_to_uint8,
+    uint8_to_image,
+)
+
+
+def _faces(rng, n):
+    return rng.integers(0, 256, size=(n, 112, 112, 3), dtype=np.uint8)
+
+
+def test_image_round_trip_is_exact(rng):
+    faces = _faces(rng, 5)
+    img = uint8_to_image(faces)
+    assert img.dtype == torch.float32 and tuple(img.shape) == (5, 112, 112, 3)
+    assert float(img.min()) >= 0 and float(img.max()) <= 1
+    np.testing.assert_array_equal(image_to_uint8(img), faces)
+
+
+def test_grayscale_and_rgba_are_converted(rng):
+    gray = torch.rand(2, 112, 112, 1)
+    rgba = torch.rand(2, 112, 112, 4)
+    assert image_to_uint8(gray).shape == (2, 112, 112, 3)
+    np.testing.assert_array_equal(image_to_uint8(rgba), image_to_uint8(rgba[..., :3]))
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.rand(2, 112, 112, 2), "channels"),
+        (torch.rand(112, 112), "IMAGE batch"),
+        (torch.rand(1, 112, 112, 3) * 255, r"\[0, 1\]"),
+        (torch.full((1, 112, 112, 3), float("nan")), "NaN"),
+    ],
+)
+def test_bad_images_are_refused_with_a_clear_message(bad, match):
+    with pytest.raises(InputError, match=match):
+        image_to_uint8(bad, where="FDTAAlignFaces.image")
+
+
+def test_faceset_validation(rng):
+    faces = _faces(rng, 3)
+    prov = [Provenance(identity=i) for i in (0, 0, 1)]
+    fs = FaceSet(faces, np.array([0, 0, 1]), prov)
+    assert len(fs) == 3 and fs.identities == [0, 1]
+    with pytest.raises(InputError, match="shape"):
+        FaceSet(faces[:, :100], np.array([0, 0, 1]), prov)
+    with pytest.raises(InputError, match="uint8"):
+        FaceSet(faces.astype(np.float32), np.array([0, 0, 1]), prov)
+    with pytest.raises(InputError, match="one provenance"):
+        FaceSet(faces, np.array([0, 0, 1]), prov[:2])
+    with pytest.raises(InputError, match="disagrees"):
+        FaceSet(faces, np.array([0, 1, 1]), prov)
+    with pytest.raises(InputError, match=">= 0"):
+        FaceSet(faces, np.array([0, 0, -1]), [Provenance(0), Provenance(0), Provenance(-1)])
+
+
+def test_select_concat_and_sources(rng):
+    src = FaceSet.from_sources(_faces(rng, 3), [Provenance(identity=i) for i in (10, 11, 12)], stage="acg")
+    assert sorted(src.sources) == [10, 11, 12]
+    assert all(p.history == ["acg"] for p in src.provenance)
+    styled = FaceSet(
+        _faces(rng, 4),
+        np.array([10, 10, 12, 12]),
+        [src.provenance[0].derive("stg", reference_key="r1", seeds={"stg": 5})] * 2
+        + [src.provenance[2].derive("stg")] * 2,
+        {10: src.sources[10], 12: src.sources[12]},
+    )
+    assert styled.provenance[0].history == ["acg", "stg"] and styled.provenance[0].seeds == {"stg": 5}
+    part = styled.select(np.array([False, True, True, False]))
+    assert len(part) == 2 and sorted(part.sources) == [10, 12]
+    only12 = styled.select([2, 3])
+    assert list(only12.sources) == [12]
+    both = FaceSet.concat([part, only12])
+    assert len(both) == 4
+    np.testing.assert_array_equal(both.source_of(10), src.images[0])
+    with pytest.raises(InputError, match="no source face"):
+        both.source_of(11)
+    grouped = FaceSet.concat([styled.select([2]), styled.select([0])]).sorted_by_identity()
+    assert grouped.labels.tolist() == [10, 12]
+
+
+def test_from_image_and_to_image(rng):
+    faces = _faces(rng, 2)
+    fs = faceset_from_image(uint8_to_image(faces))
+    assert fs.labels.tolist() == [0, 1] and sorted(fs.sources) == [0, 1]
+    np.testing.assert_array_equal(image_to_uint8(faceset_to_image(fs)), faces)
+    assert tuple(faceset_to_image(FaceSet.empty()).shape) == (1, 112, 112, 3)
+    with pytest.raises(InputError, match="not aligned"):
+        faceset_from_image(torch.rand(1, 64, 64, 3))
+
+
+def test_npz_round_trip_without_pickle(tmp_path, rng):
+    fs = FaceSet.from_sources(_faces(rng, 2), [Provenance(identity=3, attributes={"gender": "female"}), Provenance(4)])
+    path = tmp_path / "fs.npz"
+    fs.save_npz(str(path))
+    back = FaceSet.load_npz(str(path))
+    np.testing.assert_array_equal(back.images, fs.images)
+    assert back.provenance == fs.provenance
+    np.testing.assert_array_equal(back.sources[4], fs.sources[4])

@@ -187,7 +187,9 @@ def read_idx(idx_path: str | os.PathLike) -> tuple[list[int], dict[int, int]]:
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise DatasetError(f"index file {path} not found", fix="pass the folder holding train.rec and train.idx.") from None
+        raise DatasetError(
+            f"index file {path} not found", fix="pass the folder holding train.rec and train.idx."
+        ) from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path} is not a RecordIO index (not ASCII text)") from None
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -199,7 +201,9 @@ def read_idx(idx_path: str | os.PathLike) -> tuple[list[int], dict[int, int]]:
         try:
             key, off = int(parts[0]), int(parts[1])
         except ValueError:
-            raise DatasetError(f"{path}:{lineno}: key and offset must be integers, got {line[:60]!r}") from None
+            raise DatasetError(
+                f"{path}:{lineno}: key and offset must be integers, got {line[:60]!r}"
+            ) from None
         if key in offsets:
             raise DatasetError(f"{path}:{lineno}: key {key} appears twice")
         keys.append(key)
@@ -218,11 +222,15 @@ def _read_chunks(f: io.BufferedReader, offset: int, where: str) -> bytes:
             raise DatasetError(f"{where}: truncated chunk header at offset {f.tell() - len(head)}")
         magic, lrec = _CHUNK_HEAD.unpack(head)
         if magic != MAGIC:
-            raise DatasetError(f"{where}: bad magic 0x{magic:08x} at offset {f.tell() - 8} (not a RecordIO record boundary)")
+            raise DatasetError(
+                f"{where}: bad magic 0x{magic:08x} at offset {f.tell() - 8} (not a RecordIO record boundary)"
+            )
         cflag, length = lrec >> 29, lrec & _LEN_MASK
         data = f.read(length)
         if len(data) < length:
-            raise DatasetError(f"{where}: record at offset {offset} is truncated ({len(data)} of {length} bytes)")
+            raise DatasetError(
+                f"{where}: record at offset {offset} is truncated ({len(data)} of {length} bytes)"
+            )
         pad = (-length) & 3
         if pad:
             f.seek(pad, io.SEEK_CUR)
@@ -230,7 +238,9 @@ def _read_chunks(f: io.BufferedReader, offset: int, where: str) -> bytes:
             if cflag == 0:
                 return data
             if cflag != 1:
-                raise DatasetError(f"{where}: record at offset {offset} starts with a continuation chunk (cflag {cflag})")
+                raise DatasetError(
+                    f"{where}: record at offset {offset} starts with a continuation chunk (cflag {cflag})"
+                )
             parts.append(data)
             first = False
             continue
@@ -270,7 +280,9 @@ class RecordReader:
         if rec.is_dir():
             rec = rec / "train.rec"
         if not rec.is_file():
-            raise DatasetError(f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec.")
+            raise DatasetError(
+                f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
+            )
         self.rec_path = rec
         idx = Path(idx_path) if idx_path is not None else rec.with_suffix(".idx")
         if idx.is_file():
@@ -377,15 +389,21 @@ def read_layout(reader: RecordReader, *, scan_labels: bool = False) -> Layout:
         if head.is_array and len(head.label) >= 2 and head.label[0] >= 1:
             first_id, end_id = int(head.label[0]), int(head.label[1])
             if end_id < first_id:
-                raise DatasetError(f"{reader.rec_path}: header label {list(head.label)} is not a valid identity range")
+                raise DatasetError(
+                    f"{reader.rec_path}: header label {list(head.label)} is not a valid identity range"
+                )
             image_keys = list(range(1, first_id))
             missing = [k for k in image_keys[:1] + image_keys[-1:] if k not in reader]
             if missing:
-                raise DatasetError(f"{reader.rec_path}: header says images are keys 1..{first_id - 1}, key {missing[0]} is absent")
+                raise DatasetError(
+                    f"{reader.rec_path}: header says images are keys 1..{first_id - 1}, key {missing[0]} is absent"
+                )
             ranges: list[tuple[int, int]] = []
             for k in range(first_id, end_id):
                 if k not in reader:
-                    raise DatasetError(f"{reader.rec_path}: identity record {k} listed by the header is absent")
+                    raise DatasetError(
+                        f"{reader.rec_path}: identity record {k} listed by the header is absent"
+                    )
                 h = reader.read_header(k)
                 if not h.is_array or len(h.label) < 2:
                     raise DatasetError(f"{reader.rec_path}: identity record {k} has no [start, end) label")

@@ -60,7 +60,10 @@ def test_reader_returns_every_record_as_listed(shared_testdata, name):
 def test_sequential_scan_matches_index(shared_testdata, name):
     folder, exp = _expected(shared_testdata, name)
     got = [(off, _sha(r)) for off, r in scan_records(folder / "train.rec")]
-    want = [(exp["records"][str(k)]["offset"], exp["records"][str(k)]["record_sha256"]) for k in exp["write_order"]]
+    want = [
+        (exp["records"][str(k)]["offset"], exp["records"][str(k)]["record_sha256"])
+        for k in exp["write_order"]
+    ]
     assert got == want
 
 
@@ -143,7 +146,9 @@ def test_truncated_and_corrupt_files_give_clear_errors(tmp_path, cut):
         r.read(1)
     bad = bytearray(data)
     bad[len(bad) // 2 + 4 : len(bad) // 2 + 8] = b"\xff\xff\xff\xff"
-    (tmp_path / "b.rec").write_bytes(bytes(bad[: len(data) // 2]) + b"\x00" * 8 + bytes(bad[len(data) // 2 + 8 :]))
+    (tmp_path / "b.rec").write_bytes(
+        bytes(bad[: len(data) // 2]) + b"\x00" * 8 + bytes(bad[len(data) // 2 + 8 :])
+    )
     with pytest.raises(DatasetError):
         list(scan_records(tmp_path / "b.rec"))
 
@@ -151,7 +156,7 @@ def test_truncated_and_corrupt_files_give_clear_errors(tmp_path, cut):
 def test_random_payloads_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     recs = []
-    for i in range(200):
+    for _ in range(200):
         words = rng.integers(0, 2**32, size=int(rng.integers(0, 50)), dtype=np.uint32)
         words[rng.random(words.size) < 0.2] = MAGIC
         tail = rng.integers(0, 256, size=int(rng.integers(0, 4)), dtype=np.uint8).tobytes()

@@ -215,14 +215,18 @@ def _mxnet_normalisation(path: Path) -> bool:
         return False
     model = onnx.load(str(path), load_external_data=False)
     find_sub = find_mul = False
+    ops = 0  # position among non-Constant nodes (exporters put constants first)
     for nid, node in enumerate(model.graph.node[:8]):
-        name = node.name or ""
-        if name.startswith(("Sub", "_minus")) or (nid < 2 and node.op_type == "Sub"):
+        name = (node.name or "").lstrip("/")
+        if node.op_type == "Constant":
+            continue
+        if name.startswith(("Sub", "_minus")) or (ops < 2 and node.op_type == "Sub"):
             find_sub = True
-        if name.startswith(("Mul", "_mul")) or (nid < 3 and node.op_type == "Mul"):
+        if name.startswith(("Mul", "_mul")) or (ops < 3 and node.op_type == "Mul"):
             find_mul = True
         if nid < 3 and name == "bn_data":
             find_sub = find_mul = True
+        ops += 1
     return find_sub and find_mul
 
 
@@ -500,6 +504,8 @@ def _role_by_name(name: str) -> str | None:
         return "detector"
     if low.startswith("genderage"):
         return "genderage"
+    if low.startswith(("w600k", "glintr", "arcface")):
+        return "recognizer"
     return None
 
 

@@ -310,7 +310,7 @@ def contact_sheet(
 
 
 def histogram_image(
-    values: np.ndarray, threshold: float | None = None, *, bins: int = 20, width: int = 480, height: int = 240
+    values: np.ndarray, threshold: float | None = None, *, bins: int = 40, width: int = 480, height: int = 240
 ) -> np.ndarray:
     """A bar chart of CSIM values over [-1, 1] with the threshold as a red line (uint8 RGB)."""
     import cv2

@@ -184,3 +184,31 @@ def test_real_person_check(rng):
     assert chk.check(far).similarity == pytest.approx(max(sims))
     with pytest.raises(InputError, match="dims"):
         chk.check(np.ones(8))
+
+
+def test_filter_identities_drops_repeats_and_real_people(tmp_path):
+    from fdta_core.faces.identity import filter_identities, load_checker, save_checker
+
+    fs = _faceset(4, 2, noise=5)
+    # identity 3 repeats identity 0 (same source face, different label)
+    fs.sources[3] = fs.sources[0].copy()
+    emb = LinearEmbedder(dim=64)
+    chk = UniquenessChecker(0.3)
+    kept, res = filter_identities(fs, emb, checker=chk)
+    e = emb(np.stack([fs.sources[i] for i in range(4)]))
+    sims = [[_ref_cos(e[i], e[j]) for j in range(4)] for i in range(4)]
+    expect = []
+    for i in range(4):
+        if all(sims[i][j] <= 0.3 for j in expect):
+            expect.append(i)
+    assert 3 not in expect and kept.identities == expect
+    assert not res[3].accepted and res[3].nearest == 0
+    assert "identity_check" in kept.provenance[0].history
+    # the checker carries over to the next chunk through a file
+    save_checker(chk, tmp_path / "seen.npz")
+    again = load_checker(tmp_path / "seen.npz")
+    assert len(again) == len(expect) and not again.check(e[0]).accepted
+    # a real person equal to identity 1 is refused
+    real = RealPersonCheck(e[1:2], 0.3)
+    kept2, res2 = filter_identities(fs, emb, real=real)
+    assert 1 not in kept2.identities and "real subject" in res2[1].reason

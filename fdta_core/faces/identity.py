@@ -124,3 +124,76 @@ class RealPersonCheck:
     def check_many(self, embeddings: np.ndarray) -> tuple[np.ndarray, list[IdentityCheck]]:
         res = [self.check(e) for e in np.asarray(embeddings)]
         return np.array([r.accepted for r in res], bool), res
+
+
+def _save_npz(path, keys: list, emb: list[np.ndarray], threshold: float) -> None:
+    import io
+
+    from ..fsutil import atomic_write_bytes
+
+    buf = io.BytesIO()
+    arr = np.stack(emb) if emb else np.zeros((0, 0))
+    np.savez(buf, keys=np.asarray(keys, np.int64), embeddings=arr, threshold=np.float64(threshold))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_checker(checker: UniquenessChecker, path) -> None:
+    """Store the accepted identities (keys + unit embeddings) so a later chunk continues the check."""
+    _save_npz(path, checker._keys, checker._emb, checker.threshold)
+
+
+def load_checker(path, threshold: float | None = None) -> UniquenessChecker:
+    """A checker holding the identities saved by :func:`save_checker` (no pickle involved)."""
+    with np.load(path, allow_pickle=False) as z:
+        chk = UniquenessChecker(float(z["threshold"]) if threshold is None else threshold)
+        for k, e in zip(z["keys"].tolist(), z["embeddings"], strict=True):
+            chk._keys.append(int(k))
+            chk._emb.append(np.asarray(e, np.float64))
+        if chk._emb:
+            chk.dim = chk._emb[0].shape[0]
+    return chk
+
+
+def filter_identities(
+    faceset,
+    models_or_fn,
+    *,
+    threshold: float = DCFACE_THRESHOLD,
+    checker: UniquenessChecker | None = None,
+    real: RealPersonCheck | None = None,
+    batch_size: int = 32,
+):
+    """Drop whole identities of a faceset that repeat an earlier identity or resemble a real person.
+
+    Each identity is represented by its source face (its first image when it has none). ``checker``
+    carries identities accepted before (e.g. earlier chunks, see :func:`load_checker`) and is updated.
+    Returns ``(kept faceset, {identity: IdentityCheck})``; kept images get the nearest similarities in
+    their provenance ``extra``.
+    """
+    from .csim import _embedder
+
+    fn = _embedder(models_or_fn, batch_size)
+    chk = checker if checker is not None else UniquenessChecker(threshold)
+    by_id = faceset.by_identity()
+    ids = list(by_id)
+    if not ids:
+        return faceset, {}
+    reps = np.stack([faceset.sources.get(i, faceset.images[by_id[i][0]]) for i in ids])
+    emb = np.asarray(fn(reps), np.float64)
+    results: dict[int, IdentityCheck] = {}
+    for ident, e in zip(ids, emb, strict=True):
+        if real is not None:
+            r = real.check(e)
+            if not r.accepted:
+                results[ident] = r
+                continue
+        results[ident] = chk.add(ident, e)
+    keep = np.array([results[int(lab)].accepted for lab in faceset.labels], bool)
+    prov = list(faceset.provenance)
+    for i in np.nonzero(keep)[0]:
+        r = results[int(faceset.labels[i])]
+        prov[i] = prov[i].derive("identity_check", extra={"nearest_identity_cosine": round(r.similarity, 6)})
+    from ..faceset import FaceSet
+
+    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    return full.select(keep), results

@@ -787,13 +787,23 @@ def load_face_pack(
             expected=[DEFAULT_FILES[r] for r in missing],
             where="faces.pack",
         )
+    # onnxruntime silently drops a provider whose libraries fail to load (e.g. CUDA without cuDNN):
+    # report what the sessions really use.
+    used = list(next(iter(found.values())).session.get_providers()) if found else prov
+    if used[:1] != prov[:1]:
+        log.warning(
+            "[FDTA] faces: asked onnxruntime for %s but the session runs on %s (check the CUDA/cuDNN "
+            "libraries that onnxruntime-gpu needs)",
+            prov[0],
+            used[0] if used else "nothing",
+        )
     models = FaceModels(
         found.get("detector"),
         found.get("recognizer"),
         found.get("genderage"),
         pack=pack,
         folder=folder,
-        providers=prov,
+        providers=used,
         searched=searched,
     )
     log.info("[FDTA] faces: loaded %s", models.describe())

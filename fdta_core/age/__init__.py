@@ -1,0 +1,1 @@
+"""SAM-compatible age transformation (see docs/age.md)."""

@@ -1,0 +1,1 @@
+"""Builders of tiny real-architecture models and data, shared by tests and benches (no test framework here)."""

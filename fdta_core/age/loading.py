@@ -211,7 +211,7 @@ def build_model(ckpt: SAMCheckpoint, dtype: torch.dtype = torch.float32) -> SAM:
     try:
         check_layout(ckpt.state_dict, ckpt.config)
     except ModelFormatError as exc:
-        raise exc.at(ckpt.path) if ckpt.path else exc
+        raise (exc.at(ckpt.path) if ckpt.path else exc) from None
     with torch.device("meta"):
         model = SAM(ckpt.config)
     sd = dict(ckpt.state_dict)

@@ -215,7 +215,7 @@ def activation_bytes_per_image(config: SAMConfig, dtype: torch.dtype) -> int:
         prev = config.decoder_channels.get(side // 2, ch)
         peak = max(peak, (ch + prev) * (side + 1) ** 2)
     enc = 64 * 256 * 256 * 8  # encoder maps at 256 px, a few alive at once
-    return int((8 * peak + enc) * itemsize)
+    return int((4 * peak + enc) * itemsize)
 
 
 def choose_batch_size(free_bytes: int, config: SAMConfig, dtype: torch.dtype, requested: int, reserve: float = 0.8) -> int:

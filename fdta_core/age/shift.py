@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import FDTAError, InputError
 from ..faceset import FaceSet, Provenance
 from .frame import faces_to_sam_input, sam_output_to_faces
 from .model import SAM, SAMConfig
@@ -223,3 +223,21 @@ def choose_batch_size(free_bytes: int, config: SAMConfig, dtype: torch.dtype, re
     per = activation_bytes_per_image(config, dtype)
     fit = int(max(free_bytes, 0) * reserve) // max(per, 1)
     return max(1, min(int(requested), fit))
+
+
+class AgeMemoryError(FDTAError, RuntimeError):
+    """The age model (or one batch through it) does not fit on the chosen device."""
+
+
+def placement_error(
+    needed_bytes: int, available_bytes: int, device: str, *, where: str = "FDTAAgeShifter", during: str = "loading"
+) -> AgeMemoryError:
+    """A clear out-of-memory error: what was needed, what the device has, and what to change."""
+    gib = 1024**3
+    return AgeMemoryError(
+        f"the SAM age model cannot be placed on {device} while {during}: it needs about "
+        f"{needed_bytes / gib:.1f} GiB (weights + one batch), {available_bytes / gib:.1f} GiB are available",
+        where=where,
+        fix="lower batch_size (0 picks it from free memory), load the model with dtype fp16 on CUDA, free other "
+        "models (ComfyUI's 'Unload Models'), or choose device 'cpu' in FDTAAgeLoader.",
+    )

@@ -149,3 +149,17 @@ def test_make_kernel_and_fused_lrelu():
     x = torch.tensor([[[-1.0]], [[2.0]]])[None]  # [1,2,1,1]
     out = fused_leaky_relu(x, torch.tensor([0.5, -1.0]))
     torch.testing.assert_close(out.flatten(), torch.tensor([-0.5 * 0.2, 1.0]) * 2**0.5)
+
+
+def test_decoder_half_precision_close_to_fp32():
+    """The fp16 path (used on CUDA) runs the same ops; on the CPU it must stay close to fp32."""
+    from fdta_core.testing.age import tiny_sam
+
+    model = tiny_sam(2)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(2, TINY_CONFIG.n_styles, TINY_CONFIG.style_dim, generator=g) * 0.5
+    with torch.no_grad():
+        ref = model.decode(codes)
+        half = model.to(torch.float16).decode(codes.half()).float()
+    assert half.shape == ref.shape
+    assert (half - ref).abs().max() < 0.05 * ref.abs().max()

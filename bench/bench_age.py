@@ -58,8 +58,10 @@ def main() -> int:
     a = age_faces(model, faces, ages, batch_size=1)
     b = age_faces(model, faces, ages, batch_size=args.batch)
     diff = int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
-    print(f"config: tiny SAM ({TINY_CONFIG.output_size} px decoder, {TINY_CONFIG.n_styles} styles), device {device}, "
-          f"torch threads {torch.get_num_threads()}, {n} faces, best of {repeats}")
+    print(
+        f"config: tiny SAM ({TINY_CONFIG.output_size} px decoder, {TINY_CONFIG.n_styles} styles), device {device}, "
+        f"torch threads {torch.get_num_threads()}, {n} faces, best of {repeats}"
+    )
     print(f"one at a time : {n / t_single:8.2f} faces/s  ({t_single:.2f} s)")
     print(f"batch {args.batch:<7d}: {n / t_batch:8.2f} faces/s  ({t_batch:.2f} s)")
     print(f"ratio batched/single: {t_single / t_batch:.2f}x   (max pixel difference between the two: {diff})")

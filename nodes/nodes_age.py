@@ -125,7 +125,9 @@ class FDTAAgeLoader(io.ComfyNode):
                     tooltip="Weight precision on CUDA (auto = fp16 where ComfyUI uses it). The CPU always uses fp32.",
                 ),
             ],
-            outputs=[AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")],
+            outputs=[
+                AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")
+            ],
         )
 
     @classmethod
@@ -140,7 +142,9 @@ class FDTAAgeLoader(io.ComfyNode):
             torch_dtype = _pick_dtype(dtype, load_device)
             model = load_sam(path, dtype=torch_dtype)
             patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
-            log.info("[FDTA] age model %s ready for %s (%s)", os.path.basename(path), load_device, torch_dtype)
+            log.info(
+                "[FDTA] age model %s ready for %s (%s)", os.path.basename(path), load_device, torch_dtype
+            )
             return io.NodeOutput(AgeModelHandle(patcher, model.config, torch_dtype, path))
 
 
@@ -170,9 +174,15 @@ class FDTAAgeShifter(io.ComfyNode):
                     tooltip="list mode: target ages in years (0-100), comma separated; relative mode: shifts such "
                     "as '-20, +20'. Ignored in range mode.",
                 ),
-                io.Int.Input("age_low", default=20, min=0, max=100, tooltip="range mode: youngest target age."),
-                io.Int.Input("age_high", default=70, min=0, max=100, tooltip="range mode: oldest target age."),
-                io.Int.Input("count", default=3, min=1, max=32, tooltip="range mode: aged images per input face."),
+                io.Int.Input(
+                    "age_low", default=20, min=0, max=100, tooltip="range mode: youngest target age."
+                ),
+                io.Int.Input(
+                    "age_high", default=70, min=0, max=100, tooltip="range mode: oldest target age."
+                ),
+                io.Int.Input(
+                    "count", default=3, min=1, max=32, tooltip="range mode: aged images per input face."
+                ),
                 io.Int.Input(
                     "base_age",
                     default=30,
@@ -194,7 +204,9 @@ class FDTAAgeShifter(io.ComfyNode):
                 ),
             ],
             outputs=[
-                Faceset.Output(display_name="faceset", tooltip="Originals (if kept) and aged variants, same labels."),
+                Faceset.Output(
+                    display_name="faceset", tooltip="Originals (if kept) and aged variants, same labels."
+                ),
                 io.Image.Output(display_name="preview", tooltip="The output faces as an IMAGE batch."),
             ],
         )
@@ -266,7 +278,9 @@ class FDTAAgeShifter(io.ComfyNode):
             return min(int(requested), jobs)
         if device.type != "cuda":
             return min(CPU_AUTO_BATCH, jobs)
-        batch = choose_batch_size(int(mm.get_free_memory(device)), handle.config, handle.dtype, min(MAX_BATCH, jobs))
+        batch = choose_batch_size(
+            int(mm.get_free_memory(device)), handle.config, handle.dtype, min(MAX_BATCH, jobs)
+        )
         log.info("[FDTA] age shifter: batch size %d from free memory on %s", batch, device)
         return batch
 

@@ -38,7 +38,9 @@ def test_transforms_match_reference(alignment):
         ref = alignment[key]
         m = ffhq_transform(ARCFACE_TEMPLATE_112, size)
         np.testing.assert_allclose(m, ref["M"], atol=1e-9)
-        np.testing.assert_allclose(_apply(m, ARCFACE_TEMPLATE_112), ref["template_points_in_ffhq_frame"], atol=1e-7)
+        np.testing.assert_allclose(
+            _apply(m, ARCFACE_TEMPLATE_112), ref["template_points_in_ffhq_frame"], atol=1e-7
+        )
         corners = [[-0.5, -0.5], [111.5, -0.5], [111.5, 111.5], [-0.5, 111.5]]  # outer pixel edges
         np.testing.assert_allclose(_apply(m, corners), ref["arcface_image_outline_in_ffhq_frame"], atol=1e-7)
     np.testing.assert_allclose(M_112_TO_256, alignment["arcface112_to_ffhq256"]["M"], atol=1e-9)
@@ -82,7 +84,9 @@ def _smooth_face(seed=0):
     yy, xx = np.mgrid[0:112, 0:112] / 111.0
     img = np.zeros((112, 112, 3))
     for c in range(3):
-        img[..., c] = 0.5 + 0.2 * np.sin(2 * np.pi * (xx * rng.uniform(0.5, 2) + yy * rng.uniform(0.5, 2)) + c)
+        img[..., c] = 0.5 + 0.2 * np.sin(
+            2 * np.pi * (xx * rng.uniform(0.5, 2) + yy * rng.uniform(0.5, 2)) + c
+        )
         for _ in range(4):
             cx, cy, s = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.15)
             img[..., c] += rng.uniform(-0.2, 0.2) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s**2))
@@ -95,8 +99,11 @@ def test_round_trip_with_identity_decoder(decoder_side):
     x = faces_to_sam_input(torch.from_numpy(faces))
     assert x.shape == (2, 3, 256, 256) and x.min() >= -1 and x.max() <= 1
     # an "identity decoder": the 256 px input shown at the decoder's output size
-    y = torch.nn.functional.interpolate(x, size=(decoder_side, decoder_side), mode="nearest") if decoder_side >= 256 else \
-        torch.nn.functional.interpolate(x, size=(decoder_side, decoder_side), mode="area")
+    y = (
+        torch.nn.functional.interpolate(x, size=(decoder_side, decoder_side), mode="nearest")
+        if decoder_side >= 256
+        else torch.nn.functional.interpolate(x, size=(decoder_side, decoder_side), mode="area")
+    )
     back = sam_output_to_faces(y)
     assert back.shape == (2, 112, 112, 3) and back.dtype == torch.uint8
     err = np.abs(back.numpy().astype(np.int16) - faces.astype(np.int16))
@@ -117,8 +124,13 @@ def test_matches_cv2_warp():
     cv2 = pytest.importorskip("cv2")
     face = _smooth_face(3)
     ours = ((faces_to_sam_input(torch.from_numpy(face[None]))[0].permute(1, 2, 0).numpy() + 1) / 2) * 255
-    ref = cv2.warpAffine(face.astype(np.float32), M_112_TO_256, (256, 256), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    ref = cv2.warpAffine(
+        face.astype(np.float32),
+        M_112_TO_256,
+        (256, 256),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     assert np.abs(ours - ref).max() < 0.05
 
 

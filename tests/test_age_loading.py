@@ -157,8 +157,14 @@ def test_convert_cli_subprocess(tmp_path, model):
     src = save_sam_checkpoint(model, tmp_path / "m.pt")
     out = tmp_path / "m.safetensors"
     env = dict(os.environ, PYTHONPATH=str(repo))
-    r = subprocess.run([sys.executable, "-m", "fdta_core", "age", "convert", str(src), str(out)],
-                       cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fdta_core", "age", "convert", str(src), str(out)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert out.is_file() and "wrote" in r.stdout
 

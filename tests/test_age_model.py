@@ -54,7 +54,9 @@ def test_encoder_input_and_codes(reference):
     _, _, v, x, codes, _, _, dbg = reference
     torch.testing.assert_close(x, v["encoder_input"], atol=0, rtol=0)
     torch.testing.assert_close(dbg["codes_encoder"], v["codes_encoder"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(dbg["codes_pretrained_encoder"], v["codes_pretrained_encoder"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        dbg["codes_pretrained_encoder"], v["codes_pretrained_encoder"], atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(codes, v["codes_final"], atol=1e-5, rtol=0)
 
 
@@ -64,7 +66,7 @@ def test_images_and_debug_maps(reference):
     torch.testing.assert_close(pooled, v["image_pooled"], atol=1e-4, rtol=0)
     for k in v:
         if k.startswith("debug."):
-            torch.testing.assert_close(dbg[k[len("debug."):]], v[k], atol=1e-4, rtol=0, msg=k)
+            torch.testing.assert_close(dbg[k[len("debug.") :]], v[k], atol=1e-4, rtol=0, msg=k)
         if k.startswith("noise."):
             torch.testing.assert_close(getattr(model.decoder.noises, f"noise_{k[6:]}"), v[k], atol=0, rtol=0)
     torch.testing.assert_close(model.latent_avg, v["latent_avg"], atol=0, rtol=0)

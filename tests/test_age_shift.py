@@ -59,7 +59,11 @@ def test_targets_validation():
 def test_plan_modes():
     fs = _faceset(2)
     assert [a for a, _ in plan_targets(fs, AgeTargets("list", (10, 80)))[0]] == [10.0, 80.0]
-    assert [a for a, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=3))[1]] == [20.0, 45.0, 70.0]
+    assert [a for a, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=3))[1]] == [
+        20.0,
+        45.0,
+        70.0,
+    ]
     assert [a for a, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=1))[0]] == [45.0]
     rel = plan_targets(fs, AgeTargets("relative", (-20, 30, 90), base_age=50))[0]
     assert [a for a, _ in rel] == [15.0, 65.0, 100.0]  # from attributes.age = 35, clamped at 100
@@ -69,7 +73,10 @@ def test_plan_modes():
 def test_current_age_sources():
     assert current_age(Provenance(identity=0, age_target=61.0), 30) == (61.0, "age_target")
     assert current_age(Provenance(identity=0, extra={"age": 44}), 30) == (44.0, "extra.age")
-    assert current_age(Provenance(identity=0, attributes={"age": "in her 20s"}), 30) == (20.0, "attributes.age")
+    assert current_age(Provenance(identity=0, attributes={"age": "in her 20s"}), 30) == (
+        20.0,
+        "attributes.age",
+    )
     assert current_age(Provenance(identity=0, attributes={"age": "young"}), 30) == (30.0, "base_age")
 
 
@@ -109,7 +116,9 @@ def test_shift_keeps_and_replaces_originals(model):
 def test_progress_reports_and_interrupt_propagates(model):
     fs = _faceset(3)
     seen = []
-    shift_faceset(model, fs, AgeTargets("list", (30,)), batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    shift_faceset(
+        model, fs, AgeTargets("list", (30,)), batch_size=2, progress=lambda d, t: seen.append((d, t))
+    )
     assert seen == [(2, 3), (3, 3)]
 
     class Stop(Exception):

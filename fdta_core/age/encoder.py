@@ -91,26 +91,36 @@ class GradualStyleEncoder(nn.Module):
     """Image ``[B, input_nc, 256, 256]`` -> W+ codes ``[B, n_styles, style_dim]`` through an FPN over IR-SE-50."""
 
     def __init__(
-        self, input_nc: int, n_styles: int, style_dim: int = 512, widths: Sequence[int] = FULL_WIDTHS,
+        self,
+        input_nc: int,
+        n_styles: int,
+        style_dim: int = 512,
+        widths: Sequence[int] = FULL_WIDTHS,
         se_reduction: int = 16,
     ) -> None:
         super().__init__()
         stem, *blocks = widths
         if len(blocks) != len(IR50_UNITS):
             raise ValueError(f"widths must be (stem, 4 block widths), got {tuple(widths)}")
-        self.input_layer = nn.Sequential(nn.Conv2d(input_nc, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(input_nc, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
+        )
         units: list[nn.Module] = []
         in_c = stem
         for depth, n in zip(blocks, IR50_UNITS, strict=True):
             for u in range(n):
-                units.append(BottleneckIRSE(in_c if u == 0 else depth, depth, 2 if u == 0 else 1, se_reduction))
+                units.append(
+                    BottleneckIRSE(in_c if u == 0 else depth, depth, 2 if u == 0 else 1, se_reduction)
+                )
             in_c = depth
         self.body = nn.Sequential(*units)
         top = blocks[-1]
         self.n_styles = n_styles
         self.coarse_ind, self.middle_ind = 3, 7
         self.styles = nn.ModuleList(
-            GradualStyleBlock(top, style_dim, 16 if i < self.coarse_ind else 32 if i < self.middle_ind else 64)
+            GradualStyleBlock(
+                top, style_dim, 16 if i < self.coarse_ind else 32 if i < self.middle_ind else 64
+            )
             for i in range(n_styles)
         )
         self.latlayer1 = nn.Conv2d(blocks[2], top, 1)

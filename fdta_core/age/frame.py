@@ -68,7 +68,9 @@ def warp_affine(
     b, _, h, w = images.shape
     inv = torch.as_tensor(invert_affine(m), dtype=torch.float64)
     ys, xs = torch.meshgrid(
-        torch.arange(out_size, dtype=torch.float64), torch.arange(out_size, dtype=torch.float64), indexing="ij"
+        torch.arange(out_size, dtype=torch.float64),
+        torch.arange(out_size, dtype=torch.float64),
+        indexing="ij",
     )
     src_x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     src_y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]

@@ -226,7 +226,12 @@ def load_sam(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> SAM
     """Read, check and build a SAM model on the CPU (move it with ComfyUI's model management or ``.to``)."""
     ckpt = read_checkpoint(path)
     model = build_model(ckpt, dtype)
-    log.info("loaded SAM age model from %s (output %d px, %d styles)", path, ckpt.config.output_size, ckpt.config.n_styles)
+    log.info(
+        "loaded SAM age model from %s (output %d px, %d styles)",
+        path,
+        ckpt.config.output_size,
+        ckpt.config.n_styles,
+    )
     return model
 
 

@@ -79,9 +79,16 @@ class SAM(nn.Module):
         c = config
         self.encoder = GradualStyleEncoder(4, c.n_styles, c.style_dim, c.encoder_widths, c.se_reduction)
         self.decoder = Generator(
-            c.output_size, c.style_dim, c.n_mlp, c.decoder_channels, blur_kernel=c.blur_kernel, lr_mlp=c.lr_mlp
+            c.output_size,
+            c.style_dim,
+            c.n_mlp,
+            c.decoder_channels,
+            blur_kernel=c.blur_kernel,
+            lr_mlp=c.lr_mlp,
         )
-        self.pretrained_encoder = GradualStyleEncoder(3, c.n_styles, c.style_dim, c.encoder_widths, c.se_reduction)
+        self.pretrained_encoder = GradualStyleEncoder(
+            3, c.n_styles, c.style_dim, c.encoder_widths, c.se_reduction
+        )
         self.register_buffer("latent_avg", torch.zeros(c.n_styles, c.style_dim))
         self.eval()
 
@@ -111,7 +118,9 @@ class SAM(nn.Module):
             debug["codes_pretrained_encoder"] = base - self.latent_avg.to(x.dtype)
         return codes + base
 
-    def decode(self, codes: torch.Tensor, resize: bool = False, debug: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, resize: bool = False, debug: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         dec_debug: dict[str, torch.Tensor] | None = {} if debug is not None else None
         img = self.decoder(codes, debug=dec_debug)
         if debug is not None:
@@ -126,6 +135,8 @@ class SAM(nn.Module):
         img = self.decode(codes, resize=resize)
         return (img, codes) if return_latents else img
 
-    def transform(self, x_rgb: torch.Tensor, ages: Sequence[float] | torch.Tensor, resize: bool = False) -> torch.Tensor:
+    def transform(
+        self, x_rgb: torch.Tensor, ages: Sequence[float] | torch.Tensor, resize: bool = False
+    ) -> torch.Tensor:
         """Age the normalised RGB batch ``x_rgb`` ``[B,3,256,256]`` to ``ages`` (years, one per image)."""
         return self.forward(self.add_age_channel(x_rgb, ages), resize=resize)

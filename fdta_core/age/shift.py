@@ -49,10 +49,14 @@ class AgeTargets:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise InputError(f"unknown age mode '{self.mode}'", where="mode", fix=f"use one of {', '.join(MODES)}.")
+            raise InputError(
+                f"unknown age mode '{self.mode}'", where="mode", fix=f"use one of {', '.join(MODES)}."
+            )
         if self.mode in ("list", "relative") and not self.values:
             raise InputError(
-                "no ages given", where="ages", fix="give comma-separated ages such as '20, 50, 70' (or shifts '-20, +20')."
+                "no ages given",
+                where="ages",
+                fix="give comma-separated ages such as '20, 50, 70' (or shifts '-20, +20').",
             )
         if self.mode == "range":
             if self.count < 1:
@@ -72,7 +76,9 @@ def parse_ages(text: str, *, where: str = "ages") -> tuple[float, ...]:
         try:
             v = float(p)
         except ValueError:
-            raise InputError(f"'{p}' is not a number", where=where, fix="write numbers separated by commas.") from None
+            raise InputError(
+                f"'{p}' is not a number", where=where, fix="write numbers separated by commas."
+            ) from None
         if not math.isfinite(v):
             raise InputError(f"'{p}' is not a finite number", where=where)
         out.append(v)
@@ -110,7 +116,17 @@ def plan_targets(faceset: FaceSet, targets: AgeTargets) -> list[list[tuple[float
             base, src = current_age(prov, targets.base_age)
             for shift in targets.values:
                 t = min(max(base + shift, AGE_MIN), AGE_MAX)
-                items.append((float(round(t)), {"age_mode": "relative", "age_shift": shift, "age_base": base, "age_base_source": src}))
+                items.append(
+                    (
+                        float(round(t)),
+                        {
+                            "age_mode": "relative",
+                            "age_shift": shift,
+                            "age_base": base,
+                            "age_base_source": src,
+                        },
+                    )
+                )
         plan.append([(min(max(a, AGE_MIN), AGE_MAX), e) for a, e in items])
     return plan
 
@@ -148,7 +164,9 @@ def age_faces(
     done = 0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = faces_to_sam_input(torch.from_numpy(np.ascontiguousarray(faces[start:stop])).to(device), dtype=dtype)
+        x = faces_to_sam_input(
+            torch.from_numpy(np.ascontiguousarray(faces[start:stop])).to(device), dtype=dtype
+        )
         y = model.transform(x, torch.tensor([float(a) for a in ages[start:stop]]), resize=False)
         out[start:stop] = sam_output_to_faces(y).numpy()
         done = stop
@@ -196,10 +214,16 @@ def shift_faceset(
         for age, extra in items:
             images.append(aged[k])
             labels.append(int(faceset.labels[i]))
-            prov.append(faceset.provenance[i].derive(STAGE, age_target=float(age), extra={**extra, "age_source_index": i}))
+            prov.append(
+                faceset.provenance[i].derive(
+                    STAGE, age_target=float(age), extra={**extra, "age_source_index": i}
+                )
+            )
             k += 1
     if not images:
-        return FaceSet(np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0,), np.int64), [], dict(faceset.sources))
+        return FaceSet(
+            np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0,), np.int64), [], dict(faceset.sources)
+        )
     return FaceSet(np.stack(images), np.asarray(labels, np.int64), prov, dict(faceset.sources))
 
 
@@ -218,7 +242,9 @@ def activation_bytes_per_image(config: SAMConfig, dtype: torch.dtype) -> int:
     return int((4 * peak + enc) * itemsize)
 
 
-def choose_batch_size(free_bytes: int, config: SAMConfig, dtype: torch.dtype, requested: int, reserve: float = 0.8) -> int:
+def choose_batch_size(
+    free_bytes: int, config: SAMConfig, dtype: torch.dtype, requested: int, reserve: float = 0.8
+) -> int:
     """The largest batch <= ``requested`` whose estimated working memory fits in ``reserve * free_bytes`` (>= 1)."""
     per = activation_bytes_per_image(config, dtype)
     fit = int(max(free_bytes, 0) * reserve) // max(per, 1)
@@ -230,7 +256,12 @@ class AgeMemoryError(FDTAError, RuntimeError):
 
 
 def placement_error(
-    needed_bytes: int, available_bytes: int, device: str, *, where: str = "FDTAAgeShifter", during: str = "loading"
+    needed_bytes: int,
+    available_bytes: int,
+    device: str,
+    *,
+    where: str = "FDTAAgeShifter",
+    during: str = "loading",
 ) -> AgeMemoryError:
     """A clear out-of-memory error: what was needed, what the device has, and what to change."""
     gib = 1024**3

@@ -26,7 +26,12 @@ class EqualLinear(nn.Module):
     """Linear layer with the equalised learning-rate scaling applied at run time: ``x @ (W*s)^T + b*lr``."""
 
     def __init__(
-        self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
         activation: bool = False,
     ) -> None:
         super().__init__()
@@ -69,8 +74,14 @@ class ModulatedConv2d(nn.Module):
     """Per-sample weight modulation (and demodulation) run as one grouped convolution over the batch."""
 
     def __init__(
-        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-        upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
         self.eps = 1e-8
@@ -135,7 +146,12 @@ class FusedLeakyReLU(nn.Module):
 
 class StyledConv(nn.Module):
     def __init__(
-        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False,
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
         blur_kernel: Sequence[float] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
@@ -151,7 +167,11 @@ class StyledConv(nn.Module):
 
 class ToRGB(nn.Module):
     def __init__(
-        self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[float] = (1, 3, 3, 1)
+        self,
+        in_channel: int,
+        style_dim: int,
+        upsample: bool = True,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
         if upsample:
@@ -169,15 +189,30 @@ class ToRGB(nn.Module):
 #: rosinality's default channel table for ``channel_multiplier`` cm: {4..32: 512, 64: 256cm, 128: 128cm, ...}.
 def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
     cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm, 1024: 16 * cm}
+    return {
+        4: 512,
+        8: 512,
+        16: 512,
+        32: 512,
+        64: 256 * cm,
+        128: 128 * cm,
+        256: 64 * cm,
+        512: 32 * cm,
+        1024: 16 * cm,
+    }
 
 
 class Generator(nn.Module):
     """StyleGAN2 synthesis network (+ unused mapping net) fed with W+ codes ``[B, n_latent, style_dim]``."""
 
     def __init__(
-        self, size: int, style_dim: int, n_mlp: int = 8, channels: Mapping[int, int] | None = None,
-        blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01,
+        self,
+        size: int,
+        style_dim: int,
+        n_mlp: int = 8,
+        channels: Mapping[int, int] | None = None,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
     ) -> None:
         super().__init__()
         self.size = size
@@ -205,7 +240,9 @@ class Generator(nn.Module):
         in_channel = ch[4]
         for i in range(3, self.log_size + 1):
             out_channel = ch[2**i]
-            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True, blur_kernel=blur_kernel))
+            self.convs.append(
+                StyledConv(in_channel, out_channel, 3, style_dim, upsample=True, blur_kernel=blur_kernel)
+            )
             self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
             self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel))
             in_channel = out_channel
@@ -214,13 +251,13 @@ class Generator(nn.Module):
         """Z -> W through the mapping network (not used by SAM's inference)."""
         return self.style(z)
 
-    def forward(
-        self, latent: torch.Tensor, debug: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, debug: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Synthesise images ``[B, 3, size, size]`` (nominally in [-1, 1], not clamped) from W+ codes,
         using the stored noise buffers. ``debug``, when given, receives every layer's output."""
         if latent.ndim != 3 or latent.shape[1] < self.n_latent:
-            raise ValueError(f"expected W+ codes [B, {self.n_latent}, {self.style_dim}], got {list(latent.shape)}")
+            raise ValueError(
+                f"expected W+ codes [B, {self.n_latent}, {self.style_dim}], got {list(latent.shape)}"
+            )
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         out = self.input(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noise[0])

@@ -49,7 +49,9 @@ def _convert(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"output {out} must end in .safetensors", where="fdta age convert")
     if out.exists() and not args.force:
-        raise InputError(f"{out} already exists", where="fdta age convert", fix="pass --force to overwrite it.")
+        raise InputError(
+            f"{out} already exists", where="fdta age convert", fix="pass --force to overwrite it."
+        )
     ckpt = read_checkpoint(args.checkpoint)
     check_layout(ckpt.state_dict, ckpt.config)
     save_safetensors(ckpt, out)
@@ -58,8 +60,10 @@ def _convert(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(f"wrote {out} ({summary['tensors']} tensors + latent_avg, {summary['bytes'] / 1e6:.1f} MB, "
-              f"{ckpt.config.output_size} px, {ckpt.config.n_styles} styles)")
+        print(
+            f"wrote {out} ({summary['tensors']} tensors + latent_avg, {summary['bytes'] / 1e6:.1f} MB, "
+            f"{ckpt.config.output_size} px, {ckpt.config.n_styles} styles)"
+        )
     return 0
 
 

@@ -93,8 +93,17 @@ def save_sam_checkpoint(
     la = model.latent_avg.detach().clone()
     if latent_avg_vector:
         la = la[0].clone()
-    o = dict(opts or {"input_nc": 4, "output_size": model.config.output_size, "start_from_encoded_w_plus": True,
-                      "start_from_latent_avg": False, "device": "cuda:0", "exp_dir": "/home/someone/exp"})
+    o = dict(
+        opts
+        or {
+            "input_nc": 4,
+            "output_size": model.config.output_size,
+            "start_from_encoded_w_plus": True,
+            "start_from_latent_avg": False,
+            "device": "cuda:0",
+            "exp_dir": "/home/someone/exp",
+        }
+    )
     ckpt = {"state_dict": sd, "opts": argparse.Namespace(**o) if opts_as_namespace else o, "latent_avg": la}
     p = Path(path)
     torch.save(ckpt, p)

@@ -144,3 +144,21 @@ def test_choose_batch_size():
     half = choose_batch_size(40 * 1024**3, full, torch.float16, 64)
     assert 1 <= small < big <= half <= 64
     assert choose_batch_size(80 * 1024**3, TINY_CONFIG, torch.float32, 16) == 16
+
+
+def test_placement_error_says_what_and_how():
+    from fdta_core.age.shift import AgeMemoryError, activation_bytes_per_image, placement_error
+    from fdta_core.errors import FDTAError
+
+    err = placement_error(5 * 1024**3, 3 * 1024**3, "cuda:0")
+    assert isinstance(err, AgeMemoryError) and isinstance(err, FDTAError)
+    text = str(err)
+    assert "5.0 GiB" in text and "3.0 GiB" in text and "cuda:0" in text and "batch_size" in text
+    # fp16 halves the per-image estimate; the full model needs far more than the tiny one
+    full = SAMConfig()
+    assert activation_bytes_per_image(full, torch.float16) * 2 == activation_bytes_per_image(
+        full, torch.float32
+    )
+    assert activation_bytes_per_image(full, torch.float32) > 50 * activation_bytes_per_image(
+        TINY_CONFIG, torch.float32
+    )

@@ -180,11 +180,10 @@ def read_checkpoint(path: str | os.PathLike) -> SAMCheckpoint:
     return SAMCheckpoint(sd, _normalise_latent_avg(latent_avg, config, p), opts, config, str(p))
 
 
-def check_layout(state_dict: Mapping[str, torch.Tensor], config: SAMConfig) -> None:
-    """Raise :class:`ModelFormatError` unless the keys and shapes are exactly those of :class:`SAM`."""
-    with torch.device("meta"):
-        ref = SAM(config).state_dict()
-    ref.pop("latent_avg")
+def _layout_problems(
+    state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> list[str]:
+    ref = {k: v for k, v in reference.items() if k != "latent_avg"}
     missing = [k for k in ref if k not in state_dict]
     unexpected = [k for k in state_dict if k not in ref]
     shapes = [
@@ -192,28 +191,43 @@ def check_layout(state_dict: Mapping[str, torch.Tensor], config: SAMConfig) -> N
         for k, v in ref.items()
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[:3]})")
-        raise ModelFormatError(
-            "the checkpoint does not match SAM's architecture: " + "; ".join(parts),
-            fix="use SAM's sam_ffhq_aging.pt (the age model), not a pSp/e4e or other checkpoint.",
-        )
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[:3]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[:3]})")
+    return parts
+
+
+def _layout_error(parts: list[str], path: str = "") -> ModelFormatError:
+    return ModelFormatError(
+        "the checkpoint does not match SAM's architecture: " + "; ".join(parts),
+        where=path or None,
+        fix="use SAM's sam_ffhq_aging.pt (the age model), not a pSp/e4e or other checkpoint.",
+    )
+
+
+def check_layout(state_dict: Mapping[str, torch.Tensor], config: SAMConfig) -> None:
+    """Raise :class:`ModelFormatError` unless the keys and shapes are exactly those of :class:`SAM`."""
+    with torch.device("meta"):
+        ref = SAM(config).state_dict()
+    parts = _layout_problems(state_dict, ref)
+    if parts:
+        raise _layout_error(parts)
 
 
 def build_model(ckpt: SAMCheckpoint, dtype: torch.dtype = torch.float32) -> SAM:
-    """A :class:`SAM` on the CPU holding the checkpoint's tensors (strict: every key, every shape)."""
-    try:
-        check_layout(ckpt.state_dict, ckpt.config)
-    except ModelFormatError as exc:
-        raise (exc.at(ckpt.path) if ckpt.path else exc) from None
+    """A :class:`SAM` on the CPU holding the checkpoint's tensors (strict: every key, every shape).
+
+    The module is built on the meta device (no 2.3 GB random init) and the tensors are assigned.
+    """
     with torch.device("meta"):
         model = SAM(ckpt.config)
+    parts = _layout_problems(ckpt.state_dict, model.state_dict())
+    if parts:
+        raise _layout_error(parts, ckpt.path)
     sd = dict(ckpt.state_dict)
     sd["latent_avg"] = ckpt.latent_avg
     model.load_state_dict(sd, strict=True, assign=True)

@@ -238,7 +238,7 @@ def activation_bytes_per_image(config: SAMConfig, dtype: torch.dtype) -> int:
     for side, ch in config.decoder_channels.items():
         prev = config.decoder_channels.get(side // 2, ch)
         peak = max(peak, (ch + prev) * (side + 1) ** 2)
-    enc = 64 * 256 * 256 * 8  # encoder maps at 256 px, a few alive at once
+    enc = config.encoder_widths[0] * 256 * 256 * 8  # encoder stem maps at 256 px, a few alive at once
     return int((4 * peak + enc) * itemsize)
 
 

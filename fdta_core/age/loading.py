@@ -9,6 +9,7 @@ is built on the meta device and the tensors are assigned, so a 2.3 GB file is no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -66,7 +67,11 @@ def _json_safe_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
 def _torch_load(path: Path) -> Any:
     safe = [(_NamespaceStandIn, "argparse.Namespace")]
     try:
-        with torch.serialization.safe_globals(safe):
+        try:
+            ctx = torch.serialization.safe_globals(safe)
+        except (AttributeError, TypeError):  # torch < 2.5: no allow-list context; Namespace opts are refused
+            ctx = contextlib.nullcontext()
+        with ctx:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(

@@ -17,6 +17,7 @@ from ..fdta_core.age.loading import CHECKPOINT_EXTENSIONS, EXPECTED_FILES, load_
 from ..fdta_core.age.model import SAM, SAMConfig
 from ..fdta_core.age.shift import (
     MODES,
+    SAMPLINGS,
     AgeTargets,
     activation_bytes_per_image,
     choose_batch_size,
@@ -27,6 +28,7 @@ from ..fdta_core.age.shift import (
 )
 from ..fdta_core.errors import InputError, ModelNotFoundError
 from ..fdta_core.faceset import FaceSet, faceset_to_image
+from ..fdta_core.seeds import SEED_MAX
 from ._common import CATEGORY, AgeModel, Faceset, model_folders, node_errors, progress_callback
 
 log = logging.getLogger("FDTA")
@@ -183,6 +185,21 @@ class FDTAAgeShifter(io.ComfyNode):
                 io.Int.Input(
                     "count", default=3, min=1, max=32, tooltip="range mode: aged images per input face."
                 ),
+                io.Combo.Input(
+                    "sampling",
+                    options=list(SAMPLINGS),
+                    default="even",
+                    tooltip="range mode: 'even' spaces the ages evenly; 'random' draws them per image from the seed.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=SEED_MAX,
+                    control_after_generate=False,
+                    tooltip="range mode with random sampling: run seed; each image's ages derive from it, its "
+                    "identity and its position, so chunks reproduce the same ages.",
+                ),
                 io.Int.Input(
                     "base_age",
                     default=30,
@@ -221,6 +238,8 @@ class FDTAAgeShifter(io.ComfyNode):
         age_low: int = 20,
         age_high: int = 70,
         count: int = 3,
+        sampling: str = "even",
+        seed: int = 0,
         base_age: int = 30,
         keep_originals: bool = True,
         batch_size: int = 0,
@@ -231,7 +250,16 @@ class FDTAAgeShifter(io.ComfyNode):
             if not isinstance(age_model, AgeModelHandle):
                 raise InputError("expected an age model from FDTA Age Model Loader", where="age_model")
             values = parse_ages(ages) if mode in ("list", "relative") else ()
-            targets = AgeTargets(mode, values, float(age_low), float(age_high), int(count), float(base_age))
+            targets = AgeTargets(
+                mode,
+                values,
+                float(age_low),
+                float(age_high),
+                int(count),
+                float(base_age),
+                sampling,
+                int(seed),
+            )
             jobs = sum(len(items) for items in plan_targets(faceset, targets))
             batch = cls._place(age_model, batch_size, max(jobs, 1))
             progress = progress_callback(max(jobs, 1))

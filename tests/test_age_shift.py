@@ -58,16 +58,34 @@ def test_targets_validation():
 
 def test_plan_modes():
     fs = _faceset(2)
-    assert [a for a, _ in plan_targets(fs, AgeTargets("list", (10, 80)))[0]] == [10.0, 80.0]
-    assert [a for a, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=3))[1]] == [
+    assert [a for a, _, _ in plan_targets(fs, AgeTargets("list", (10, 80)))[0]] == [10.0, 80.0]
+    assert [a for a, _, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=3))[1]] == [
         20.0,
         45.0,
         70.0,
     ]
-    assert [a for a, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=1))[0]] == [45.0]
+    assert [a for a, _, _ in plan_targets(fs, AgeTargets("range", low=20, high=70, count=1))[0]] == [45.0]
     rel = plan_targets(fs, AgeTargets("relative", (-20, 30, 90), base_age=50))[0]
-    assert [a for a, _ in rel] == [15.0, 65.0, 100.0]  # from attributes.age = 35, clamped at 100
+    assert [a for a, _, _ in rel] == [15.0, 65.0, 100.0]  # from attributes.age = 35, clamped at 100
     assert rel[0][1]["age_base_source"] == "attributes.age" and rel[0][1]["age_shift"] == -20
+
+
+def test_random_range_is_seeded_per_identity_and_occurrence():
+    fs = _faceset(3, per_id=2)
+    t = AgeTargets("range", low=10, high=80, count=4, sampling="random", seed=7)
+    plan = plan_targets(fs, t)
+    ages = [[a for a, _, _ in items] for items in plan]
+    assert all(len(a) == 4 and all(10 <= x <= 80 and x == int(x) for x in a) for a in ages)
+    assert len({tuple(a) for a in ages}) > 1  # not the same ages for every image
+    assert plan_targets(fs, t) == plan  # deterministic
+    # a chunk holding only identity 1 draws the same ages for it (seed from identity + occurrence)
+    sub = fs.select([2, 3])
+    assert [[a for a, _, _ in items] for items in plan_targets(sub, t)] == ages[2:4]
+    assert plan[0][0][2]["age"] != plan[1][0][2]["age"]
+    other = plan_targets(fs, AgeTargets("range", low=10, high=80, count=4, sampling="random", seed=8))
+    assert other != plan
+    with pytest.raises(InputError):
+        AgeTargets("range", sampling="sometimes")
 
 
 def test_current_age_sources():
@@ -105,6 +123,7 @@ def test_shift_keeps_and_replaces_originals(model):
     aged = out.provenance[1]
     assert aged.age_target == 25.0 and aged.history == ["acg", "age"]
     assert aged.extra["age_mode"] == "list" and aged.extra["age_source_index"] == 0
+    assert aged.seeds == {}
     assert out.provenance[5].age_target == 65.0 and out.provenance[5].identity == 1
     assert set(out.sources) == {0, 1}
     replaced = shift_faceset(model, fs, targets, keep_originals=False, batch_size=2)

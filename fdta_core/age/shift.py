@@ -18,6 +18,7 @@ import torch
 
 from ..errors import FDTAError, InputError
 from ..faceset import FaceSet, Provenance
+from ..seeds import derive_seed
 from .frame import faces_to_sam_input, sam_output_to_faces
 from .model import SAM, SAMConfig
 
@@ -27,6 +28,7 @@ STAGE = "age"
 #: SAM's age channel covers 0..100 years.
 AGE_MIN, AGE_MAX = 0.0, 100.0
 MODES = ("list", "range", "relative")
+SAMPLINGS = ("even", "random")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class AgeTargets:
     """How target ages are chosen for each input image.
 
     - ``list``: every image is shown at each age in ``values``.
-    - ``range``: ``count`` ages evenly spaced over ``[low, high]`` (rounded to whole years).
+    - ``range``: ``count`` ages over ``[low, high]`` (whole years): evenly spaced (``sampling="even"``) or
+      drawn uniformly (``sampling="random"``) from a seed derived from ``seed``, the identity and the
+      image's position among that identity's images, so any chunk draws the same ages on its own.
     - ``relative``: each shift in ``values`` is added to the image's current age (its previous
       ``age_target``, else a numeric ``age`` in its extra or attributes, else ``base_age``).
     Targets are clamped to SAM's 0..100 years.
@@ -46,8 +50,16 @@ class AgeTargets:
     high: float = 70.0
     count: int = 3
     base_age: float = 30.0
+    sampling: str = "even"
+    seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise InputError(
+                f"unknown sampling '{self.sampling}'",
+                where="sampling",
+                fix=f"use one of {', '.join(SAMPLINGS)}.",
+            )
         if self.mode not in MODES:
             raise InputError(
                 f"unknown age mode '{self.mode}'", where="mode", fix=f"use one of {', '.join(MODES)}."
@@ -99,35 +111,35 @@ def current_age(prov: Provenance, base_age: float) -> tuple[float, str]:
     return float(base_age), "base_age"
 
 
-def plan_targets(faceset: FaceSet, targets: AgeTargets) -> list[list[tuple[float, dict]]]:
-    """For each image, the list of (target age, provenance extra) to produce."""
-    plan: list[list[tuple[float, dict]]] = []
+def plan_targets(faceset: FaceSet, targets: AgeTargets) -> list[list[tuple[float, dict, dict]]]:
+    """For each image, the list of (target age, provenance extra, provenance seeds) to produce."""
+    plan: list[list[tuple[float, dict, dict]]] = []
+    seen: dict[int, int] = {}
     for prov in faceset.provenance:
-        items: list[tuple[float, dict]] = []
+        occurrence = seen.get(prov.identity, 0)
+        seen[prov.identity] = occurrence + 1
+        items: list[tuple[float, dict, dict]] = []
         if targets.mode == "list":
-            items = [(float(v), {"age_mode": "list"}) for v in targets.values]
+            items = [(float(v), {"age_mode": "list"}, {}) for v in targets.values]
+        elif targets.mode == "range" and targets.sampling == "random":
+            seed = derive_seed(targets.seed, STAGE, prov.identity, occurrence)
+            rng = np.random.default_rng(seed)
+            lo, hi = int(math.ceil(targets.low)), int(math.floor(targets.high))
+            ages = sorted(int(a) for a in rng.integers(lo, max(hi, lo) + 1, size=targets.count))
+            items = [(float(a), {"age_mode": "range", "age_sampling": "random"}, {STAGE: seed}) for a in ages]
         elif targets.mode == "range":
             if targets.count == 1:
                 ages = [round((targets.low + targets.high) / 2)]
             else:
                 ages = [round(v) for v in np.linspace(targets.low, targets.high, targets.count)]
-            items = [(float(a), {"age_mode": "range"}) for a in ages]
+            items = [(float(a), {"age_mode": "range", "age_sampling": "even"}, {}) for a in ages]
         else:
             base, src = current_age(prov, targets.base_age)
             for shift in targets.values:
                 t = min(max(base + shift, AGE_MIN), AGE_MAX)
-                items.append(
-                    (
-                        float(round(t)),
-                        {
-                            "age_mode": "relative",
-                            "age_shift": shift,
-                            "age_base": base,
-                            "age_base_source": src,
-                        },
-                    )
-                )
-        plan.append([(min(max(a, AGE_MIN), AGE_MAX), e) for a, e in items])
+                extra = {"age_mode": "relative", "age_shift": shift, "age_base": base, "age_base_source": src}
+                items.append((float(round(t)), extra, {}))
+        plan.append([(min(max(a, AGE_MIN), AGE_MAX), e, sd) for a, e, sd in items])
     return plan
 
 
@@ -192,7 +204,7 @@ def shift_faceset(
     the mode details in ``extra``; labels and source faces are unchanged.
     """
     plan = plan_targets(faceset, targets)
-    jobs = [(i, age, extra) for i, items in enumerate(plan) for age, extra in items]
+    jobs = [(i, age) for i, items in enumerate(plan) for age, _, _ in items]
     aged = age_faces(
         model,
         faceset.images[[j[0] for j in jobs]] if jobs else np.zeros((0, 112, 112, 3), np.uint8),
@@ -211,12 +223,12 @@ def shift_faceset(
             images.append(faceset.images[i])
             labels.append(int(faceset.labels[i]))
             prov.append(faceset.provenance[i])
-        for age, extra in items:
+        for age, extra, seeds in items:
             images.append(aged[k])
             labels.append(int(faceset.labels[i]))
             prov.append(
                 faceset.provenance[i].derive(
-                    STAGE, age_target=float(age), extra={**extra, "age_source_index": i}
+                    STAGE, age_target=float(age), seeds=seeds, extra={**extra, "age_source_index": i}
                 )
             )
             k += 1

@@ -106,7 +106,7 @@ def test_batched_equals_one_at_a_time(model):
     single = age_faces(model, fs.images, ages, batch_size=1)
     assert batched.shape == (3, 112, 112, 3) and batched.dtype == np.uint8
     assert np.abs(batched.astype(int) - single.astype(int)).max() <= 1
-    assert calls == [(3, 3)]
+    assert calls == [(0, 3), (3, 3)]
     # the age plane matters: the same face at another age differs
     other = age_faces(model, fs.images[:1], [80], batch_size=1)
     assert np.abs(other.astype(int) - single[:1].astype(int)).max() > 0
@@ -138,16 +138,23 @@ def test_progress_reports_and_interrupt_propagates(model):
     shift_faceset(
         model, fs, AgeTargets("list", (30,)), batch_size=2, progress=lambda d, t: seen.append((d, t))
     )
-    assert seen == [(2, 3), (3, 3)]
+    assert seen == [(0, 3), (2, 3), (3, 3)]
 
     class Stop(Exception):
         pass
 
     def interrupt(done, total):
-        raise Stop
+        if done:
+            raise Stop
 
     with pytest.raises(Stop):
         shift_faceset(model, fs, AgeTargets("list", (30,)), batch_size=1, progress=interrupt)
+
+    def cancelled_before(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):  # raised before any batch runs
+        age_faces(model, fs.images, [30, 30, 30], batch_size=1, progress=cancelled_before)
 
 
 def test_empty_faceset(model):

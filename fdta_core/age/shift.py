@@ -162,7 +162,8 @@ def age_faces(
     """Age aligned 112x112 uint8 faces ``[N,112,112,3]``, face i to ``ages[i]``; returns ``[N,112,112,3]`` uint8.
 
     Runs in batches of ``batch_size`` on the model's device and dtype (unless given); ``progress(done,
-    total)`` is called after each batch and whatever it raises (an interrupt) propagates.
+    total)`` is called before the first batch and after each one, and whatever it raises (an interrupt)
+    propagates.
     """
     n = int(faces.shape[0])
     if len(ages) != n:
@@ -174,6 +175,8 @@ def age_faces(
     dtype = dtype or m_dtype
     out = np.empty((n, 112, 112, 3), np.uint8)
     done = 0
+    if progress is not None and n:
+        progress(0, n)  # lets a cancel requested before this node started stop it at once
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = faces_to_sam_input(

@@ -17,6 +17,7 @@ the run seed. Validation errors name the bad entry (``spec.fields.eyes.values[3]
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -307,7 +308,7 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
         raise _err("spec.fields", "missing or empty", f"give at least one of: {', '.join(FIELDS)}.")
     for name in fields_raw:
         if name not in FIELDS:
-            close = [f for f in FIELDS if f.replace("_", "") == str(name).replace("_", "").replace(" ", "").lower()]
+            close = difflib.get_close_matches(str(name).lower().replace(" ", "_"), FIELDS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise _err(f"spec.fields.{name}", f"unknown field {name!r}", f"{hint}fields are: {', '.join(FIELDS)}.")
     fields: dict[str, FieldSpec] = {}

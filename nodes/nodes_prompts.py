@@ -101,8 +101,12 @@ class FDTAAttributeSpec(io.ComfyNode):
                 ),
             ],
             outputs=[
-                IdentityPlan.Output(display_name="plan", tooltip="Identities of this chunk with attributes and prompts."),
-                io.String.Output(display_name="preview", tooltip="Readable summary: achieved proportions and prompts."),
+                IdentityPlan.Output(
+                    display_name="plan", tooltip="Identities of this chunk with attributes and prompts."
+                ),
+                io.String.Output(
+                    display_name="preview", tooltip="Readable summary: achieved proportions and prompts."
+                ),
             ],
         )
 
@@ -111,7 +115,11 @@ class FDTAAttributeSpec(io.ComfyNode):
         with node_errors("FDTAAttributeSpec"):
             parsed = parse_spec(spec, source="spec")
             plan = build_plan(
-                parsed, int(identity_start), int(identity_count), int(seed), progress=progress_callback(identity_count)
+                parsed,
+                int(identity_start),
+                int(identity_count),
+                int(seed),
+                progress=progress_callback(identity_count),
             )
             preview = plan_preview(plan)
         return io.NodeOutput(plan, preview)
@@ -134,7 +142,9 @@ class FDTAAttributePrompt(io.ComfyNode):
             ),
             inputs=[
                 IdentityPlan.Input("plan", tooltip="Plan from FDTA Attribute Spec."),
-                io.Boolean.Input("use_llm", default=False, tooltip="Ask the LLM; off = keep the grammar prompts."),
+                io.Boolean.Input(
+                    "use_llm", default=False, tooltip="Ask the LLM; off = keep the grammar prompts."
+                ),
                 io.String.Input(
                     "base_url",
                     default="",
@@ -142,9 +152,16 @@ class FDTAAttributePrompt(io.ComfyNode):
                 ),
                 io.String.Input("model", default="gpt-4o-mini", tooltip="Model name on that server."),
                 io.Float.Input(
-                    "temperature", default=0.7, min=0.0, max=2.0, step=0.05, tooltip="Sampling temperature (part of the cache key)."
+                    "temperature",
+                    default=0.7,
+                    min=0.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Sampling temperature (part of the cache key).",
                 ),
-                io.Int.Input("batch_size", default=8, min=1, max=64, tooltip="Identities described per request."),
+                io.Int.Input(
+                    "batch_size", default=8, min=1, max=64, tooltip="Identities described per request."
+                ),
                 io.Combo.Input(
                     "failure_policy",
                     options=list(POLICIES),
@@ -152,7 +169,9 @@ class FDTAAttributePrompt(io.ComfyNode):
                     tooltip="When the LLM still fails after retries: 'fallback' keeps the grammar prompt "
                     "(recorded as prompt_source llm-fallback); 'error' stops the prompt with a clear error.",
                 ),
-                io.Boolean.Input("use_cache", default=True, tooltip="Reuse cached descriptions (never contains the key)."),
+                io.Boolean.Input(
+                    "use_cache", default=True, tooltip="Reuse cached descriptions (never contains the key)."
+                ),
                 io.String.Input(
                     "api_key_env",
                     default=DEFAULT_ENV_VAR,
@@ -161,8 +180,13 @@ class FDTAAttributePrompt(io.ComfyNode):
                 ),
             ],
             outputs=[
-                IdentityPlan.Output(display_name="plan", tooltip="The plan with LLM-written prompts where available."),
-                io.String.Output(display_name="preview", tooltip="Readable summary incl. how many prompts came from the LLM."),
+                IdentityPlan.Output(
+                    display_name="plan", tooltip="The plan with LLM-written prompts where available."
+                ),
+                io.String.Output(
+                    display_name="preview",
+                    tooltip="Readable summary incl. how many prompts came from the LLM.",
+                ),
             ],
         )
 
@@ -181,7 +205,11 @@ class FDTAAttributePrompt(io.ComfyNode):
     ) -> io.NodeOutput:
         with node_errors("FDTAAttributePrompt"):
             if not isinstance(plan, PlanRecord):
-                raise ConfigError("the plan input is not an FDTA identity plan", where="plan", fix="connect FDTA Attribute Spec.")
+                raise ConfigError(
+                    "the plan input is not an FDTA identity plan",
+                    where="plan",
+                    fix="connect FDTA Attribute Spec.",
+                )
             if use_llm:
                 name = (api_key_env or DEFAULT_ENV_VAR).strip()
                 if not _looks_like_env_name(name):
@@ -207,7 +235,13 @@ class FDTAAttributePrompt(io.ComfyNode):
 
 
 def _looks_like_env_name(name: str) -> bool:
-    return bool(name) and len(name) <= 64 and name.replace("_", "").isalnum() and name.isupper() and not name[0].isdigit()
+    return (
+        bool(name)
+        and len(name) <= 64
+        and name.replace("_", "").isalnum()
+        and name.isupper()
+        and not name[0].isdigit()
+    )
 
 
 NODES = [FDTAAttributeSpec, FDTAAttributePrompt]

@@ -17,7 +17,11 @@ def describe(ident: dict, *, wrong_gender: bool = False) -> dict:
     out = {"id": ident["id"]}
     for f, v in a.items():
         if f == "gender":
-            out[f] = ("man" if v == "female" else "woman") if wrong_gender else ("woman" if v == "female" else "man")
+            out[f] = (
+                ("man" if v == "female" else "woman")
+                if wrong_gender
+                else ("woman" if v == "female" else "man")
+            )
         elif f == "age":
             out[f] = f"{v}-year-old"
         elif f == "race":
@@ -57,7 +61,12 @@ class ChatServer:
                 with server.lock:
                     behaviour = server.script.pop(0) if server.script else "ok"
                     server.requests.append(
-                        {"path": self.path, "body": body, "auth": self.headers.get("Authorization"), "behaviour": behaviour}
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "auth": self.headers.get("Authorization"),
+                            "behaviour": behaviour,
+                        }
                     )
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": "not found"}})
@@ -66,7 +75,11 @@ class ChatServer:
                     time.sleep(float(behaviour.split(":", 1)[1]))
                     behaviour = "ok"
                 if behaviour == "429":
-                    self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"Retry-After": "0"})
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit"}},
+                        {"Retry-After": "0"},
+                    )
                     return
                 if behaviour == "500":
                     self._send(500, {"error": {"message": "server exploded"}})
@@ -82,7 +95,9 @@ class ChatServer:
                 if behaviour == "malformed":
                     content = '{"identities": [ {"id": 1, "eyes": '
                 else:
-                    items = [describe(i, wrong_gender=behaviour == "wrong-gender") for i in user["identities"]]
+                    items = [
+                        describe(i, wrong_gender=behaviour == "wrong-gender") for i in user["identities"]
+                    ]
                     content = json.dumps({"identities": items})
                     if fmt is None:
                         content = "Here you are:\n```json\n" + content + "\n```"
@@ -94,7 +109,11 @@ class ChatServer:
                         "created": int(time.time()),
                         "model": body.get("model", "test"),
                         "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop",
+                            }
                         ],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                     },
@@ -102,7 +121,9 @@ class ChatServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -257,14 +278,22 @@ def test_failure_policy_fallback_records_provenance(server, plan, tmp_path):
     out = describe_plan(plan, settings(server, tmp_path, max_attempts=2), api_key=KEY, sleep=lambda s: None)
     assert all(i.prompt_source == "llm-fallback" for i in out)
     assert [i.prompt for i in out] == [i.prompt for i in plan]  # grammar prompts kept
-    assert "500" in out.identities[0].extra["llm_error"] or "InternalServer" in out.identities[0].extra["llm_error"]
+    assert (
+        "500" in out.identities[0].extra["llm_error"]
+        or "InternalServer" in out.identities[0].extra["llm_error"]
+    )
     assert KEY not in json.dumps(out.to_dict())
 
 
 def test_failure_policy_error_raises(server, plan, tmp_path):
     server.script = ["500"] * 20
     with pytest.raises(ExternalServiceError) as err:
-        describe_plan(plan, settings(server, tmp_path, max_attempts=2, failure_policy="error"), api_key=KEY, sleep=lambda s: None)
+        describe_plan(
+            plan,
+            settings(server, tmp_path, max_attempts=2, failure_policy="error"),
+            api_key=KEY,
+            sleep=lambda s: None,
+        )
     assert "failure_policy" in str(err.value) and KEY not in str(err.value)
 
 

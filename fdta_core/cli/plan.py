@@ -17,21 +17,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--spec", help="attribute spec JSON file (default: the shipped default spec)")
     p.add_argument("--start", type=int, default=0, help="first identity index (default 0)")
-    p.add_argument("--count", type=int, default=None, help="number of identities (required unless --default-spec)")
+    p.add_argument(
+        "--count", type=int, default=None, help="number of identities (required unless --default-spec)"
+    )
     p.add_argument("--seed", type=int, default=None, help="run seed (required unless --default-spec)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per identity")
     p.add_argument("--default-spec", action="store_true", help="print the default spec (to edit) and exit")
     llm = p.add_argument_group("LLM descriptions (optional; key from the environment only)")
-    llm.add_argument("--llm", action="store_true", help="let an OpenAI-compatible server write the descriptions")
+    llm.add_argument(
+        "--llm", action="store_true", help="let an OpenAI-compatible server write the descriptions"
+    )
     llm.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: OpenAI)")
     llm.add_argument("--model", default="gpt-4o-mini", help="model name (default gpt-4o-mini)")
     llm.add_argument("--temperature", type=float, default=0.7)
     llm.add_argument("--batch-size", type=int, default=8, help="identities per request (default 8)")
-    llm.add_argument("--on-failure", choices=("fallback", "error"), default="fallback",
-                     help="fallback: grammar prompt, recorded as llm-fallback; error: stop")
-    llm.add_argument("--cache-dir", default=None, help="LLM cache folder (default $FDTA_CACHE_DIR/llm or ~/.cache/fdta/llm)")
+    llm.add_argument(
+        "--on-failure",
+        choices=("fallback", "error"),
+        default="fallback",
+        help="fallback: grammar prompt, recorded as llm-fallback; error: stop",
+    )
+    llm.add_argument(
+        "--cache-dir",
+        default=None,
+        help="LLM cache folder (default $FDTA_CACHE_DIR/llm or ~/.cache/fdta/llm)",
+    )
     llm.add_argument("--no-cache", action="store_true", help="do not read or write the LLM cache")
-    llm.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the environment variable holding the key")
+    llm.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="NAME of the environment variable holding the key"
+    )
     p.set_defaults(func=run)
 
 
@@ -44,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(default_spec_text())
         return 0
     if args.count is None or args.seed is None:
-        raise InputError("--count and --seed are required", where="fdta plan", fix="e.g. fdta plan --count 10 --seed 1")
+        raise InputError(
+            "--count and --seed are required", where="fdta plan", fix="e.g. fdta plan --count 10 --seed 1"
+        )
     spec = load_spec(args.spec)
     plan = build_plan(spec, args.start, args.count, args.seed)
     if args.llm:

@@ -136,9 +136,7 @@ class CLIPTokenizer:
             return cached
         word: list[str] = list(token[:-1]) + [token[-1] + "</w>"]
         while len(word) > 1:
-            ranked = [
-                (self.bpe_ranks.get((word[k], word[k + 1])), k) for k in range(len(word) - 1)
-            ]
+            ranked = [(self.bpe_ranks.get((word[k], word[k + 1])), k) for k in range(len(word) - 1)]
             ranked = [(r, k) for r, k in ranked if r is not None]
             if not ranked:
                 break

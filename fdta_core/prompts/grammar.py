@@ -52,7 +52,6 @@ def sanitize_phrase(text: str) -> str:
     """Make free text (from an LLM) safe inside a prompt: no ComfyUI syntax, single spaces, no
     leading/trailing punctuation."""
     text = _SAFE.sub(" ", str(text)).replace(",", " ").replace("\n", " ")
-    text = text.replace("embedding", "embed ing") if "embedding" in text.lower() else text
     return " ".join(text.split()).strip(" .;-")
 
 
@@ -129,7 +128,9 @@ def grammar_phrases(spec, attributes: Mapping[str, str]) -> dict[str, str]:
 def formulate(spec, attributes: Mapping[str, str]) -> FormulatedPrompt:
     """The grammar prompt of one identity."""
     st = spec.style
-    return assemble(grammar_phrases(spec, attributes), prefix=st.prefix, suffix=st.suffix, negative=st.negative)
+    return assemble(
+        grammar_phrases(spec, attributes), prefix=st.prefix, suffix=st.suffix, negative=st.negative
+    )
 
 
 def check_spec_fits(spec) -> None:

@@ -87,15 +87,29 @@ class LLMSettings:
 
     def validate(self) -> LLMSettings:
         if not self.model or not self.model.strip():
-            raise ConfigError("model name is empty", where="model", fix="give a model such as gpt-4o-mini or llama3.1.")
+            raise ConfigError(
+                "model name is empty", where="model", fix="give a model such as gpt-4o-mini or llama3.1."
+            )
         if self.failure_policy not in POLICIES:
-            raise ConfigError(f"unknown failure policy {self.failure_policy!r}", where="failure_policy", fix=f"use one of {POLICIES}.")
+            raise ConfigError(
+                f"unknown failure policy {self.failure_policy!r}",
+                where="failure_policy",
+                fix=f"use one of {POLICIES}.",
+            )
         if self.response_format not in RESPONSE_FORMATS:
-            raise ConfigError(f"unknown response format {self.response_format!r}", where="response_format", fix=f"use one of {RESPONSE_FORMATS}.")
+            raise ConfigError(
+                f"unknown response format {self.response_format!r}",
+                where="response_format",
+                fix=f"use one of {RESPONSE_FORMATS}.",
+            )
         if not 1 <= int(self.batch_size) <= 64:
-            raise ConfigError(f"batch_size {self.batch_size} out of range", where="batch_size", fix="use 1 to 64.")
+            raise ConfigError(
+                f"batch_size {self.batch_size} out of range", where="batch_size", fix="use 1 to 64."
+            )
         if not 0.0 <= float(self.temperature) <= 2.0:
-            raise ConfigError(f"temperature {self.temperature} out of range", where="temperature", fix="use 0 to 2.")
+            raise ConfigError(
+                f"temperature {self.temperature} out of range", where="temperature", fix="use 0 to 2."
+            )
         if self.max_attempts < 1 or self.timeout_s <= 0:
             raise ConfigError("max_attempts must be >= 1 and timeout_s > 0", where="llm settings")
         if self.base_url:
@@ -202,7 +216,9 @@ def response_schema(fields: Sequence[str]) -> dict[str, Any]:
 
 
 def build_messages(batch: Sequence[IdentitySpec], fields: Sequence[str]) -> list[dict[str, str]]:
-    payload = {"identities": [{"id": i.index, "attributes": {f: i.attributes[f] for f in fields}} for i in batch]}
+    payload = {
+        "identities": [{"id": i.index, "attributes": {f: i.attributes[f] for f in fields}} for i in batch]
+    }
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(fields=", ".join(f'"{f}"' for f in fields))},
         {"role": "user", "content": json.dumps(payload, ensure_ascii=False)},
@@ -250,7 +266,11 @@ def validate_item(item: Any, ident: IdentitySpec, fields: Sequence[str]) -> dict
             raise ValueError(f"gender phrase {out['gender']!r} does not say {ident.gender}")
     if "age" in out and ident.age is not None and str(ident.age) not in re.findall(r"\d+", out["age"]):
         raise ValueError(f"age phrase {out['age']!r} does not state {ident.age}")
-    if "race" in out and "race" in ident.attributes and ident.attributes["race"].lower() not in out["race"].lower():
+    if (
+        "race" in out
+        and "race" in ident.attributes
+        and ident.attributes["race"].lower() not in out["race"].lower()
+    ):
         raise ValueError(f"race phrase {out['race']!r} does not keep {ident.attributes['race']!r}")
     return out
 
@@ -323,7 +343,9 @@ class LLMDescriber:
             if not key:
                 if self.settings.base_url:
                     key = "no-key"  # local servers (Ollama, vLLM, LM Studio) accept any key
-                    log.info("no API key found; sending a placeholder to %s", sanitize_url(self.settings.base_url))
+                    log.info(
+                        "no API key found; sending a placeholder to %s", sanitize_url(self.settings.base_url)
+                    )
                 else:
                     raise ExternalServiceError(
                         "no OpenAI API key found",
@@ -332,7 +354,10 @@ class LLMDescriber:
                         "before starting ComfyUI, or set base_url to a local OpenAI-compatible server.",
                     )
             self._client = openai.OpenAI(
-                api_key=key, base_url=self.settings.base_url or None, timeout=self.settings.timeout_s, max_retries=0
+                api_key=key,
+                base_url=self.settings.base_url or None,
+                timeout=self.settings.timeout_s,
+                max_retries=0,
             )
         return self._client
 
@@ -355,7 +380,11 @@ class LLMDescriber:
         if self._format == "json_schema":
             return {
                 "type": "json_schema",
-                "json_schema": {"name": "fdta_face_descriptions", "strict": True, "schema": response_schema(fields)},
+                "json_schema": {
+                    "name": "fdta_face_descriptions",
+                    "strict": True,
+                    "schema": response_schema(fields),
+                },
             }
         if self._format == "json_object":
             return {"type": "json_object"}
@@ -403,7 +432,12 @@ class LLMDescriber:
                 raise _Permanent(f"request refused: {msg[:300]}") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 raise _Permanent(f"{type(exc).__name__}: {redact(str(exc), self._key)[:300]}") from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+            ) as exc:
                 wait_hint = _retry_after(exc)
                 last = f"{type(exc).__name__}: {redact(str(exc), self._key)[:200]}"
             except openai.APIStatusError as exc:
@@ -415,10 +449,14 @@ class LLMDescriber:
             if attempt >= s.max_attempts:
                 raise _GaveUp(f"gave up after {attempt} attempts; last error: {last}")
             if wait_hint is not None and wait_hint > s.max_retry_after_s:
-                raise _GaveUp(f"server asked to retry after {wait_hint:.0f} s (limit {s.max_retry_after_s:.0f} s); {last}")
+                raise _GaveUp(
+                    f"server asked to retry after {wait_hint:.0f} s (limit {s.max_retry_after_s:.0f} s); {last}"
+                )
             backoff = min(s.backoff_max_s, s.backoff_base_s * (2 ** (attempt - 1)))
             wait = max(backoff, wait_hint or 0.0)
-            log.warning("LLM request failed (%s); retry %d/%d in %.2f s", last, attempt, s.max_attempts - 1, wait)
+            log.warning(
+                "LLM request failed (%s); retry %d/%d in %.2f s", last, attempt, s.max_attempts - 1, wait
+            )
             self._sleep(wait)
 
     # -- public -------------------------------------------------------------------------------
@@ -475,7 +513,9 @@ class LLMDescriber:
                 if pending:
                     reason = "; ".join(problems[:3]) or "identities missing from the answer"
                     if attempts_left > 0:
-                        log.warning("LLM answer invalid for %d identities (%s); asking again", len(pending), reason)
+                        log.warning(
+                            "LLM answer invalid for %d identities (%s); asking again", len(pending), reason
+                        )
                         self._sleep(min(s.backoff_max_s, s.backoff_base_s))
                     else:
                         errors.update({i: f"invalid answer: {reason}" for i in pending})
@@ -546,7 +586,11 @@ def describe_plan(
         )
     style = _style(plan)
     out: list[IdentitySpec] = []
-    llm_meta = {"model": settings.model.strip(), "template": TEMPLATE_VERSION, "base_url": sanitize_url(settings.base_url)}
+    llm_meta = {
+        "model": settings.model.strip(),
+        "template": TEMPLATE_VERSION,
+        "base_url": sanitize_url(settings.base_url),
+    }
     for ident in plan.identities:
         if ident.index in results:
             desc = results[ident.index]
@@ -555,11 +599,23 @@ def describe_plan(
             extra.pop("dropped", None)
             if fp.dropped:
                 extra["dropped"] = list(fp.dropped)
-            out.append(dataclasses.replace(ident, prompt=fp.prompt, negative_prompt=fp.negative_prompt, prompt_source="llm", extra=extra))
+            out.append(
+                dataclasses.replace(
+                    ident,
+                    prompt=fp.prompt,
+                    negative_prompt=fp.negative_prompt,
+                    prompt_source="llm",
+                    extra=extra,
+                )
+            )
         else:
             reason = errors.get(ident.index, "not described")
             extra = {**ident.extra, "llm": llm_meta, "llm_error": redact(reason, api_key)[:300]}
             out.append(dataclasses.replace(ident, prompt_source="llm-fallback", extra=extra))
     if errors:
-        log.warning("LLM failed for %d of %d identities; using grammar prompts for them (policy 'fallback')", len(errors), plan.count)
+        log.warning(
+            "LLM failed for %d of %d identities; using grammar prompts for them (policy 'fallback')",
+            len(errors),
+            plan.count,
+        )
     return dataclasses.replace(plan, identities=tuple(out))

@@ -26,17 +26,29 @@ MAX_IDENTITIES = 50_000_000
 
 def _check_range(start: int, count: int, run_seed: int) -> None:
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise InputError(f"identity_start {start!r} must be an integer >= 0", where="identity_start", fix="use 0 or more.")
+        raise InputError(
+            f"identity_start {start!r} must be an integer >= 0", where="identity_start", fix="use 0 or more."
+        )
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InputError(f"identity_count {count!r} must be an integer >= 1", where="identity_count", fix="use 1 or more.")
+        raise InputError(
+            f"identity_count {count!r} must be an integer >= 1", where="identity_count", fix="use 1 or more."
+        )
     if start + count > MAX_IDENTITIES:
         raise InputError(
             f"identities up to {start + count} requested; the planner supports {MAX_IDENTITIES}",
             where="identity_count",
             fix="use a smaller range.",
         )
-    if isinstance(run_seed, bool) or not isinstance(run_seed, int) or not (0 <= run_seed <= 0xFFFFFFFFFFFFFFFF):
-        raise InputError(f"seed {run_seed!r} must be an integer in 0 .. 2^64-1", where="seed", fix="use a fixed integer seed.")
+    if (
+        isinstance(run_seed, bool)
+        or not isinstance(run_seed, int)
+        or not (0 <= run_seed <= 0xFFFFFFFFFFFFFFFF)
+    ):
+        raise InputError(
+            f"seed {run_seed!r} must be an integer in 0 .. 2^64-1",
+            where="seed",
+            fix="use a fixed integer seed.",
+        )
 
 
 def assign_attributes(spec: AttributeSpec, start: int, count: int, run_seed: int) -> list[dict[str, str]]:
@@ -79,7 +91,9 @@ def build_plan(
         age_bin = ""
         if spec.age is not None and "age" in a:
             age = int(a["age"])
-            age_bin = next(lab for (lo, hi), lab in zip(spec.age.bins, spec.age.labels, strict=True) if lo <= age <= hi)
+            age_bin = next(
+                lab for (lo, hi), lab in zip(spec.age.bins, spec.age.labels, strict=True) if lo <= age <= hi
+            )
         extra = {"grammar": GRAMMAR_VERSION, "spec_hash": spec.hash}
         if age_bin:
             extra["age_bin"] = age_bin
@@ -100,7 +114,11 @@ def build_plan(
         if progress is not None and ((k + 1) % step == 0 or k + 1 == count):
             progress(k + 1, count)
     return IdentityPlan(
-        run_seed=int(run_seed), start=int(start), identities=tuple(identities), spec_hash=spec.hash, spec=spec.canonical
+        run_seed=int(run_seed),
+        start=int(start),
+        identities=tuple(identities),
+        spec_hash=spec.hash,
+        spec=spec.canonical,
     )
 
 

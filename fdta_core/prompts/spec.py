@@ -112,7 +112,9 @@ def load_spec(path: str | Path | None) -> AttributeSpec:
         return default_spec()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"spec file {p} does not exist", where="--spec", fix="give the path of a JSON spec file.")
+        raise ConfigError(
+            f"spec file {p} does not exist", where="--spec", fix="give the path of a JSON spec file."
+        )
     return parse_spec(p.read_text(encoding="utf-8"), source=str(p))
 
 
@@ -139,7 +141,11 @@ def _int_weights(fracs: list[Fraction]) -> tuple[int, ...]:
 
 def _check_text(text: Any, where: str, *, allow_empty: bool = False) -> str:
     if not isinstance(text, str):
-        raise _err(where, f"expected text, got {type(text).__name__} {text!r}", 'write it as a JSON string in "quotes".')
+        raise _err(
+            where,
+            f"expected text, got {type(text).__name__} {text!r}",
+            'write it as a JSON string in "quotes".',
+        )
     text = " ".join(text.split())
     if not text and not allow_empty:
         raise _err(where, "the text is empty", "write a short phrase, or remove the entry.")
@@ -167,7 +173,9 @@ def _parse_values(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[int, ...
             'write e.g. ["brown", "blue"] (equal shares) or {"brown": 0.7, "blue": 0.3}.',
         )
     if not items:
-        raise _err(where, "no values given", "list at least one value, or set the field to null to leave it out.")
+        raise _err(
+            where, "no values given", "list at least one value, or set the field to null to leave it out."
+        )
     values: list[str] = []
     fracs: list[Fraction] = []
     seen: set[str] = set()
@@ -175,7 +183,11 @@ def _parse_values(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[int, ...
         at = label(i, value)
         text = _check_text(value, at)
         if len(text) > _MAX_VALUE_CHARS:
-            raise _err(at, f"{text[:30]!r}... is {len(text)} characters long", f"keep values under {_MAX_VALUE_CHARS} characters.")
+            raise _err(
+                at,
+                f"{text[:30]!r}... is {len(text)} characters long",
+                f"keep values under {_MAX_VALUE_CHARS} characters.",
+            )
         if text.lower() in seen:
             raise _err(at, f"value {text!r} appears twice", "list each value once (merge their weights).")
         seen.add(text.lower())
@@ -186,25 +198,40 @@ def _parse_values(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[int, ...
 
 def _parse_field(name: str, raw: Any) -> FieldSpec:
     where = f"spec.fields.{name}"
+    if isinstance(raw, list):  # shorthand: a plain list of values with equal shares
+        raw = {"values": raw}
     if not isinstance(raw, dict):
-        raise _err(where, f"expected an object, got {type(raw).__name__}", '{"values": [...], "template": "{value} eyes"}')
+        raise _err(
+            where,
+            f"expected an object, got {type(raw).__name__}",
+            '{"values": [...], "template": "{value} eyes"}',
+        )
     unknown = sorted(set(raw) - {"values", "template"})
     if unknown:
-        raise _err(f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use only "values" and "template".')
+        raise _err(
+            f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use only "values" and "template".'
+        )
     if "values" not in raw:
-        raise _err(where, "has no \"values\"", 'add "values": ["a", "b"] or {"a": 0.6, "b": 0.4}.')
+        raise _err(where, 'has no "values"', 'add "values": ["a", "b"] or {"a": 0.6, "b": 0.4}.')
     values, weights = _parse_values(raw["values"], f"{where}.values")
     template = raw.get("template", "{value}")
-    template = _check_text(template.replace("{value}", "VALUE") if isinstance(template, str) else template, f"{where}.template")
+    template = _check_text(
+        template.replace("{value}", "VALUE") if isinstance(template, str) else template, f"{where}.template"
+    )
     if template.count("VALUE") != 1:
-        raise _err(f"{where}.template", f"template {raw.get('template')!r} must contain {{value}} exactly once", 'write e.g. "{value} eyes".')
+        raise _err(
+            f"{where}.template",
+            f"template {raw.get('template')!r} must contain {{value}} exactly once",
+            'write e.g. "{value} eyes".',
+        )
     template = template.replace("VALUE", "{value}")
     if name == "gender":
         bad = [v for v in values if v not in GENDERS]
         if bad:
             raise _err(
-                f"{where}.values", f"gender value {bad[0]!r} is not one of {', '.join(GENDERS)}",
-                "use \"female\" and/or \"male\" (the ACG selection checks these targets).",
+                f"{where}.values",
+                f"gender value {bad[0]!r} is not one of {', '.join(GENDERS)}",
+                'use "female" and/or "male" (the ACG selection checks these targets).',
             )
     return FieldSpec(name=name, values=values, weights=weights, template=template)
 
@@ -212,25 +239,41 @@ def _parse_field(name: str, raw: Any) -> FieldSpec:
 def _parse_age(raw: Any) -> AgeSpec:
     where = "spec.fields.age"
     if not isinstance(raw, dict):
-        raise _err(where, f"expected an object, got {type(raw).__name__}", '{"min": 18, "max": 80, "distribution": "uniform"}')
+        raise _err(
+            where,
+            f"expected an object, got {type(raw).__name__}",
+            '{"min": 18, "max": 80, "distribution": "uniform"}',
+        )
     unknown = sorted(set(raw) - {"min", "max", "distribution", "bin_width", "bins"})
     if unknown:
-        raise _err(f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use "min", "max", "distribution", "bin_width" or "bins".')
+        raise _err(
+            f"{where}.{unknown[0]}",
+            f"unknown key {unknown[0]!r}",
+            'use "min", "max", "distribution", "bin_width" or "bins".',
+        )
     lo_lim, hi_lim = _AGE_LIMITS
     bins_raw = raw.get("bins")
     if bins_raw is not None:
         if not isinstance(bins_raw, dict) or not bins_raw:
-            raise _err(f"{where}.bins", "bins must be a non-empty object \"lo-hi\" -> weight", 'write e.g. {"18-29": 0.3, "30-49": 0.4, "50-80": 0.3}.')
+            raise _err(
+                f"{where}.bins",
+                'bins must be a non-empty object "lo-hi" -> weight',
+                'write e.g. {"18-29": 0.3, "30-49": 0.4, "50-80": 0.3}.',
+            )
         bins: list[tuple[int, int]] = []
         fracs: list[Fraction] = []
         for label, weight in bins_raw.items():
             at = f"{where}.bins.{label}"
             m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(label))
             if not m:
-                raise _err(at, f"bin {label!r} is not a range", 'name bins "lo-hi" in whole years, e.g. "18-29".')
+                raise _err(
+                    at, f"bin {label!r} is not a range", 'name bins "lo-hi" in whole years, e.g. "18-29".'
+                )
             lo, hi = int(m.group(1)), int(m.group(2))
             if not (lo_lim <= lo <= hi <= hi_lim):
-                raise _err(at, f"bin {label!r} is empty or outside {lo_lim}-{hi_lim}", "use lo <= hi within 0-120.")
+                raise _err(
+                    at, f"bin {label!r} is empty or outside {lo_lim}-{hi_lim}", "use lo <= hi within 0-120."
+                )
             bins.append((lo, hi))
             fracs.append(_exact_weight(weight, at))
         order = sorted(range(len(bins)), key=lambda i: bins[i])
@@ -238,42 +281,72 @@ def _parse_age(raw: Any) -> AgeSpec:
         fracs = [fracs[i] for i in order]
         for (alo, ahi), (blo, bhi) in zip(bins, bins[1:], strict=False):
             if blo <= ahi:
-                raise _err(f"{where}.bins", f"bins {alo}-{ahi} and {blo}-{bhi} overlap", "make the bins disjoint.")
+                raise _err(
+                    f"{where}.bins", f"bins {alo}-{ahi} and {blo}-{bhi} overlap", "make the bins disjoint."
+                )
         for key in ("min", "max"):
             if key in raw and raw[key] != (bins[0][0] if key == "min" else bins[-1][1]):
-                raise _err(f"{where}.{key}", f"{key} {raw[key]!r} disagrees with the bins", f'drop "{key}" or make it match the bins.')
+                raise _err(
+                    f"{where}.{key}",
+                    f"{key} {raw[key]!r} disagrees with the bins",
+                    f'drop "{key}" or make it match the bins.',
+                )
         return AgeSpec(min=bins[0][0], max=bins[-1][1], bins=tuple(bins), weights=_int_weights(fracs))
     lo, hi = raw.get("min", 18), raw.get("max", 80)
     for key, v in (("min", lo), ("max", hi)):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise _err(f"{where}.{key}", f"{key} {v!r} is not a whole number of years", "use an integer such as 18.")
+            raise _err(
+                f"{where}.{key}", f"{key} {v!r} is not a whole number of years", "use an integer such as 18."
+            )
     if not (lo_lim <= lo <= hi <= hi_lim):
-        raise _err(where, f"age range {lo}-{hi} is empty or outside {lo_lim}-{hi_lim}", "use 0 <= min <= max <= 120.")
+        raise _err(
+            where, f"age range {lo}-{hi} is empty or outside {lo_lim}-{hi_lim}", "use 0 <= min <= max <= 120."
+        )
     dist = raw.get("distribution", "uniform")
     if dist != "uniform":
-        raise _err(f"{where}.distribution", f"unknown distribution {dist!r}", 'use "uniform", or give explicit "bins" with proportions.')
+        raise _err(
+            f"{where}.distribution",
+            f"unknown distribution {dist!r}",
+            'use "uniform", or give explicit "bins" with proportions.',
+        )
     width = raw.get("bin_width", 10)
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise _err(f"{where}.bin_width", f"bin_width {width!r} must be a positive integer", "use e.g. 10 (years per balanced bin).")
+        raise _err(
+            f"{where}.bin_width",
+            f"bin_width {width!r} must be a positive integer",
+            "use e.g. 10 (years per balanced bin).",
+        )
     bins = [(a, min(a + width - 1, hi)) for a in range(lo, hi + 1, width)]
     # Uniform over years: each bin's share is its width.
-    return AgeSpec(min=lo, max=hi, bins=tuple(bins), weights=_int_weights([Fraction(b - a + 1) for a, b in bins]))
+    return AgeSpec(
+        min=lo, max=hi, bins=tuple(bins), weights=_int_weights([Fraction(b - a + 1) for a, b in bins])
+    )
 
 
 def _parse_style(raw: Any) -> PromptStyle:
     where = "spec.prompt"
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise _err(where, f"expected an object, got {type(raw).__name__}", '{"prefix": "...", "suffix": [...], "negative": "..."}')
+        raise _err(
+            where,
+            f"expected an object, got {type(raw).__name__}",
+            '{"prefix": "...", "suffix": [...], "negative": "..."}',
+        )
     unknown = sorted(set(raw) - {"prefix", "suffix", "negative"})
     if unknown:
-        raise _err(f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use "prefix", "suffix" and "negative".')
+        raise _err(
+            f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use "prefix", "suffix" and "negative".'
+        )
     prefix = _check_text(raw.get("prefix", "photo portrait of"), f"{where}.prefix", allow_empty=True)
     suffix_raw = raw.get("suffix", [])
     if isinstance(suffix_raw, str):
         suffix_raw = [s for s in suffix_raw.split(",")]
     if not isinstance(suffix_raw, list):
-        raise _err(f"{where}.suffix", "suffix must be a list of short phrases", 'write e.g. ["plain background", "sharp focus"].')
+        raise _err(
+            f"{where}.suffix",
+            "suffix must be a list of short phrases",
+            'write e.g. ["plain background", "sharp focus"].',
+        )
     suffix = tuple(_check_text(s, f"{where}.suffix[{i}]") for i, s in enumerate(suffix_raw))
     negative = _check_text(raw.get("negative", ""), f"{where}.negative", allow_empty=True)
     return PromptStyle(prefix=prefix, suffix=suffix, negative=negative)
@@ -283,7 +356,11 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
     """Validate spec text (JSON) or an already-parsed dict; raise :class:`ConfigError` naming the bad entry."""
     if isinstance(text, str):
         if not text.strip():
-            raise _err(source, "the spec is empty", "paste a JSON spec, or use the default (fdta plan --default-spec).")
+            raise _err(
+                source,
+                "the spec is empty",
+                "paste a JSON spec, or use the default (fdta plan --default-spec).",
+            )
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -296,10 +373,16 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
     else:
         raw = text
     if not isinstance(raw, dict):
-        raise _err(source, f"expected a JSON object, got {type(raw).__name__}", '{"fields": {...}, "prompt": {...}}')
+        raise _err(
+            source, f"expected a JSON object, got {type(raw).__name__}", '{"fields": {...}, "prompt": {...}}'
+        )
     unknown = sorted(set(raw) - {"format", "fields", "prompt", "comment"})
     if unknown:
-        raise _err(f"spec.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use "format", "fields", "prompt" (and "comment").')
+        raise _err(
+            f"spec.{unknown[0]}",
+            f"unknown key {unknown[0]!r}",
+            'use "format", "fields", "prompt" (and "comment").',
+        )
     fmt = raw.get("format", SPEC_FORMAT)
     if fmt != SPEC_FORMAT:
         raise _err("spec.format", f"unsupported format {fmt!r}", f'use "{SPEC_FORMAT}".')
@@ -310,7 +393,9 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
         if name not in FIELDS:
             close = difflib.get_close_matches(str(name).lower().replace(" ", "_"), FIELDS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise _err(f"spec.fields.{name}", f"unknown field {name!r}", f"{hint}fields are: {', '.join(FIELDS)}.")
+            raise _err(
+                f"spec.fields.{name}", f"unknown field {name!r}", f"{hint}fields are: {', '.join(FIELDS)}."
+            )
     fields: dict[str, FieldSpec] = {}
     age: AgeSpec | None = None
     for name in FIELDS:
@@ -332,8 +417,13 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
             canonical["fields"]["age"] = {"bins": dict(zip(age.labels, age.weights, strict=True))}
         elif name in fields:
             f = fields[name]
-            canonical["fields"][name] = {"template": f.template, "values": dict(zip(f.values, f.weights, strict=True))}
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]
+            canonical["fields"][name] = {
+                "template": f.template,
+                "values": dict(zip(f.values, f.weights, strict=True)),
+            }
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[
+        :16
+    ]
     spec = AttributeSpec(fields=fields, age=age, style=style, canonical=canonical, hash=digest)
     from .grammar import check_spec_fits  # late import: grammar depends on this module
 

@@ -21,7 +21,7 @@ from .strata import stratified_values
 log = logging.getLogger(__name__)
 
 #: Upper bound on ``start + count`` (stratification simulates every run from identity 0).
-MAX_IDENTITIES = 50_000_000
+MAX_IDENTITIES = 10_000_000
 
 
 def _check_range(start: int, count: int, run_seed: int) -> None:

@@ -20,6 +20,7 @@ consecutive chunks only simulate the new part.
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ class _Stream:
     counts: list[int] = field(default_factory=list)
     release: list[int] = field(default_factory=list)
     deadline: list[int] = field(default_factory=list)
-    values: list[int] = field(default_factory=list)  # the sequence so far (value index per slot)
+    values: array = field(default_factory=lambda: array("H"))  # the sequence so far (value index per slot)
 
     def __post_init__(self) -> None:
         self.total = sum(self.weights)
@@ -112,8 +113,8 @@ def stratified_values(weights: Sequence[int], run_seed: int, name: str, start: i
     """
     if start < 0 or count < 0:
         raise ValueError("start and count must be >= 0")
-    if not weights or any(int(x) <= 0 for x in weights):
-        raise ValueError("weights must be positive integers")
+    if not weights or any(int(x) <= 0 for x in weights) or len(weights) > 65535:
+        raise ValueError("weights must be 1 to 65535 positive integers")
     key = (tuple(int(x) for x in weights), int(run_seed), name)
     with _CACHE_LOCK:
         stream = _CACHE.get(key)
@@ -122,7 +123,7 @@ def stratified_values(weights: Sequence[int], run_seed: int, name: str, start: i
                 _CACHE.pop(next(iter(_CACHE)))
             stream = _CACHE[key] = _Stream(weights=key[0], run_seed=key[1], name=name)
         stream.extend(start + count)
-        return stream.values[start : start + count]
+        return stream.values[start : start + count].tolist()
 
 
 def clear_cache() -> None:

@@ -225,11 +225,30 @@ def test_cache_hit_makes_no_request_and_same_result(server, plan, tmp_path):
     assert len(server.requests) == m + 2
 
 
-def test_malformed_json_is_asked_again(server, plan, tmp_path):
+def test_malformed_json_splits_the_batch_then_succeeds(server, plan, tmp_path):
     server.script = ["malformed"]
     out = describe_plan(plan, settings(server, tmp_path), api_key=KEY)
     assert_llm(out, plan)
-    assert [r["behaviour"] for r in server.requests[:2]] == ["malformed", "ok"]
+    sizes = [len(json.loads(r["body"]["messages"][-1]["content"])["identities"]) for r in server.requests]
+    assert [r["behaviour"] for r in server.requests[:3]] == ["malformed", "ok", "ok"]
+    assert sizes == [3, 1, 2, 3]  # the failed batch of 3 was asked again as 1 + 2
+
+
+def test_malformed_single_identity_is_asked_again(server, plan, tmp_path):
+    server.script = ["malformed", "malformed"]
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=1), api_key=KEY, sleep=lambda s: None)
+    assert_llm(out, plan)
+    assert [r["behaviour"] for r in server.requests[:3]] == ["malformed", "malformed", "ok"]
+
+
+def test_concurrent_requests_give_the_same_plan(server, plan, tmp_path):
+    sequential = describe_plan(plan, settings(server, tmp_path, batch_size=1, use_cache=False), api_key=KEY)
+    n = len(server.requests)
+    concurrent = describe_plan(
+        plan, settings(server, tmp_path, batch_size=1, use_cache=False, concurrency=3), api_key=KEY
+    )
+    assert len(server.requests) == n + 6
+    assert concurrent == sequential
 
 
 def test_429_then_success_respects_retry_after(server, plan, tmp_path):
@@ -369,3 +388,29 @@ def test_settings_validation():
         LLMSettings(base_url="ftp://x").validate()
     with pytest.raises(ConfigError):
         LLMSettings(batch_size=0).validate()
+
+
+def test_cli_plan_with_llm(server, tmp_path, monkeypatch, capsys):
+    from fdta_core.cli import main as cli_main
+
+    monkeypatch.setenv("MY_LLM_KEY", KEY)
+    argv = ["plan", "--count", "4", "--seed", "3", "--json", "--llm", "--base-url", server.base_url]
+    argv += [
+        "--model",
+        "m",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--api-key-env",
+        "MY_LLM_KEY",
+        "--concurrency",
+        "2",
+    ]
+    assert cli_main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["prompt_source"] for r in rows] == ["llm"] * 4
+    assert server.requests[0]["auth"] == f"Bearer {KEY}"
+    server.script = ["500"] * 50
+    argv_err = argv + ["--on-failure", "error", "--no-cache", "--max-attempts", "1"]
+    assert cli_main(argv_err) == 2
+    err = capsys.readouterr().err
+    assert "failed for 4 of 4" in err and KEY not in err

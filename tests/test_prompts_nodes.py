@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
     r = m.FDTAAttributeSpec.execute(spec=m.default_spec_text(), identity_start=2, identity_count=4, seed=5)
     plan = r.result[0]
     out["spec_plan"] = plan.to_dict()
-    args = dict(base_url="", model="m", temperature=0.7, batch_size=2, failure_policy="fallback",
+    args = dict(base_url="", model="m", temperature=0.7, batch_size=2, concurrency=2, failure_policy="fallback",
                 use_cache=True, api_key_env="FDTA_NODE_TEST_KEY")
     r2 = m.FDTAAttributePrompt.execute(plan=plan, use_llm=False, **args)
     out["passthrough_same"] = r2.result[0] == plan

@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--model", default="gpt-4o-mini", help="model name (default gpt-4o-mini)")
     llm.add_argument("--temperature", type=float, default=0.7)
     llm.add_argument("--batch-size", type=int, default=8, help="identities per request (default 8)")
+    llm.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    llm.add_argument(
+        "--max-attempts", type=int, default=5, help="attempts per request before the policy applies"
+    )
+    llm.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default 1)")
     llm.add_argument(
         "--on-failure",
         choices=("fallback", "error"),
@@ -71,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
             base_url=args.base_url or None,
             temperature=args.temperature,
             batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            max_attempts=args.max_attempts,
             failure_policy=args.on_failure,
             use_cache=not args.no_cache,
             cache_dir=args.cache_dir,

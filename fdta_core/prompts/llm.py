@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class LLMSettings:
     base_url: str | None = None
     temperature: float = 0.7
     batch_size: int = 8
+    concurrency: int = 1
     failure_policy: str = "fallback"
     use_cache: bool = True
     cache_dir: str | None = None
@@ -105,6 +107,10 @@ class LLMSettings:
         if not 1 <= int(self.batch_size) <= 64:
             raise ConfigError(
                 f"batch_size {self.batch_size} out of range", where="batch_size", fix="use 1 to 64."
+            )
+        if not 1 <= int(self.concurrency) <= 32:
+            raise ConfigError(
+                f"concurrency {self.concurrency} out of range", where="concurrency", fix="use 1 to 32."
             )
         if not 0.0 <= float(self.temperature) <= 2.0:
             raise ConfigError(
@@ -325,6 +331,7 @@ class LLMDescriber:
         self._client = client
         self._format = "json_schema" if settings.response_format == "auto" else settings.response_format
         self.requests = 0  # HTTP requests made (for tests and logs)
+        self._lock = threading.Lock()
         cache_root = settings.cache_dir or default_cache_dir()
         self.cache = DescriptionCache(cache_root) if settings.use_cache else None
 
@@ -417,7 +424,8 @@ class LLMDescriber:
             fmt = self._response_format(fields)
             if fmt is not None:
                 kwargs["response_format"] = fmt
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
             try:
                 completion = client.chat.completions.create(**kwargs)
                 choice = completion.choices[0] if completion.choices else None
@@ -491,47 +499,87 @@ class LLMDescriber:
             progress(len(results), total)
         if todo:
             self._get_client()  # configuration problems (no key, no openai) raise whatever the policy
-        for b in range(0, len(todo), s.batch_size):
-            batch = todo[b : b + s.batch_size]
-            fields = [f for f in FIELDS if f in batch[0].attributes]
-            seed = derive_seed(run_seed, "llm", batch[0].index) & 0x7FFFFFFF
-            pending = {i.index: i for i in batch}
-            attempts_left = s.max_attempts
-            while pending and attempts_left > 0:
-                attempts_left -= 1
+        batches = [todo[b : b + s.batch_size] for b in range(0, len(todo), s.batch_size)]
+        done = len(results)
+
+        def work(batch: list[IdentitySpec]) -> tuple[dict[int, dict[str, str]], dict[int, str]]:
+            return self._describe_batch(batch, run_seed, keys)
+
+        if s.concurrency <= 1 or len(batches) <= 1:
+            outcomes = (work(b) for b in batches)
+            for got, failed in outcomes:
+                results.update(got)
+                errors.update(failed)
+                done += len(got) + len(failed)
+                if progress is not None:
+                    progress(done, total)
+        else:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            with ThreadPoolExecutor(max_workers=min(s.concurrency, len(batches))) as pool:
+                futures = [pool.submit(work, b) for b in batches]
                 try:
-                    text = self._request(list(pending.values()), fields, seed)
-                except _Permanent as exc:
-                    errors.update({i: str(exc) for i in pending})
-                    pending.clear()
-                    break
-                except _GaveUp as exc:
-                    errors.update({i: str(exc) for i in pending})
-                    pending.clear()
-                    break
-                problems = self._accept(text, pending, fields, results, keys)
-                if pending:
-                    reason = "; ".join(problems[:3]) or "identities missing from the answer"
-                    if attempts_left > 0:
-                        log.warning(
-                            "LLM answer invalid for %d identities (%s); asking again", len(pending), reason
-                        )
-                        self._sleep(min(s.backoff_max_s, s.backoff_base_s))
-                    else:
-                        errors.update({i: f"invalid answer: {reason}" for i in pending})
-                        pending.clear()
-            if progress is not None:
-                progress(len(results) + len(errors), total)
+                    for fut in as_completed(futures):
+                        got, failed = fut.result()
+                        results.update(got)
+                        errors.update(failed)
+                        done += len(got) + len(failed)
+                        if progress is not None:  # called on this thread: ComfyUI's interrupt check
+                            progress(done, total)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
         return results, errors
 
-    def _accept(self, text, pending, fields, results, keys) -> list[str]:
+    def _describe_batch(
+        self, batch: list[IdentitySpec], run_seed: int, keys: dict[int, tuple[str, dict[str, Any]]]
+    ) -> tuple[dict[int, dict[str, str]], dict[int, str]]:
+        """Describe one batch. An answer that is not JSON at all (often cut off by the server's output
+        limit) splits a multi-identity batch in halves; other invalid answers are asked again."""
+        s = self.settings
+        fields = [f for f in FIELDS if f in batch[0].attributes]
+        results: dict[int, dict[str, str]] = {}
+        errors: dict[int, str] = {}
+        work: list[tuple[list[IdentitySpec], int]] = [(batch, s.max_attempts)]
+        while work:
+            part, attempts_left = work.pop(0)
+            pending = {i.index: i for i in part}
+            seed = derive_seed(run_seed, "llm", part[0].index) & 0x7FFFFFFF
+            try:
+                text = self._request(part, fields, seed)
+            except (_Permanent, _GaveUp) as exc:
+                errors.update({i: str(exc) for i in pending})
+                continue
+            problems, parsed = self._accept(text, pending, fields, results, keys)
+            if not pending:
+                continue
+            reason = "; ".join(problems[:3]) or "identities missing from the answer"
+            rest = list(pending.values())
+            if not parsed and len(rest) > 1:
+                half = len(rest) // 2
+                log.warning(
+                    "LLM answer is not JSON (%s); splitting %d identities in two requests", reason, len(rest)
+                )
+                work[:0] = [(rest[:half], attempts_left), (rest[half:], attempts_left)]
+            elif attempts_left > 1:
+                log.warning("LLM answer invalid for %d identities (%s); asking again", len(rest), reason)
+                self._sleep(min(s.backoff_max_s, s.backoff_base_s))
+                work.insert(0, (rest, attempts_left - 1))
+            else:
+                errors.update({i: f"invalid answer: {reason}" for i in pending})
+        return results, errors
+
+    def _accept(self, text, pending, fields, results, keys) -> tuple[list[str], bool]:
+        """Take the valid descriptions out of ``text`` (removing them from ``pending``); return the
+        problems found and whether the answer was JSON at all."""
         try:
             data = _extract_json(text)
         except (json.JSONDecodeError, ValueError):
-            return [f"answer is not JSON ({text[:60]!r})"]
+            return [f"answer is not JSON ({text[:60]!r})"], False
         items = data.get("identities") if isinstance(data, dict) else data if isinstance(data, list) else None
         if not isinstance(items, list):
-            return ["answer has no 'identities' list"]
+            return ["answer has no 'identities' list"], True
         problems = []
         for item in items:
             idx = item.get("id") if isinstance(item, dict) else None
@@ -550,7 +598,7 @@ class LLMDescriber:
             if self.cache:
                 key, material = keys[idx]
                 self.cache.put(key, material, desc)
-        return problems
+        return problems, True
 
 
 def _style(plan: IdentityPlan):

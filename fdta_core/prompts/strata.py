@@ -19,85 +19,68 @@ consecutive chunks only simulate the new part.
 
 from __future__ import annotations
 
+import heapq
+import random
 import threading
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from ..seeds import derive_seed
-
-_BLOCK = 4096
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-@dataclass
 class _Stream:
-    weights: tuple[int, ...]
-    run_seed: int
-    name: str
-    total: int = 0
-    counts: list[int] = field(default_factory=list)
-    release: list[int] = field(default_factory=list)
-    deadline: list[int] = field(default_factory=list)
-    values: array = field(default_factory=lambda: array("H"))  # the sequence so far (value index per slot)
+    """EDF state of one stream: a heap of released jobs keyed by (deadline, random tie key) and a heap
+    of values whose next job is not released yet. Tie keys come from one sequential generator seeded by
+    ``derive_seed(run_seed, "strata", name)``: the stream is always played from slot 1, so the keys of
+    slot ``m`` never depend on how a run is chunked. Equal deadlines are won by the smallest i.i.d.
+    key, i.e. uniformly at random."""
 
-    def __post_init__(self) -> None:
-        self.total = sum(self.weights)
-        k = len(self.weights)
-        self.counts = [0] * k
-        # job c=1 of value j: window [1, ceil(W / w_j)]
-        self.release = [1] * k
-        self.deadline = [_ceil_div(self.total, w) for w in self.weights]
-        self._ties = None
-        self._ties_block = -1
-
-    def _tie_uniforms(self, block: int) -> np.ndarray:
-        if block != self._ties_block:
-            rng = np.random.default_rng(derive_seed(self.run_seed, "strata", self.name, block))
-            self._ties = rng.random(_BLOCK)
-            self._ties_block = block
-        return self._ties
+    def __init__(self, weights: tuple[int, ...], run_seed: int, name: str) -> None:
+        self.weights = weights
+        self.total = sum(weights)
+        self.name = name
+        self.counts = [0] * len(weights)
+        self.values = array("H")  # the sequence so far (value index per slot)
+        self._rand = random.Random(derive_seed(run_seed, "strata", name)).random
+        # job c=1 of value j: window [1, ceil(W / w_j)], released at slot 1
+        self._ready = [(_ceil_div(self.total, w), self._rand(), j) for j, w in enumerate(weights)]
+        heapq.heapify(self._ready)
+        self._waiting: list[tuple[int, int]] = []  # (release slot, value)
 
     def extend(self, n: int) -> None:
         """Grow the sequence to at least ``n`` slots."""
         W = self.total
         w = self.weights
-        k = len(w)
-        counts, release, deadline, values = self.counts, self.release, self.deadline, self.values
-        single = k == 1
-        while len(values) < n:
-            m = len(values) + 1  # 1-based slot being filled
-            if single:
-                j = 0
-            else:
-                best = None
-                ties: list[int] = []
-                for v in range(k):
-                    if release[v] <= m:
-                        d = deadline[v]
-                        if best is None or d < best:
-                            best = d
-                            ties = [v]
-                        elif d == best:
-                            ties.append(v)
-                if len(ties) == 1:
-                    j = ties[0]
-                else:
-                    u = self._tie_uniforms((m - 1) // _BLOCK)[(m - 1) % _BLOCK]
-                    j = ties[int(u * len(ties))]
-                if deadline[j] < m:  # cannot happen (EDF is optimal and the job set is feasible)
-                    raise AssertionError(f"stratification deadline missed for {self.name} at slot {m}")
+        counts, values, ready, waiting, rand = (
+            self.counts,
+            self.values,
+            self._ready,
+            self._waiting,
+            self._rand,
+        )
+        push, pop = heapq.heappush, heapq.heappop
+        m = len(values)
+        while m < n:
+            m += 1  # 1-based slot being filled
+            while waiting and waiting[0][0] <= m:
+                _, v = pop(waiting)
+                push(ready, (_ceil_div((counts[v] + 1) * W, w[v]), rand(), v))
+            deadline, _, j = pop(ready)
+            if deadline < m:  # cannot happen (EDF is optimal and the job set is feasible)
+                raise AssertionError(f"stratification deadline missed for {self.name} at slot {m}")
             c = counts[j] + 1
             counts[j] = c
-            # next job c+1: window [floor(c W / w) + 1, ceil((c+1) W / w)]
-            release[j] = (c * W) // w[j] + 1
-            deadline[j] = _ceil_div((c + 1) * W, w[j])
             values.append(j)
+            # next job c+1 of value j: window [floor(c W / w) + 1, ceil((c+1) W / w)]
+            release = (c * W) // w[j] + 1
+            if release <= m + 1:
+                push(ready, (_ceil_div((c + 1) * W, w[j]), rand(), j))
+            else:
+                push(waiting, (release, j))
 
 
 _CACHE: dict[tuple, _Stream] = {}
@@ -121,7 +104,7 @@ def stratified_values(weights: Sequence[int], run_seed: int, name: str, start: i
         if stream is None:
             if len(_CACHE) >= _CACHE_MAX:
                 _CACHE.pop(next(iter(_CACHE)))
-            stream = _CACHE[key] = _Stream(weights=key[0], run_seed=key[1], name=name)
+            stream = _CACHE[key] = _Stream(key[0], key[1], name)
         stream.extend(start + count)
         return stream.values[start : start + count].tolist()
 

@@ -81,6 +81,9 @@ class ChatServer:
                         {"Retry-After": "0"},
                     )
                     return
+                if behaviour == "quota":
+                    self._send(429, {"error": {"message": "quota", "code": "insufficient_quota"}})
+                    return
                 if behaviour == "500":
                     self._send(500, {"error": {"message": "server exploded"}})
                     return
@@ -94,6 +97,8 @@ class ChatServer:
                 user = json.loads(body["messages"][-1]["content"])
                 if behaviour == "malformed":
                     content = '{"identities": [ {"id": 1, "eyes": '
+                elif behaviour == "empty":
+                    content = ""
                 else:
                     items = [
                         describe(i, wrong_gender=behaviour == "wrong-gender") for i in user["identities"]
@@ -239,6 +244,20 @@ def test_malformed_single_identity_is_asked_again(server, plan, tmp_path):
     out = describe_plan(plan, settings(server, tmp_path, batch_size=1), api_key=KEY, sleep=lambda s: None)
     assert_llm(out, plan)
     assert [r["behaviour"] for r in server.requests[:3]] == ["malformed", "malformed", "ok"]
+
+
+def test_empty_answer_is_asked_again_and_quota_is_permanent(server, plan, tmp_path):
+    server.script = ["empty"]
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=6), api_key=KEY, sleep=lambda s: None)
+    assert_llm(out, plan)
+    server.script = ["quota"]
+    n = len(server.requests)
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=6, use_cache=False), api_key=KEY)
+    assert len(server.requests) == n + 1  # no retry: waiting does not refill a quota
+    assert (
+        all(i.prompt_source == "llm-fallback" for i in out)
+        and "quota" in out.identities[0].extra["llm_error"]
+    )
 
 
 def test_concurrent_requests_give_the_same_plan(server, plan, tmp_path):

@@ -10,8 +10,12 @@ window). Design points, each for a reason:
 * A disk cache entry per identity, keyed by everything that affects the answer (model, sanitised
   base_url, template version, the request text, attributes, index, seed, temperature, batch size) and
   never by the key: reruns and resumed runs cost nothing and give the same prompts.
+* Answers are validated per identity (schema, phrase length, gender word, age number, race wording);
+  invalid ones are asked again, and an answer that is not JSON at all (often cut off by an output
+  limit) splits its batch in halves. ``concurrency`` > 1 keeps several requests in flight; the
+  result does not depend on it.
 * Retries with exponential backoff on 429, 5xx, timeouts and connection errors, honouring
-  ``Retry-After``; then the failure policy: ``"fallback"`` keeps the grammar prompt and records
+  ``Retry-After`` (a 429 for an exhausted quota is not retried); then the failure policy: ``"fallback"`` keeps the grammar prompt and records
   ``prompt_source="llm-fallback"`` (and so provenance), ``"error"`` raises :class:`ExternalServiceError`.
 * The API key is an argument (resolved from the environment by :func:`resolve_api_key`), never part of
   :class:`LLMSettings`, the cache, the plan or a log line; error texts are redacted before use.
@@ -430,9 +434,7 @@ class LLMDescriber:
                 completion = client.chat.completions.create(**kwargs)
                 choice = completion.choices[0] if completion.choices else None
                 text = choice.message.content if choice is not None and choice.message is not None else None
-                if not text:
-                    raise ValueError("the answer has no message content")
-                return text
+                return text or ""  # an empty answer is judged (and asked again) like any invalid one
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 msg = redact(str(exc), self._key)
                 if fmt is not None and self._downgrade(msg[:120]):
@@ -446,6 +448,8 @@ class LLMDescriber:
                 openai.APITimeoutError,
                 openai.APIConnectionError,
             ) as exc:
+                if getattr(exc, "code", None) == "insufficient_quota":  # a 429 that waiting cannot fix
+                    raise _Permanent(f"quota exhausted: {redact(str(exc), self._key)[:300]}") from None
                 wait_hint = _retry_after(exc)
                 last = f"{type(exc).__name__}: {redact(str(exc), self._key)[:200]}"
             except openai.APIStatusError as exc:
@@ -453,6 +457,8 @@ class LLMDescriber:
                     raise _Permanent(f"HTTP {exc.status_code}: {redact(str(exc), self._key)[:300]}") from None
                 wait_hint = _retry_after(exc)
                 last = f"HTTP {exc.status_code}: {redact(str(exc), self._key)[:200]}"
+            except openai.OpenAIError as exc:  # anything else the client raises (e.g. an unparsable body)
+                raise _Permanent(f"{type(exc).__name__}: {redact(str(exc), self._key)[:300]}") from None
             attempt += 1
             if attempt >= s.max_attempts:
                 raise _GaveUp(f"gave up after {attempt} attempts; last error: {last}")

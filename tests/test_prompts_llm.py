@@ -1,7 +1,7 @@
 """A tiny chat-completions server on 127.0.0.1 for the LLM tests (real HTTP, real openai client).
 
 Each POST pops the next scripted behaviour ("ok", "malformed", "429", "500", "sleep:<s>", "400-schema",
-"401", "wrong-gender"); when the script is empty it answers "ok". Every request is recorded.
+"401", "quota", "empty", "long", "wrong-gender"); when the script is empty it answers "ok". Every request is recorded.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def describe(ident: dict, *, wrong_gender: bool = False) -> dict:
+def describe(ident: dict, *, wrong_gender: bool = False, long_subject: bool = False) -> dict:
     a = ident["attributes"]
     out = {"id": ident["id"]}
+    noise = " ".join(["qzxwvk"] * 9)
     for f, v in a.items():
         if f == "gender":
             out[f] = (
@@ -22,10 +23,11 @@ def describe(ident: dict, *, wrong_gender: bool = False) -> dict:
                 if wrong_gender
                 else ("woman" if v == "female" else "man")
             )
+            out[f] += f" {noise}" if long_subject else ""
         elif f == "age":
             out[f] = f"{v}-year-old"
         elif f == "race":
-            out[f] = v
+            out[f] = f"{v} {noise}" if long_subject else v
         else:
             out[f] = f"distinct {v} {f.replace('_', ' ')}"
     return out
@@ -101,7 +103,10 @@ class ChatServer:
                     content = ""
                 else:
                     items = [
-                        describe(i, wrong_gender=behaviour == "wrong-gender") for i in user["identities"]
+                        describe(
+                            i, wrong_gender=behaviour == "wrong-gender", long_subject=behaviour == "long"
+                        )
+                        for i in user["identities"]
                     ]
                     content = json.dumps({"identities": items})
                     if fmt is None:
@@ -258,6 +263,13 @@ def test_empty_answer_is_asked_again_and_quota_is_permanent(server, plan, tmp_pa
         all(i.prompt_source == "llm-fallback" for i in out)
         and "quota" in out.identities[0].extra["llm_error"]
     )
+
+
+def test_description_too_long_for_clip_falls_back(server, plan, tmp_path):
+    server.script = ["long"]
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=6), api_key=KEY)
+    assert all(i.prompt_source == "llm-fallback" for i in out)
+    assert "75 CLIP tokens" in out.identities[0].extra["llm_error"]
 
 
 def test_concurrent_requests_give_the_same_plan(server, plan, tmp_path):

@@ -629,6 +629,15 @@ def describe_plan(
     """
     describer = LLMDescriber(settings, api_key=api_key, sleep=sleep, client=client)
     results, errors = describer.describe(list(plan.identities), plan.run_seed, progress=progress)
+    style = _style(plan)
+    prompts = {}
+    for index, desc in results.items():
+        try:
+            prompts[index] = assemble(desc, prefix=style.prefix, suffix=style.suffix, negative=style.negative)
+        except ConfigError:  # the LLM's subject (age, race, gender phrases) alone overflows the window
+            errors[index] = (
+                "description too long: prefix + age, race and gender phrases exceed 75 CLIP tokens"
+            )
     if errors and settings.failure_policy == "error":
         first = min(errors)
         raise ExternalServiceError(
@@ -638,7 +647,6 @@ def describe_plan(
             fix="check base_url, model and the API key environment variable, or set failure_policy to "
             "'fallback' to use the grammar prompts for failed identities.",
         )
-    style = _style(plan)
     out: list[IdentitySpec] = []
     llm_meta = {
         "model": settings.model.strip(),
@@ -646,9 +654,9 @@ def describe_plan(
         "base_url": sanitize_url(settings.base_url),
     }
     for ident in plan.identities:
-        if ident.index in results:
+        if ident.index in prompts:
             desc = results[ident.index]
-            fp = assemble(desc, prefix=style.prefix, suffix=style.suffix, negative=style.negative)
+            fp = prompts[ident.index]
             extra = {**ident.extra, "grammar": GRAMMAR_VERSION, "description": desc, "llm": llm_meta}
             extra.pop("dropped", None)
             if fp.dropped:

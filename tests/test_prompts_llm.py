@@ -1,6 +1,6 @@
 """A tiny chat-completions server on 127.0.0.1 for the LLM tests (real HTTP, real openai client).
 
-Each POST pops the next scripted behaviour ("ok", "malformed", "429", "500", "sleep:<s>", "400-schema",
+Each POST pops the next scripted behaviour ("ok", "malformed", "429[:<retry-after>]", "500", "sleep:<s>", "400-schema",
 "401", "quota", "empty", "long", "wrong-gender"); when the script is empty it answers "ok". Every request is recorded.
 """
 
@@ -76,11 +76,12 @@ class ChatServer:
                 if behaviour.startswith("sleep:"):
                     time.sleep(float(behaviour.split(":", 1)[1]))
                     behaviour = "ok"
-                if behaviour == "429":
+                if behaviour.startswith("429"):
+                    after = behaviour.split(":", 1)[1] if ":" in behaviour else "0"
                     self._send(
                         429,
                         {"error": {"message": "rate limited", "type": "rate_limit"}},
-                        {"Retry-After": "0"},
+                        {"Retry-After": after},
                     )
                     return
                 if behaviour == "quota":
@@ -293,6 +294,16 @@ def test_429_then_success_respects_retry_after(server, plan, tmp_path):
 
 def test_retry_after_header_is_honoured(server, plan, tmp_path):
     from fdta_core.prompts import llm
+
+    server.script = ["429:0.5"]
+    waits: list[float] = []
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=6), api_key=KEY, sleep=waits.append)
+    assert_llm(out, plan)
+    assert waits == [0.5]  # the server's Retry-After, longer than the 0.01 s backoff
+    server.script = ["429:1000"]
+    out = describe_plan(plan, settings(server, tmp_path, batch_size=6, use_cache=False), api_key=KEY)
+    assert all(i.prompt_source == "llm-fallback" for i in out)
+    assert "retry after 1000 s" in out.identities[0].extra["llm_error"]
 
     class Exc(Exception):
         class response:  # noqa: N801

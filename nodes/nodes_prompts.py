@@ -71,6 +71,7 @@ class FDTAAttributeSpec(io.ComfyNode):
                 io.String.Input(
                     "spec",
                     multiline=True,
+                    dynamic_prompts=False,  # the frontend must never rewrite {...} in the JSON
                     default=default_spec_text(),
                     tooltip="Attribute spec as JSON: per field a list of values (equal shares) or value -> "
                     "weight, an optional phrase template, age as a range with a distribution or bins, and "

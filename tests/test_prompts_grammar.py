@@ -49,7 +49,7 @@ def test_every_prompt_of_10000_identities_fits_the_clip_window():
     tok._counts.clear()  # count every prompt afresh
     allowed = {spec.style.prefix}
     for f in spec.fields.values():
-        allowed.update(f.phrase(v) for v in f.values)
+        allowed.update(f.phrase(v) for v in f.all_values())
     allowed.update(spec.style.suffix)
     negative = plan.identities[0].negative_prompt
     assert len(tok.encode(negative)) <= ct.MAX_CONTENT_TOKENS

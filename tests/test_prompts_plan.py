@@ -78,8 +78,15 @@ def test_plan_prefix_proportions_per_field():
     n = 2000
     attrs = assign_attributes(spec, 0, n, 2024)
     for name, f in spec.fields.items():
-        seq = [f.values.index(a[name]) for a in attrs]
-        assert_prefix_balanced(seq, f.weights)
+        if f.by is None:
+            seq = [f.values.index(a[name]) for a in attrs]
+            assert_prefix_balanced(seq, f.weights)
+        else:  # conditional vocabulary: balanced within every group, in the group's own order
+            for case in {a[f.by] for a in attrs}:
+                values, weights = f.vocabulary(case)
+                seq = [values.index(a[name]) for a in attrs if a[f.by] == case]
+                assert len(seq) > 500
+                assert_prefix_balanced(seq, weights)
     bins = []
     for a in attrs:
         age = int(a["age"])
@@ -92,8 +99,8 @@ def test_fields_are_not_locked_together():
     attrs = assign_attributes(default_spec(), 0, 4000, 9)
     pairs = {(a["gender"], a["race"]) for a in attrs}
     assert len(pairs) == 14  # every gender x race combination occurs
-    pairs = {(a["jawline"], a["cheeks"]) for a in attrs}
-    assert len(pairs) == 36
+    pairs = {(a["eyebrows"], a["nose"]) for a in attrs}
+    assert len(pairs) == 64
 
 
 def test_identity_record_contract():
@@ -105,6 +112,61 @@ def test_identity_record_contract():
         assert ident.age == int(ident.attributes["age"])
         assert ident.prompt_source == "grammar" and ident.prompt and ident.negative_prompt
         assert f"{ident.age}-year-old" in ident.prompt
+
+
+def test_conditional_vocabularies():
+    spec = parse_spec(
+        {
+            "fields": {
+                "gender": {"values": {"female": 1, "male": 2}},
+                "age": {"bins": {"20-39": 1, "40-79": 1}},
+                "hair": {
+                    "template": "{value} hair",
+                    "by": "gender",
+                    "values": ["short", "long"],
+                    "cases": {"male": {"buzz-cut": 1, "bald": 3}},
+                },
+                "cheeks": {
+                    "by": "age",
+                    "cases": {"20-39": ["smooth cheeks"], "40-79": ["lined cheeks", "full cheeks"]},
+                },
+            }
+        }
+    )
+    attrs = assign_attributes(spec, 0, 600, 4)
+    for a in attrs:
+        assert a["hair"] in (("short", "long") if a["gender"] == "female" else ("buzz-cut", "bald"))
+        assert (
+            a["cheeks"] == "smooth cheeks"
+            if int(a["age"]) < 40
+            else a["cheeks"] in ("lined cheeks", "full cheeks")
+        )
+    male = [a["hair"] for a in attrs if a["gender"] == "male"]
+    assert male.count("bald") == 3 * male.count("buzz-cut") == 300
+    # chunking does not matter: group ranks come from the whole run
+    joined = assign_attributes(spec, 0, 250, 4) + assign_attributes(spec, 250, 350, 4)
+    assert joined == attrs
+    assert parse_spec(spec.to_json()).hash == spec.hash
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "fix_word"),
+    [
+        ({"gender": ["male"], "hair": {"by": "gender", "cases": {"female": ["x"]}}}, "cases.female", "male"),
+        (
+            {"gender": ["male", "female"], "hair": {"by": "gender", "cases": {"male": ["x"]}}},
+            "cases",
+            "female",
+        ),
+        ({"hair": {"by": "race", "cases": {"White": ["x"]}}}, "hair.by", "race field"),
+        ({"gender": ["male"], "hair": {"by": "eyes", "cases": {"a": ["x"]}}}, "hair.by", "gender"),
+        ({"gender": ["male"], "hair": {"by": "gender", "values": ["x"]}}, "spec.fields.hair", "together"),
+    ],
+)
+def test_conditional_vocabulary_errors(fields, where, fix_word):
+    with pytest.raises(ConfigError) as err:
+        parse_spec({"fields": fields})
+    assert where in str(err.value) and fix_word in str(err.value), str(err.value)
 
 
 def test_age_bins_and_uniform():
@@ -217,12 +279,12 @@ def test_plan_is_stable_across_machines_and_versions():
     import hashlib
 
     spec = default_spec()
-    assert spec.hash == "3bfab9b7510f1df5"
+    assert spec.hash == "9363382fde799e9d"
     plan = build_plan(spec, 0, 300, 12345)
     rows = [[i.attributes, i.prompt, i.negative_prompt] for i in plan]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    assert plan.identities[0].attributes["race"] == "Black" and plan.identities[0].age == 69
-    assert digest == "b29533a587727459b9712f120531653c8cfd86c84a7621bbf0cbc54149bf81ad"
+    assert plan.identities[0].attributes["race"] == "White" and plan.identities[0].age == 29
+    assert digest == "5296972567f18d98c245eb65fe5136e6b174593b752a6fc8e3637f1cb4d01c35"
 
 
 def test_huge_seeds_are_accepted_and_distinct():

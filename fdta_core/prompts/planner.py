@@ -51,6 +51,44 @@ def _check_range(start: int, count: int, run_seed: int) -> None:
         )
 
 
+def _group_labels(spec: AttributeSpec, by: str, seed: int, upto: int) -> list[str]:
+    """The ``by`` field's value (age: bin label) of identities ``[0, upto)``."""
+    if by == "age":
+        assert spec.age is not None
+        idx = stratified_values(spec.age.weights, seed, f"age:{spec.hash}", 0, upto)
+        return [spec.age.labels[i] for i in idx]
+    f = spec.fields[by]
+    idx = stratified_values(f.weights, seed, f"{by}:{spec.hash}", 0, upto)
+    return [f.values[i] for i in idx]
+
+
+def _conditional_column(spec: AttributeSpec, name: str, seed: int, start: int, count: int) -> list[str]:
+    """Values of a field with ``by``: identity ``i`` of group ``g`` (its ``by`` value) takes slot
+    ``rank_g(i)`` (how many earlier identities share ``g``) of the group's own stratified stream, so
+    every prefix of every group is balanced, whatever the chunking."""
+    f = spec.fields[name]
+    assert f.by is not None
+    labels = _group_labels(spec, f.by, seed, start + count)
+    seen: dict[str, int] = {}
+    ranks: list[tuple[str, int]] = []
+    for i, g in enumerate(labels):
+        r = seen.get(g, 0)
+        seen[g] = r + 1
+        if i >= start:
+            ranks.append((g, r))
+    out: list[str] = [""] * count
+    by_group: dict[str, list[tuple[int, int]]] = {}
+    for k, (g, r) in enumerate(ranks):
+        by_group.setdefault(g, []).append((k, r))
+    for g, items in by_group.items():
+        values, weights = f.vocabulary(g)
+        lo, hi = items[0][1], items[-1][1]
+        idx = stratified_values(weights, seed, f"{name}|{f.by}={g}:{spec.hash}", lo, hi - lo + 1)
+        for k, r in items:
+            out[k] = values[idx[r - lo]]
+    return out
+
+
 def assign_attributes(spec: AttributeSpec, start: int, count: int, run_seed: int) -> list[dict[str, str]]:
     """Stratified attribute values (field -> text) of identities ``[start, start + count)``."""
     _check_range(start, count, run_seed)
@@ -69,6 +107,9 @@ def assign_attributes(spec: AttributeSpec, start: int, count: int, run_seed: int
             columns[name] = ages
         elif name in spec.fields:
             f = spec.fields[name]
+            if f.by is not None:
+                columns[name] = _conditional_column(spec, name, seed, start, count)
+                continue
             idx = stratified_values(f.weights, seed, f"{name}:{spec.hash}", start, count)
             columns[name] = [f.values[i] for i in idx]
     return [{name: col[k] for name, col in columns.items()} for k in range(count)]

@@ -49,6 +49,23 @@ class FieldSpec:
     values: tuple[str, ...]
     weights: tuple[int, ...]
     template: str = "{value}"
+    #: Conditional vocabularies: ``by`` names an earlier field (gender, race or age); ``cases`` maps a
+    #: value of it (an age bin label for age) to its own (values, weights). Other cases use ``values``.
+    by: str | None = None
+    cases: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = ()
+
+    def vocabulary(self, case: str | None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """(values, weights) used for identities whose ``by`` field is ``case``."""
+        for key, values, weights in self.cases:
+            if key == case:
+                return values, weights
+        return self.values, self.weights
+
+    def all_values(self) -> tuple[str, ...]:
+        seen = dict.fromkeys(self.values)
+        for _, values, _ in self.cases:
+            seen.update(dict.fromkeys(values))
+        return tuple(seen)
 
     def phrase(self, value: str) -> str:
         return self.template.replace("{value}", value)
@@ -206,14 +223,39 @@ def _parse_field(name: str, raw: Any) -> FieldSpec:
             f"expected an object, got {type(raw).__name__}",
             '{"values": [...], "template": "{value} eyes"}',
         )
-    unknown = sorted(set(raw) - {"values", "template"})
+    unknown = sorted(set(raw) - {"values", "template", "by", "cases"})
     if unknown:
         raise _err(
-            f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", 'use only "values" and "template".'
+            f"{where}.{unknown[0]}",
+            f"unknown key {unknown[0]!r}",
+            'use only "values", "template", "by" and "cases".',
         )
-    if "values" not in raw:
+    by = raw.get("by")
+    cases_raw = raw.get("cases")
+    if (by is None) != (cases_raw is None):
+        raise _err(
+            where,
+            '"by" and "cases" go together',
+            'write e.g. "by": "gender", "cases": {"male": [...], "female": [...]}.',
+        )
+    if by is not None and name in ("gender", "race", "age"):
+        raise _err(f"{where}.by", f"{name} cannot be conditional", 'use "by" only on the descriptive fields.')
+    if by is not None and by not in ("gender", "race", "age"):
+        raise _err(f"{where}.by", f"cannot condition on {by!r}", 'use "gender", "race" or "age".')
+    cases: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
+    if cases_raw is not None:
+        if not isinstance(cases_raw, dict) or not cases_raw:
+            raise _err(
+                f"{where}.cases", "cases must be a non-empty object", '{"male": [...], "female": [...]}'
+            )
+        for key, sub in cases_raw.items():
+            cases.append((str(key), *_parse_values(sub, f"{where}.cases.{key}")))
+    if "values" in raw:
+        values, weights = _parse_values(raw["values"], f"{where}.values")
+    elif cases:
+        values, weights = (), ()  # every case must then be listed (checked once the by-field is known)
+    else:
         raise _err(where, 'has no "values"', 'add "values": ["a", "b"] or {"a": 0.6, "b": 0.4}.')
-    values, weights = _parse_values(raw["values"], f"{where}.values")
     template = raw.get("template", "{value}")
     template = _check_text(
         template.replace("{value}", "VALUE") if isinstance(template, str) else template, f"{where}.template"
@@ -233,7 +275,37 @@ def _parse_field(name: str, raw: Any) -> FieldSpec:
                 f"gender value {bad[0]!r} is not one of {', '.join(GENDERS)}",
                 'use "female" and/or "male" (the ACG selection checks these targets).',
             )
-    return FieldSpec(name=name, values=values, weights=weights, template=template)
+    return FieldSpec(name=name, values=values, weights=weights, template=template, by=by, cases=tuple(cases))
+
+
+def _check_cases(f: FieldSpec, fields: dict[str, FieldSpec], age: AgeSpec | None) -> None:
+    """The conditioning field must be enabled, case keys must be its values, and every value of it
+    needs a vocabulary (a case or the default ``values``)."""
+    if f.by is None:
+        return
+    where = f"spec.fields.{f.name}"
+    if f.by == "age":
+        if age is None:
+            raise _err(f"{where}.by", "conditions on age, but age is not in the spec", "add an age field.")
+        keys = age.labels
+    elif f.by in fields:
+        keys = fields[f.by].values
+    else:
+        raise _err(f"{where}.by", f"conditions on {f.by!r}, which is not in the spec", f"add a {f.by} field.")
+    for key, _, _ in f.cases:
+        if key not in keys:
+            raise _err(
+                f"{where}.cases.{key}",
+                f"{key!r} is not a {f.by} value (or age bin) of this spec",
+                f"use one of: {', '.join(keys)}.",
+            )
+    missing = [k for k in keys if k not in {c[0] for c in f.cases}]
+    if missing and not f.values:
+        raise _err(
+            f"{where}.cases",
+            f"no vocabulary for {f.by} {missing[0]!r}",
+            'add that case, or a default "values" list for the cases not listed.',
+        )
 
 
 def _parse_age(raw: Any) -> AgeSpec:
@@ -406,6 +478,8 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
             age = _parse_age(sub)
         else:
             fields[name] = _parse_field(name, sub)
+    for f in fields.values():
+        _check_cases(f, fields, age)
     style = _parse_style(raw.get("prompt"))
     canonical: dict[str, Any] = {
         "format": SPEC_FORMAT,
@@ -417,10 +491,13 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
             canonical["fields"]["age"] = {"bins": dict(zip(age.labels, age.weights, strict=True))}
         elif name in fields:
             f = fields[name]
-            canonical["fields"][name] = {
-                "template": f.template,
-                "values": dict(zip(f.values, f.weights, strict=True)),
-            }
+            entry: dict[str, Any] = {"template": f.template}
+            if f.values:
+                entry["values"] = dict(zip(f.values, f.weights, strict=True))
+            if f.by is not None:
+                entry["by"] = f.by
+                entry["cases"] = {k: dict(zip(v, w, strict=True)) for k, v, w in f.cases}
+            canonical["fields"][name] = entry
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[
         :16
     ]

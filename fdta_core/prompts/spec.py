@@ -8,8 +8,11 @@ A spec is JSON text (editable in the ``FDTAAttributeSpec`` node, or a file for `
                 "age": {"min": 18, "max": 80, "distribution": "uniform", "bin_width": 10},
                 "eyes": {"template": "{value} eyes", "values": ["brown", "blue"]}, ...}}
 
-``values`` is a list (equal shares) or an object ``value -> weight`` (weights are normalised). A field
-that is omitted or ``null`` is left out of the description. Age is a range with either
+``values`` is a list (equal shares) or an object ``value -> weight`` (weights are normalised); a bare
+list is short for ``{"values": [...]}``. A field that is omitted or ``null`` is left out of the
+description. A descriptive field may take its vocabulary from an earlier field:
+``{"by": "gender", "cases": {"male": [...], "female": [...]}, "values": [...default...]}`` (``by`` is
+gender, race or age; age cases are bin labels); balance then holds within each group. Age is a range with either
 ``"distribution": "uniform"`` (bins of ``bin_width`` years, weighted by width) or explicit
 ``"bins": {"18-29": 0.3, ...}``; balance applies to the bins, the exact age inside a bin is drawn from
 the run seed. Validation errors name the bad entry (``spec.fields.eyes.values[3]``) and the fix.

@@ -105,10 +105,11 @@ class FDTAAlignFaces(io.ComfyNode):
                 FaceModels.Input("face_models", tooltip="From FDTA Face Model Loader (needs a detector)."),
                 io.Int.Input(
                     "min_face_size",
-                    default=0,
+                    default=32,
                     min=0,
                     max=4096,
-                    tooltip="Drop faces whose box is smaller than this many pixels (shorter side).",
+                    tooltip="Drop faces whose box is smaller than this many pixels (shorter side): an upscaled tiny face "
+                    "makes a blurry 112x112 crop. 0 keeps every face.",
                 ),
                 io.Boolean.Input(
                     "assume_aligned_112",

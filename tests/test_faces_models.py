@@ -259,3 +259,57 @@ def test_align_batch_too_small_and_progress_raises(models):
 
     with pytest.raises(Stop):
         models.align_batch([face, face], progress=progress)
+
+
+def _independent_scrfd(sess, img, det, thr=0.5, nms=0.4):
+    """insightface's SCRFD post-processing written out with plain loops (det canvas = image size)."""
+    blob = ((img.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
+    outs = [o.reshape(o.shape[-2], o.shape[-1]) for o in sess.run(None, {"input.1": blob})]
+    cands = []
+    for si, s in enumerate((8, 16, 32)):
+        h, w = det // s, det // s
+        k = 0
+        for y in range(h):
+            for x in range(w):
+                for _a in range(2):
+                    sc = float(outs[si][k, 0])
+                    if sc >= thr:
+                        d = outs[3 + si][k] * s
+                        kp = outs[6 + si][k] * s
+                        box = [x * s - d[0], y * s - d[1], x * s + d[2], y * s + d[3]]
+                        pts = [[x * s + kp[2 * j], y * s + kp[2 * j + 1]] for j in range(5)]
+                        cands.append((sc, box, pts))
+                    k += 1
+    cands.sort(key=lambda c: -c[0])
+    kept = []
+    for c in cands:
+        ok = True
+        for o in kept:
+            ix = max(0.0, min(c[1][2], o[1][2]) - max(c[1][0], o[1][0]) + 1)
+            iy = max(0.0, min(c[1][3], o[1][3]) - max(c[1][1], o[1][1]) + 1)
+            a1 = (c[1][2] - c[1][0] + 1) * (c[1][3] - c[1][1] + 1)
+            a2 = (o[1][2] - o[1][0] + 1) * (o[1][3] - o[1][1] + 1)
+            if ix * iy / (a1 + a2 - ix * iy) > nms:
+                ok = False
+                break
+        if ok:
+            kept.append(c)
+    return kept
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_scrfd_decode_and_nms_equal_independent(tmp_path, root, batched):
+    from fdta_core.testing.faces import write_random_detector
+
+    d = tmp_path / "models" / "rnd"
+    write_random_detector(d / "det_10g.onnx", seed=3, batched=batched)
+    (d / "w600k_r50.onnx").write_bytes((root / "models/tiny_pack/w600k_r50.onnx").read_bytes())
+    m = load_face_pack([tmp_path], "rnd", det_size=128)
+    img = np.random.default_rng(0).integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    ours = m.detect(img)
+    ref = _independent_scrfd(_ort(d / "det_10g.onnx"), img, 128)
+    assert len(ours) == len(ref) > 3
+    for o, (sc, box, pts) in zip(ours, ref, strict=True):
+        assert o.score == pytest.approx(sc, abs=1e-6)
+        np.testing.assert_allclose(o.bbox, box, atol=1e-3)
+        np.testing.assert_allclose(o.kps, pts, atol=1e-3)

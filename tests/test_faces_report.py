@@ -127,3 +127,24 @@ def test_in_memory_report(tmp_path, rng):
         and summary["attribute_balance"] == ref["attribute_balance"]
     )
     assert html_path.read_text().startswith("<!doctype html>")
+
+
+def test_records_that_are_not_images_are_a_dataset_error(tmp_path, capsys):
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
+        w.write(0, pack(IRHeader(0, 0.0), b"not a jpeg"))
+        w.write(1, pack(IRHeader(0, 1.0), b""))
+    assert main(["report", str(tmp_path)]) == 2
+    assert "does not hold a decodable image" in capsys.readouterr().err
+
+
+def test_report_on_mxnet_written_golden_set(shared_testdata, setup, tmp_path):
+    """The golden insightface-layout set written by the real mxnet: counts come from its expected.json."""
+    folder = shared_testdata / "recordio" / "insightface_layout"
+    expected = json.loads((folder / "expected.json").read_text())
+    models = load_face_pack([setup / "insightface"], "tiny_pack")
+    data = load_dataset(folder, models)
+    _, _, summary = write_report(data, tmp_path)
+    assert summary["images"] == expected["N"] and summary["identities"] == expected["C"]
+    counts = sorted(np.unique(data.labels, return_counts=True)[1].tolist())
+    assert counts == sorted(expected["images_per_identity"])
+    assert data.embeddings.shape == (expected["N"], 512) and 0 < summary["uniqueness"] <= 1

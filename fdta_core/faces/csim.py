@@ -90,7 +90,7 @@ class CSIMStats:
 
     def summary(self) -> dict[str, Any]:
         c = self.csim[np.isfinite(self.csim)]
-        counts, edges = csim_histogram(c)
+        counts, edges = csim_histogram(c, bins=40)
         return {
             "threshold": self.threshold,
             "reference": self.reference,

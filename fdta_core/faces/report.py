@@ -233,7 +233,12 @@ def write_report(
 def _decode(payload: bytes, key: int, where: str) -> np.ndarray:
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    img = None
+    if payload:
+        try:
+            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
     if img is None:
         raise DatasetError(f"{where}: record {key} does not hold a decodable image")
     return np.ascontiguousarray(img[..., ::-1])

@@ -145,6 +145,50 @@ def _genderage_module(seed: int):
     return TinyGenderAge()
 
 
+def _random_det_module(seed: int, batched: bool):
+    torch = _torch()
+    nn = torch.nn
+    g = torch.Generator().manual_seed(seed)
+
+    class RandomSCRFD(nn.Module):
+        """Random convolutional heads per stride: many overlapping candidates, for decode/NMS tests."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Conv2d(3, 2 * 15, s, s) for s in (8, 16, 32)])
+            for p in self.parameters():
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+        def forward(self, x):
+            scores, boxes, kpss = [], [], []
+            for h in self.heads:
+                y = h(x)  # [1, 30, h, w]: per anchor 1 score, 4 box, 10 kps
+                y = y.permute(0, 2, 3, 1).reshape(-1, 2, 15).reshape(-1, 15)
+                sc = torch.sigmoid(y[:, :1] * 4.0)
+                bx = torch.nn.functional.softplus(y[:, 1:5]) * 2.0
+                kp = y[:, 5:15] * 2.0
+                if batched:
+                    sc, bx, kp = sc[None], bx[None], kp[None]
+                scores.append(sc)
+                boxes.append(bx)
+                kpss.append(kp)
+            return (*scores, *boxes, *kpss)
+
+    return RandomSCRFD()
+
+
+def write_random_detector(path: str | Path, *, seed: int = 0, batched: bool = False) -> Path:
+    """SCRFD-signature detector with random heads (``batched`` adds the leading 1 some exports carry)."""
+    torch = _torch()
+    names = [f"o{i}" for i in range(9)]
+    ax = 1 if batched else 0
+    dyn = {"input.1": {2: "h", 3: "w"}} | {n: {ax: "anchors"} for n in names}
+    return export_onnx(
+        _random_det_module(seed, batched), path, torch.zeros(1, 3, 64, 64), "input.1", names, dyn
+    )
+
+
 def write_tiny_detector(path: str | Path) -> Path:
     torch = _torch()
     names = (

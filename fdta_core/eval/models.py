@@ -77,13 +77,13 @@ def onnx_embedder(path: str | Path, providers: list[str] | None = None) -> Embed
     graph = onnx.load(str(path)).graph
     ops = [n.op_type for n in graph.node[:8]]
     raw = "Sub" in ops and "Mul" in ops
-    if providers is None:
-        avail = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+    avail = ort.get_available_providers()
+    providers = [p for p in (providers or ("CUDAExecutionProvider", "CPUExecutionProvider")) if p in avail]
     log.info("ONNX %s on %s (%s input)", path, providers, "raw 0-255" if raw else "normalised")
     sess = ort.InferenceSession(str(path), providers=providers)
     inp = sess.get_inputs()[0]
     fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
+    size = inp.shape[2] if isinstance(inp.shape[2], int) else 112
 
     def embed(images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -93,20 +93,21 @@ def onnx_embedder(path: str | Path, providers: list[str] | None = None) -> Embed
             return np.concatenate([sess.run(None, {inp.name: x[i : i + 1]})[0] for i in range(len(x))])
         return sess.run(None, {inp.name: x})[0]
 
+    embed.input_size = size  # type: ignore[attr-defined]
     return embed
 
 
-def load_embedder(path: str | Path, device: str = "cpu") -> EmbedFn:
-    """An :data:`EmbedFn` for a ``.onnx`` file or a torch checkpoint."""
+def load_model_embedder(path: str | Path, device: str = "cpu") -> tuple[EmbedFn, int]:
+    """``(embed, input size)`` for a ``.onnx`` file or a torch IResNet checkpoint."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {path} not found", fix="pass a .pt/.pth checkpoint or an .onnx file.")
     if path.suffix.lower() == ".onnx":
-        return onnx_embedder(
-            path,
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if device.startswith("cuda")
-            else ["CPUExecutionProvider"],
-        )
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        embed = onnx_embedder(path, providers)
+        return embed, getattr(embed, "input_size", 112)
     from ..train.iresnet import backbone_from_state_dict
 
     state, arch = load_state(path)
-    return torch_embedder(backbone_from_state_dict(state, arch), device)
+    model = backbone_from_state_dict(state, arch)
+    return torch_embedder(model, device), model.input_size

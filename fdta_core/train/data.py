@@ -230,7 +230,7 @@ def make_loader(
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """uint8 N x H x W x 3 RGB -> float N x 3 x H x W in [-1, 1] on ``device`` (one fused step)."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
     return x.sub_(MEAN).div_(STD)
 
 

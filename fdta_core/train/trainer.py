@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,12 +239,16 @@ class Trainer:
         ).to(self.device)
         torch.manual_seed(derive_seed(c.seed, "train", self.info.rank))
         if self.info.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.backbone,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-                bucket_cap_mb=16,
-            )
+            with (
+                warnings.catch_warnings()
+            ):  # broadcast_buffers=False is what we mean (arcface_torch's choice)
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.backbone,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                    bucket_cap_mb=16,
+                )
         else:
             self.model = self.backbone
         self.optimizer = torch.optim.SGD(

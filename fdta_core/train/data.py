@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError, DatasetError
 from ..recordio import IR_HEADER_SIZE, RecordReader, read_layout, read_property
-from ..seeds import numpy_rng
+from ..seeds import derive_seed, numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,14 @@ def make_loader(
     kw = {}
     if num_workers > 0:
         kw = {"prefetch_factor": 4, "persistent_workers": False}
+    # The loader gets its own generator: creating an iterator draws a worker base seed, and drawing it
+    # from the global RNG would shift dropout/sampling randomness after a resume.
+    gen = torch.Generator()
+    gen.manual_seed(derive_seed(sampler.seed, "loader", sampler.rank))
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
+        generator=gen,
         collate_fn=_passthrough,
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -122,16 +122,14 @@ def load_bin_raw(path: str | Path) -> tuple[list[bytes], np.ndarray]:
 
 def decode_images(encoded: Sequence[bytes], size: int = 112) -> np.ndarray:
     """Decode JPEG/PNG bytes to an N x size x size x 3 RGB uint8 array (resized when needed)."""
-    import cv2
+    from ..train.data import decode_into
 
     out = np.empty((len(encoded), size, size, 3), np.uint8)
     for i, buf in enumerate(encoded):
-        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DatasetError(f"image {i} of the benchmark could not be decoded")
-        if img.shape[:2] != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        out[i] = img[:, :, ::-1]
+        try:
+            decode_into(buf, out[i])
+        except DatasetError:
+            raise DatasetError(f"image {i} of the benchmark could not be decoded") from None
     return out
 
 

@@ -7,8 +7,8 @@ Why it is shaped this way:
   inter-process hand-off per batch rather than per image;
 * images travel as uint8 HWC (a quarter of the bytes of float32) and are converted to normalised
   float CHW in one vectorised step on the training device (:func:`to_model_input`);
-* JPEG decode is OpenCV's libjpeg-turbo straight into a preallocated batch, with the BGR->RGB swap and
-  the horizontal flip folded into that single copy;
+* JPEG decode is OpenCV's libjpeg-turbo decoding straight to RGB, then one flip-or-copy into a
+  preallocated batch;
 * the sample order and every flip derive from ``(seed, epoch)`` in the sampler, so a resumed run sees
   exactly the batches the uninterrupted run would have seen, whatever the number of workers.
 
@@ -50,25 +50,48 @@ def _find_rec(path: str | Path) -> tuple[Path, Path | None]:
     return rec, (idx if idx.is_file() else None)
 
 
-def _decode(buf: bytes | memoryview, size: int) -> np.ndarray:
-    """Encoded image -> BGR uint8 HxWx3 (resized to ``size`` if it is another size)."""
+def _cv2():
     try:
         import cv2
-    except ImportError:  # pragma: no cover - opencv is a declared dependency of training
+    except ImportError:  # opencv is a declared dependency; PIL is the slower fallback
+        return None
+    return cv2
+
+
+def decode_into(buf: bytes | memoryview, out: np.ndarray, flip: bool = False) -> None:
+    """Decode an encoded image into ``out`` (H x W x 3 RGB uint8), resized if needed, mirrored if ``flip``.
+
+    OpenCV >= 4.10 decodes straight to RGB; the flip (or plain copy) into the batch is then the only
+    extra pass. (A numpy ``[:, :, ::-1]`` channel swap would cost a third of the decode time.)
+    """
+    cv2 = _cv2()
+    size = out.shape[0]
+    if cv2 is None:
         import io
 
         from PIL import Image
 
-        img = np.asarray(Image.open(io.BytesIO(bytes(buf))).convert("RGB"))[:, :, ::-1]
-    else:
-        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DatasetError("an image record could not be decoded (not a JPEG/PNG payload)")
+        try:
+            pil = Image.open(io.BytesIO(bytes(buf))).convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+            raise DatasetError(f"an image record could not be decoded ({exc})") from None
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.BILINEAR)
+        img = np.asarray(pil)
+        np.copyto(out, img[:, ::-1] if flip else img)
+        return
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag)
+    if img is None:
+        raise DatasetError("an image record could not be decoded (not a JPEG/PNG payload)")
+    if rgb_flag is None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.shape[0] != size or img.shape[1] != size:
-        import cv2
-
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    return img
+    if flip:
+        cv2.flip(img, 1, out)
+    else:
+        np.copyto(out, img)
 
 
 class RecFaceDataset(torch.utils.data.Dataset):
@@ -144,8 +167,7 @@ class RecFaceDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, flip: bool, out: np.ndarray) -> None:
         """Decode image ``index`` into ``out`` (H x W x 3 RGB), flipped horizontally if asked."""
-        img = _decode(self._payload(self.reader.read(int(self.image_keys[index]))), self.image_size)
-        out[...] = img[:, ::-1, ::-1] if flip else img[:, :, ::-1]
+        decode_into(self._payload(self.reader.read(int(self.image_keys[index]))), out, flip)
 
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
         index, flip = item if isinstance(item, tuple) else (item, False)
@@ -235,7 +257,10 @@ def make_loader(
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """uint8 N x H x W x 3 RGB -> float N x 3 x H x W in [-1, 1] on ``device`` (one fused step)."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
+    images = images.to(device, non_blocking=True)
+    n, h, w, c = images.shape
+    x = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
+    x.copy_(images.permute(0, 3, 1, 2))  # one pass: layout change and conversion together
     return x.sub_(MEAN).div_(STD)
 
 

@@ -7,6 +7,7 @@ dimension dynamic.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,10 @@ def export_onnx(checkpoint: str | Path, output: str | Path, *, opset: int = 17, 
     output.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
     tmp = output.with_name(output.name + ".tmp.onnx")
-    with torch.no_grad():
+    # The TorchScript exporter gives the plain Conv/BN/PRelu/Gemm graph insightface tools expect and
+    # needs no onnxscript; torch marks it deprecated, which is not news to the user.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
             (dummy,),

@@ -23,7 +23,9 @@ def _labels_and_pixels(ds):
 
 
 def test_insightface_and_dali_layouts_hold_the_same_data(tmp_path):
-    a = RecFaceDataset(write_synthetic_rec(tmp_path / "a", 5, 6, size=32, layout="insightface"), image_size=32)
+    a = RecFaceDataset(
+        write_synthetic_rec(tmp_path / "a", 5, 6, size=32, layout="insightface"), image_size=32
+    )
     b = RecFaceDataset(write_synthetic_rec(tmp_path / "b", 5, 6, size=32, layout="dali"), image_size=32)
     assert (a.kind, b.kind) == ("insightface", "dali")
     assert a.num_classes == b.num_classes == 5 and len(a) == len(b) == 30

@@ -26,6 +26,16 @@ SIZE = 32
 CLASSES = 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: OpenMP threads waiting on each other cost far more than
+    they bring, so in-process work runs on one thread (torchrun children get OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")

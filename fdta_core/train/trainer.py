@@ -179,6 +179,9 @@ class Trainer:
         self.device = resolve_device(config, int(os.environ.get("LOCAL_RANK", "0")))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self._threads_before = torch.get_num_threads()
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
         self.info = init_distributed(self.device)
         self.files = RunFiles(config.output, self.info.main)
         self._log_handler = _attach_log_file(self.files.root / "train.log") if self.info.main else None
@@ -269,6 +272,11 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _resume(self) -> None:
         latest = latest_checkpoint(self.files.root)
+        if self.info.world_size > 1:
+            # every rank resumes from the step rank 0 sees (node folders may differ without a shared FS)
+            box = [latest]
+            dist.broadcast_object_list(box, src=0)
+            latest = box[0]
         if latest is None:
             return
         if int(latest["world_size"]) != self.info.world_size:
@@ -279,6 +287,12 @@ class Trainer:
                 fix="resume with the same number of processes (nproc x nnodes) or start a new run directory.",
             )
         path = self.files.root / "checkpoints" / latest["dir"] / f"rank_{self.info.rank}.pt"
+        if not path.is_file():
+            raise DatasetError(
+                f"rank {self.info.rank} has no checkpoint file {path} for step {latest['step']}",
+                where="resume",
+                fix="multi-node runs need a run folder shared by all nodes (or the same checkpoints copied to each).",
+            )
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise DatasetError(f"{path} is not an fdta training checkpoint")
@@ -322,12 +336,15 @@ class Trainer:
             torch.save(state, f)
         if self.info.world_size > 1:
             dist.barrier()
-        if not self.info.main:
+        # one writer per node (the same file, atomically, when the folder is shared)
+        if self.info.local_rank != 0:
             return
-        with atomic_open(self.files.root / "model.pt") as f:
-            torch.save(
-                {"backbone": self.backbone.state_dict(), "arch": self.backbone.arch(), "step": self.step}, f
-            )
+        if self.info.main:
+            with atomic_open(self.files.root / "model.pt") as f:
+                torch.save(
+                    {"backbone": self.backbone.state_dict(), "arch": self.backbone.arch(), "step": self.step},
+                    f,
+                )
         latest = {"step": self.step, "dir": name, "world_size": self.info.world_size, "time": time.time()}
         atomic_write_text(self.files.ckpt / "latest.json", json.dumps(latest))
         olds = sorted(
@@ -525,6 +542,7 @@ class Trainer:
         return "finished"
 
     def close(self) -> None:
+        torch.set_num_threads(self._threads_before)
         if self._log_handler is not None:
             logging.getLogger("fdta_core").removeHandler(self._log_handler)
             self._log_handler.close()

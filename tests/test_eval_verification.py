@@ -111,6 +111,11 @@ def test_malicious_bin_is_refused_without_running_it(tmp_path):
     path.write_bytes(pickle.dumps(([np.array([b"a"], dtype=object)] * 2, [True])))
     with pytest.raises(UnsafeFileError):
         load_bin_raw(path)
+    # calling numpy.ndarray directly (REDUCE) instead of through _reconstruct is refused
+    crafted = b"\x80\x02(cnumpy\nndarray\nK\x04\x85R" + b"\x89\x85t."
+    path.write_bytes(crafted)
+    with pytest.raises(UnsafeFileError):
+        load_bin_raw(path)
 
 
 def test_real_bin_variants_load(tmp_path):

@@ -142,9 +142,10 @@ def test_resume_is_exact(synth, tmp_path):
 
     first = run_training(make_config("tiny", output=str(tmp_path / "b"), **common), progress=stop_at_20)
     assert first["status"] == "stopped" and first["step"] == 20
-    assert not (tmp_path / "b" / "STOP").exists() or True
+    assert (tmp_path / "b" / "STOP").exists()  # left for a person to see; the next start removes it
     second = run_training(make_config("tiny", output=str(tmp_path / "b"), **common))
     assert second["status"] == "finished" and second["step"] == 40
+    assert not (tmp_path / "b" / "STOP").exists()
     assert any(e["event"] == "resume" and e["step"] == 20 for e in _metrics(tmp_path / "b"))
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["backbone"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["backbone"]

@@ -32,9 +32,23 @@ THRESHOLDS = np.arange(0, 4, 0.01)
 
 
 # ---------------------------------------------------------------------------- safe loading
+class _NdarrayToken:
+    """Stands in for ``numpy.ndarray`` inside a ``.bin``: it may only be passed to ``_reconstruct``
+    (calling it, as a crafted pickle could, fails)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise UnsafeFileError("constructing numpy.ndarray directly is not allowed in a .bin")
+
+
 def _np_reconstruct(subtype, shape, dtype_code):  # numpy's ndarray pickle entry point, checked
-    if subtype is not np.ndarray:
-        raise UnsafeFileError(f"array subclass {subtype!r} is not allowed in a .bin")
+    if subtype is not _NdarrayToken:
+        raise UnsafeFileError(f"array type {subtype!r} is not allowed in a .bin")
+    if (
+        not isinstance(shape, tuple)
+        or not all(isinstance(d, int) and 0 <= d for d in shape)
+        or len(shape) > 1
+    ):
+        raise UnsafeFileError(f"array shape {shape!r} is not an encoded image's")
     return np.ndarray.__new__(np.ndarray, shape, np.uint8)
 
 
@@ -55,7 +69,7 @@ def _codecs_encode(text, encoding="utf-8"):
 _ALLOWED: dict[tuple[str, str], Callable] = {
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayToken,
     ("numpy", "dtype"): _np_dtype,
     ("_codecs", "encode"): _codecs_encode,
 }

@@ -22,15 +22,21 @@ AREA = f"{CATEGORY}/training"
 
 
 def _dataset_path(dataset, dataset_dir: str) -> str:
-    """The folder of a connected FDTA_DATASET (str, dict or object) or the typed path."""
+    """The folder to train on: from a connected FDTA_DATASET or the typed path.
+
+    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <dataset root>, ...}``; the root is
+    used when it holds a merged ``train.rec``, else the chunk itself.
+    """
     if dataset is not None:
-        for value in (
-            dataset if isinstance(dataset, str | os.PathLike) else None,
-            *(dataset.get(k) for k in ("path", "folder", "root", "dir") if isinstance(dataset, dict)),
-            *(getattr(dataset, k, None) for k in ("path", "folder", "root", "dir")),
-        ):
-            if value:
-                return str(value)
+        if isinstance(dataset, str | os.PathLike):
+            return str(dataset)
+        get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
+        root = get("dataset")
+        if root and (Path(root) / "train.rec").is_file():
+            return str(root)
+        for key in ("path", "folder", "root", "dir"):
+            if get(key):
+                return str(get(key))
         raise InputError("the connected dataset does not say where it is on disk", where="dataset")
     if not dataset_dir.strip():
         raise InputError(

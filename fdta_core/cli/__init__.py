@@ -16,7 +16,14 @@ from .. import __version__
 from ..errors import FDTAError
 
 #: Sub-command modules under ``fdta_core.cli``; each defines ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("run", "train", "verify")
+COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "report",
+    "age",
+    "run",
+    "train",
+    "verify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -26,11 +27,26 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from ..eval.models import load_model_embedder
     from ..eval.verification import format_table, verify
 
     embed, size = load_model_embedder(args.model, args.device)
-    results = verify(embed, args.bins, batch_size=args.batch_size, size=args.size or size)
+    bar = tqdm(total=0, unit="img", desc="embedding", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        results = verify(
+            embed, args.bins, batch_size=args.batch_size, size=args.size or size, progress=progress
+        )
+    finally:
+        bar.close()
     if args.json:
         out = {
             r.name: {

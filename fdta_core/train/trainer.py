@@ -268,6 +268,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self._saved_step = -1
 
     # -------------------------------------------------------------- checkpoints
     def _resume(self) -> None:
@@ -307,6 +308,7 @@ class Trainer:
             int(state["batch"]),
         )
         _set_rng_state(state["rng"], self.device)
+        self._saved_step = self.step
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             path.parent,
@@ -334,6 +336,7 @@ class Trainer:
         }
         with atomic_open(folder / f"rank_{self.info.rank}.pt") as f:
             torch.save(state, f)
+        self._saved_step = self.step
         if self.info.world_size > 1:
             dist.barrier()
         # one writer per node (the same file, atomically, when the folder is shared)
@@ -446,9 +449,7 @@ class Trainer:
         )
         self.files.metric("start", **run, step=self.step)
         status = self._loop(progress)
-        if status == "finished" and (self.step % c.save_every or latest_checkpoint(self.files.root) is None):
-            self.save_checkpoint()
-        elif status == "stopped":
+        if self._saved_step != self.step:  # the same decision on every rank (save_checkpoint has a barrier)
             self.save_checkpoint()
         if status == "finished" and c.val_bins and self.step % c.verify_every:
             self.verify()

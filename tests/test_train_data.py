@@ -113,3 +113,18 @@ def test_cuda_requested_without_gpu(tmp_path):
     cfg = make_config("tiny", data=str(folder), output=str(tmp_path / "run"), device="cuda", max_steps=2)
     with pytest.raises(ConfigError, match="GPU"):
         run_training(cfg)
+
+
+def test_cli_train_reports_a_dead_training_process(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from fdta_core.cli import main as cli_main
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    folder = write_synthetic_rec(tmp_path / "d", 3, 4, size=32)
+    write_property(folder, 9, (32, 32))  # disagrees with the data: the training process exits with an error
+    rc = cli_main(["train", "--preset", "tiny", "--data", str(folder), "--output", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "training exited with status" in err and "resume" in err
+    assert "9 classes" in (tmp_path / "run" / "state.json").read_text()

@@ -200,3 +200,29 @@ def test_detached_launcher_stop_and_resume(synth, tmp_path):
     state = launch.run_state(run_dir)
     assert state["status"] == "finished" and state["step"] == stopped_at + 10, state
     assert any(e["event"] == "resume" and e["step"] == stopped_at for e in _metrics(run))
+
+
+def test_killed_run_is_reported_dead_and_resumes(synth, tmp_path):
+    import signal
+
+    data, _ = synth
+    run = tmp_path / "killed"
+    cfg = make_config("tiny", data=str(data), output=str(run), max_steps=100000, save_every=10, log_every=10)
+    run_dir, _ = launch.prepare_run(cfg)
+    pid = launch.start_detached(run_dir, launch.Topology())["launcher_pid"]
+    assert _wait(lambda: (launch.run_state(run_dir)["latest_checkpoint_step"] or 0) >= 10)
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # our own child's session: no chance to clean up
+    launch.CHILDREN[pid].wait(timeout=60)
+    state = launch.run_state(run_dir)
+    assert state["status"] == "dead" and "resume" in launch.format_state(state)
+    saved = state["latest_checkpoint_step"]
+    cfg2 = make_config(
+        "tiny", data=str(data), output=str(run), max_steps=saved + 5, save_every=10, log_every=10
+    )
+    _, resuming = launch.prepare_run(cfg2)
+    assert resuming
+    pid2 = launch.start_detached(run_dir, launch.Topology())["launcher_pid"]
+    launch.CHILDREN[pid2].wait(timeout=120)
+    state = launch.run_state(run_dir)
+    assert state["status"] == "finished" and state["step"] == saved + 5, state
+    assert any(e["event"] == "resume" and e["step"] == saved for e in _metrics(run))

@@ -20,6 +20,7 @@ NODE_MODULES: tuple[str, ...] = (
     "nodes_faces",
     "nodes_age",
     "nodes_dataset",
+    "nodes_train",
 )
 
 #: Filled by :func:`load_node_classes`: module name -> error text, for the log and for tests.

@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "report",
     "age",
     "run",
+    "train",
+    "verify",
 )
 
 

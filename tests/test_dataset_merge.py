@@ -20,8 +20,19 @@ from fdta_core.recordio import RecordReader, read_layout, read_property, unpack
 def make_faceset(start: int, n_id: int, per: int) -> FaceSet:
     labels = np.repeat(np.arange(start, start + n_id), per)
     base = np.add.outer(np.arange(112), np.arange(112)).astype(np.int64)
-    imgs = np.stack([(base[..., None] + np.array([k, 3 * k, lab]) * 5) % 256 for k, lab in enumerate(labels)]).astype(np.uint8)
-    prov = [Provenance(identity=int(lab), attributes={"gender": "female" if lab % 2 else "male"}, seeds={"acg": int(lab)}, csim=0.3 + 0.1 * (k % 4), history=["acg"]) for k, lab in enumerate(labels)]
+    imgs = np.stack(
+        [(base[..., None] + np.array([k, 3 * k, lab]) * 5) % 256 for k, lab in enumerate(labels)]
+    ).astype(np.uint8)
+    prov = [
+        Provenance(
+            identity=int(lab),
+            attributes={"gender": "female" if lab % 2 else "male"},
+            seeds={"acg": int(lab)},
+            csim=0.3 + 0.1 * (k % 4),
+            history=["acg"],
+        )
+        for k, lab in enumerate(labels)
+    ]
     return FaceSet(imgs, labels, prov)
 
 
@@ -52,7 +63,9 @@ def two_machines(tmp_path):
 def test_merge_renumbers_by_original_identity_and_copies_payloads(tmp_path, two_machines):
     a, b = two_machines
     s1 = merge(tmp_path / "m1", [b, a])
-    s2 = merge(tmp_path / "m2", [a / "chunks" / "000000020-000000030", b, a / "chunks" / "000000000-000000010"])
+    merge(
+        tmp_path / "m2", [a / "chunks" / "000000020-000000030", b, a / "chunks" / "000000000-000000010"]
+    )
     assert s1["images"] == 6 + 6 + 4 and s1["classes"] == 9
     # deterministic: same bytes whatever the argument order
     for f in ("train.rec", "train.idx", "property"):
@@ -74,7 +87,7 @@ def test_merge_renumbers_by_original_identity_and_copies_payloads(tmp_path, two_
     rows = query(out, "SELECT key, label, identity, source_key, sha256, chunk FROM images ORDER BY key")
     assert [r[0] for r in rows] == list(range(1, 17))
     originals = [0, 1, 10, 11, 12, 13, 20, 21, 22]
-    for (key, label, sha), row in zip(items, rows, strict=True):
+    for (_key, label, sha), row in zip(items, rows, strict=True):
         assert row[1] == label and row[2] == originals[label]
         assert row[4] == sha == src[(row[2], row[3])]
     assert query(out, "SELECT label, identity FROM identities ORDER BY label") == list(enumerate(originals))
@@ -154,7 +167,13 @@ def test_cli(tmp_path, two_machines, capsys):
     capsys.readouterr()
     assert cli(["rec", "info", str(tmp_path / "m"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["ok"] and rep["images"] == 16 and rep["classes"] == 9 and rep["layout"] == "insightface" and rep["errors"] == []
+    assert (
+        rep["ok"]
+        and rep["images"] == 16
+        and rep["classes"] == 9
+        and rep["layout"] == "insightface"
+        and rep["errors"] == []
+    )
     assert cli(["rec", "info", str(a)]) == 0
     assert "status:   OK" in capsys.readouterr().out
     assert cli(["rec", "shuffle", str(tmp_path / "m"), str(tmp_path / "d"), "--seed", "3"]) == 0

@@ -31,7 +31,12 @@ def make_faceset(start: int, n_id: int, per: int, seed: int = 0) -> FaceSet:
     labels = np.repeat(np.arange(start, start + n_id), per)
     # smooth images with a per-image offset: decodable, distinct, quick to encode
     base = np.add.outer(np.arange(112), np.arange(112)).astype(np.int64)
-    imgs = np.stack([(base[..., None] + np.array([k * 7, k * 13, k * 29]) + rng.integers(0, 4)) % 256 for k in range(len(labels))]).astype(np.uint8)
+    imgs = np.stack(
+        [
+            (base[..., None] + np.array([k * 7, k * 13, k * 29]) + rng.integers(0, 4)) % 256
+            for k in range(len(labels))
+        ]
+    ).astype(np.uint8)
     prov = [
         Provenance(
             identity=int(lab),
@@ -53,7 +58,13 @@ def test_chunk_is_a_sound_insightface_set_with_manifest(tmp_path):
     assert info.name == "000000100-000000105" and info.images == 12 and info.classes == 4
     assert info.identities == [100, 101, 102, 103]
     folder = tmp_path / "ds" / "chunks" / info.name
-    assert sorted(p.name for p in folder.iterdir()) == ["chunk.json", "manifest.sqlite", "property", "train.idx", "train.rec"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "chunk.json",
+        "manifest.sqlite",
+        "property",
+        "train.idx",
+        "train.rec",
+    ]
     assert read_property(folder) == (4, 112, 112)
     with RecordReader(folder) as r:
         lay = read_layout(r, scan_labels=True)
@@ -70,11 +81,14 @@ def test_chunk_is_a_sound_insightface_set_with_manifest(tmp_path):
             err = np.abs(decode_jpeg(payload).astype(int) - fs.images[k - 1].astype(int)).mean()
             assert err < 4.0
     # manifest: one row per image with the original identity and the provenance
-    rows = query(folder, "SELECT key, label, identity, chunk, json_extract(seeds,'$.acg'), csim, history FROM images ORDER BY key")
+    rows = query(
+        folder,
+        "SELECT key, label, identity, chunk, json_extract(seeds,'$.acg'), csim, history FROM images ORDER BY key",
+    )
     assert [r[0] for r in rows] == list(range(1, 13))
     assert rows[3][1:5] == (1, 101, info.name, 1101)
     assert json.loads(rows[0][6]) == ["acg", "stg", "csim"]
-    for name, sql in EXAMPLE_QUERIES.items():
+    for sql in EXAMPLE_QUERIES.values():
         query(folder, sql)  # every documented query runs
     by_gender = dict((g, n) for g, n, _ in query(folder, EXAMPLE_QUERIES["images per gender"]))
     assert by_gender == {"male": 6, "female": 6}
@@ -171,7 +185,9 @@ def test_full_disk_mid_chunk_leaves_committed_chunks_intact(tmp_path, monkeypatc
         return real(self, key, encoded)
 
     monkeypatch.setattr(RecordWriter, "write_encoded", full)
-    with pytest.raises(DatasetError, match="no space left on the device while writing chunk 000000003-000000006") as err:
+    with pytest.raises(
+        DatasetError, match="no space left on the device while writing chunk 000000003-000000006"
+    ) as err:
         write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3, batch_size=2)
     assert "Fix: free disk space" in str(err.value)
     monkeypatch.setattr(RecordWriter, "write_encoded", real)

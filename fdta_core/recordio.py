@@ -162,6 +162,19 @@ class RecordWriter:
         self.count += 1
         return offset
 
+    def write_encoded_many(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Append several ``(key, encoded)`` records with one write per file (the dataset writer's
+        batches; fewer Python-level writes while the encoder threads hold the cores)."""
+        offset = self._offset
+        lines = []
+        for key, encoded in items:
+            lines.append(f"{int(key)}\t{offset}\n")
+            offset += len(encoded)
+        self._rec.write(b"".join(encoded for _key, encoded in items))
+        self._idx.write("".join(lines))
+        self._offset = offset
+        self.count += len(items)
+
     def close(self, *, fsync: bool = True) -> None:
         if self._rec.closed:
             return

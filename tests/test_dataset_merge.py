@@ -63,9 +63,7 @@ def two_machines(tmp_path):
 def test_merge_renumbers_by_original_identity_and_copies_payloads(tmp_path, two_machines):
     a, b = two_machines
     s1 = merge(tmp_path / "m1", [b, a])
-    merge(
-        tmp_path / "m2", [a / "chunks" / "000000020-000000030", b, a / "chunks" / "000000000-000000010"]
-    )
+    merge(tmp_path / "m2", [a / "chunks" / "000000020-000000030", b, a / "chunks" / "000000000-000000010"])
     assert s1["images"] == 6 + 6 + 4 and s1["classes"] == 9
     # deterministic: same bytes whatever the argument order
     for f in ("train.rec", "train.idx", "property"):

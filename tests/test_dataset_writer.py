@@ -176,21 +176,21 @@ def test_unwritable_dataset_folder(tmp_path):
 def test_full_disk_mid_chunk_leaves_committed_chunks_intact(tmp_path, monkeypatch):
     write_faceset(make_faceset(0, 3, 2), tmp_path, start=0, count=3)
     calls = {"n": 0}
-    real = RecordWriter.write_encoded
+    real = RecordWriter.write_encoded_many
 
-    def full(self, key, encoded):
+    def full(self, items):
         calls["n"] += 1
-        if calls["n"] > 3:
+        if calls["n"] > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, key, encoded)
+        return real(self, items)
 
-    monkeypatch.setattr(RecordWriter, "write_encoded", full)
+    monkeypatch.setattr(RecordWriter, "write_encoded_many", full)
     with pytest.raises(
         DatasetError, match="no space left on the device while writing chunk 000000003-000000006"
     ) as err:
         write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3, batch_size=2)
     assert "Fix: free disk space" in str(err.value)
-    monkeypatch.setattr(RecordWriter, "write_encoded", real)
+    monkeypatch.setattr(RecordWriter, "write_encoded_many", real)
     assert [c.name for c in list_chunks(tmp_path)] == ["000000000-000000003"]
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.startswith(".")]
     write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3)  # next run continues

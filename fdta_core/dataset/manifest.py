@@ -96,8 +96,14 @@ EXAMPLE_QUERIES: dict[str, str] = {
 }
 
 
+#: One encoder for every row: ``json.dumps`` with options builds a new encoder per call (slow).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    if not value:
+        return "[]" if isinstance(value, list) else "{}"
+    return _ENCODE(value)
 
 
 def image_row(

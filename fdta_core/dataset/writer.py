@@ -335,8 +335,14 @@ class ChunkWriter:
         self._closed = False
 
     # -------------------------------------------------------------- adding
-    def add(self, image: np.ndarray, identity: int, provenance: Provenance | None = None) -> int:
-        """Queue one face; returns its record key. Raises :class:`InputError` for a bad image/label."""
+    def add(
+        self, image: np.ndarray, identity: int, provenance: Provenance | None = None, *, copy: bool = False
+    ) -> int:
+        """Queue one face; returns its record key. Raises :class:`InputError` for a bad image/label.
+
+        The array is referenced (not copied) until its batch is encoded; pass ``copy=True`` when the
+        caller reuses the buffer for the next face.
+        """
         if self._closed:
             raise DatasetError(f"chunk {self.name} is already committed or aborted")
         key = self._next_key
@@ -387,7 +393,7 @@ class ChunkWriter:
             self._first_key.append(key)
             self._idset.add(identity)
         label = len(self._identities) - 1
-        self._batch.append((key, label, np.array(image, copy=True, order="C")))
+        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
         self._batch_meta.append((key, label, identity, provenance))
         self._next_key += 1
         if len(self._batch) >= self.batch_size:
@@ -396,9 +402,9 @@ class ChunkWriter:
 
     def add_faceset(self, faceset: FaceSet) -> None:
         """Add every image of a faceset, grouped by identity (stable within an identity)."""
-        fs = faceset.sorted_by_identity()
-        for image, label, prov in fs:
-            self.add(image, label, prov)
+        images, labels, prov = faceset.images, faceset.labels, faceset.provenance
+        for i in np.argsort(labels, kind="stable").tolist():  # views, no copy of the faceset
+            self.add(images[i], int(labels[i]), prov[i])
 
     def _submit(self) -> None:
         if not self._batch:
@@ -419,9 +425,9 @@ class ChunkWriter:
             )
         rows = []
         try:
-            for (encoded, nbytes, sha), (key, label, identity, prov) in zip(results, meta, strict=True):
-                self._rec.write_encoded(key, encoded)
+            for (_encoded, nbytes, sha), (key, label, identity, prov) in zip(results, meta, strict=True):
                 rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
+            self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
             self._manifest.add_images(rows)
         except OSError as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))

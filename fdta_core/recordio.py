@@ -104,6 +104,8 @@ def aligned_magic_offsets(record: bytes) -> np.ndarray:
 def encode_record(record: bytes) -> bytes:
     """The physical bytes of one logical record: its chunks with headers and padding."""
     record = bytes(record)
+    if _MAGIC_BYTES not in record:  # fast path (almost every record): one C-level search, no numpy
+        return _chunk(0, record)
     splits = aligned_magic_offsets(record)
     if len(splits) == 0:
         return _chunk(0, record)

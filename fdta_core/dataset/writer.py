@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -228,6 +229,11 @@ def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
 
 
 # ---------------------------------------------------------------------------- the writer
+#: IRHeader of an image record with a scalar label (what ``recordio.pack`` writes; packed directly here
+#: because this runs once per face).
+_IMAGE_HEADER = struct.Struct("<IfQQ")
+
+
 def _encode_batch(
     encode: Callable[[np.ndarray], bytes], items: list[tuple[int, int, np.ndarray]]
 ) -> list[tuple[bytes, int, str]]:
@@ -236,7 +242,7 @@ def _encode_batch(
         jpeg = encode(image)
         out.append(
             (
-                encode_record(pack(IRHeader(0, float(label), key, 0), jpeg)),
+                encode_record(_IMAGE_HEADER.pack(0, float(label), key, 0) + jpeg),
                 len(jpeg),
                 hashlib.sha256(jpeg).hexdigest(),
             )

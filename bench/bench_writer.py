@@ -154,7 +154,7 @@ def main() -> None:
             f"FDTA {backend} {cpu_ours:.0f} us ({cpu_base / cpu_ours:.2f}x less), pillow {cpu_pil:.0f} us"
         )
         print(
-            f"=> on {cores} idle cores FDTA could reach ~{cores * 1e6 / cpu_ours:.0f} faces/s "
+            f"=> estimate (CPU-bound, ignores the GIL and I/O), on {cores} idle cores FDTA would reach ~{cores * 1e6 / cpu_ours:.0f} faces/s "
             f"({cores * cpu_base / cpu_ours:.2f}x the 1-thread baseline); wall-clock ratios above are lower when "
             "other processes hold the cores"
         )

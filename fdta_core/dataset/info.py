@@ -124,88 +124,44 @@ def _check(
     rec = reader.rec_path
     size = rec.stat().st_size
     out["records"] = len(reader.keys)
-    # ---- physical integrity: records tile the file in offset order
-    order = sorted(reader.keys, key=reader.offset)
-    good: set[int] = set()
-    expected_next = 0
-    for key in order:
-        off = reader.offset(key)
-        if off != expected_next:
-            if off > expected_next:
-                report.error(
-                    f"{rec}: {off - expected_next} unindexed byte(s) at offset {expected_next} (before key {key})"
-                )
-            else:
-                report.error(
-                    f"{rec}: key {key} at offset {off} overlaps the previous record (ends at {expected_next})"
-                )
-        try:
-            reader.read(key)
-        except DatasetError as exc:
-            report.error(f"key {key}: {exc}")
-            expected_next = max(expected_next, off + 1)
-            continue
-        good.add(key)
-        expected_next = reader._file().tell()
-    if expected_next < size and not report.errors:
-        report.error(
-            f"{rec}: {size - expected_next} trailing byte(s) after the last indexed record (offset {expected_next})"
-        )
-    elif expected_next > size:
-        report.error(f"{rec}: the index points past the end of the file ({size} bytes)")
-    # ---- layout
+    folder = rec.parent
+    # ---- layout (reads only the header and identity records for the insightface layout)
     try:
-        layout = read_layout(reader) if 0 in good or 0 not in reader else None
+        layout = read_layout(reader)
     except DatasetError as exc:
         report.error(str(exc))
         layout = None
-    if layout is None:
-        if not report.errors:
-            report.error(f"{rec}: cannot work out the layout")
-        return
-    out["layout"] = layout.kind
-    out["images"] = layout.num_images
-    out["classes"] = layout.num_classes
     prop = None
-    folder = rec.parent
     if (folder / "property").is_file():
         try:
             prop = read_property(folder)
             out["property"] = list(prop)
         except DatasetError as exc:
             report.error(str(exc))
-    elif layout.kind == "insightface":
-        report.warnings.append(f"{folder / 'property'} is missing (rec2image and some tools expect it)")
-    # ---- insightface structure
     expected_label: np.ndarray | None = None
-    if layout.kind == "insightface":
-        n, c = layout.num_images, layout.num_classes
-        extra = [k for k in reader.keys if not 0 <= k <= n + c]
-        if extra:
-            report.error(f"{rec}: {len(extra)} key(s) outside 0..{n + c} (first {extra[0]})")
-        pos = 1
-        expected_label = np.full(n + 1, -1, np.int64)
-        for i, (s, e) in enumerate(layout.identity_ranges):
-            if s != pos:
-                report.error(f"identity record {n + 1 + i}: range [{s}, {e}) should start at key {pos}")
-            if e <= s:
-                report.error(f"identity record {n + 1 + i}: empty or reversed range [{s}, {e})")
-            lo, hi = max(s, 1), min(max(e, s), n + 1)
-            expected_label[lo:hi] = i
-            pos = max(pos, e)
-        if pos != n + 1 and c:
-            report.error(f"identity ranges end at key {pos}, the header says images end at key {n + 1}")
-        if prop is not None and prop[0] != c:
-            report.error(f"{folder / 'property'} says {prop[0]} classes, the header says {c}")
+    image_keys: list[int] = []
+    if layout is not None:
+        out["layout"] = layout.kind
+        out["images"] = layout.num_images
+        out["classes"] = layout.num_classes
         image_keys = layout.image_keys
-        missing = [k for k in image_keys if k not in reader]
-        if missing:
-            report.error(f"{len(missing)} image key(s) listed by the header are absent (first {missing[0]})")
+        if layout.kind == "insightface":
+            if prop is None:
+                report.warnings.append(
+                    f"{folder / 'property'} is missing (rec2image and some tools expect it)"
+                )
+            expected_label = _check_insightface(reader, layout, prop, folder, report)
+    n_img = len(image_keys)
+    if image_keys == list(range(1, n_img + 1)):
+        first = 1
+        position = None
+    elif image_keys == list(range(n_img)):
+        first = 0
+        position = None
     else:
-        image_keys = list(reader.keys)
-    # ---- every image record
-    labels = np.full(len(image_keys), -1, np.int64)
-    total = len(image_keys)
+        first = 0
+        position = {k: i for i, k in enumerate(image_keys)}
+    labels = np.full(n_img, -1, np.int64)
     size_expected = (prop[2], prop[1]) if prop is not None else None
     jobs: list[tuple[int, bytes]] = []
     pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) if decode else None
@@ -214,36 +170,60 @@ def _check(
         if not jobs:
             return
         if pool is not None:
-            results = list(pool.map(lambda kv: _jpeg_problem(kv[0], kv[1], True, size_expected, rec), jobs))
+            results = list(pool.map(lambda kv: _jpeg_problem(kv[0], kv[1], True, size_expected), jobs))
         else:
-            results = [_jpeg_problem(k, b, False, size_expected, rec) for k, b in jobs]
+            results = [_jpeg_problem(k, b, False, size_expected) for k, b in jobs]
         for problem in results:
             if problem:
                 report.error(problem)
         jobs.clear()
 
+    # ---- one pass over every record in file order: framing, tiling, then image checks
+    order = sorted(reader.keys, key=reader.offset)
+    total = len(order)
+    expected_next = 0
     try:
-        for i, key in enumerate(image_keys):
-            if key not in good:
-                continue
+        for done, key in enumerate(order, 1):
+            if progress is not None and done % 1024 == 0:
+                progress(done, total)
+            off = reader.offset(key)
+            if off > expected_next:
+                report.error(
+                    f"{rec}: {off - expected_next} unindexed byte(s) at offset {expected_next} (before key {key})"
+                )
+            elif off < expected_next:
+                report.error(
+                    f"{rec}: key {key} at offset {off} overlaps the previous record (ends at {expected_next})"
+                )
             try:
-                header, payload = unpack(reader.read(key))
+                record = reader.read(key)
+            except DatasetError as exc:
+                report.error(f"key {key}: {exc}")
+                expected_next = max(expected_next, off + 1)
+                continue
+            expected_next = reader._file().tell()
+            if position is None:
+                i = key - first
+                if not 0 <= i < n_img:
+                    continue
+            else:
+                i = position.get(key, -1)
+                if i < 0:
+                    continue
+            try:
+                header, payload = unpack(record)
             except DatasetError as exc:
                 report.error(f"key {key}: {exc}")
                 continue
-            label = header.label[0] if header.is_array and header.label else header.label
             if header.is_array and not header.label:
                 report.error(f"key {key}: image record has an empty label array")
                 continue
+            label = header.label[0] if header.is_array else header.label
             if not float(label).is_integer() or not 0 <= label < _LABEL_LIMIT:
-                report.error(f"key {key}: label {label} is not an integer class id in 0..2^24")
+                report.error(f"key {key}: label {label:g} is not an integer class id in 0..2^24")
                 continue
             labels[i] = int(label)
-            if (
-                expected_label is not None
-                and 0 < key < len(expected_label)
-                and expected_label[key] != labels[i]
-            ):
+            if expected_label is not None and expected_label[key] != labels[i]:
                 report.error(
                     f"key {key}: label {int(label)} disagrees with the identity record that covers it "
                     f"(class {int(expected_label[key])})"
@@ -253,14 +233,20 @@ def _check(
             jobs.append((key, payload))
             if len(jobs) >= 256:
                 flush()
-            if progress is not None and (i + 1) % 1024 == 0:
-                progress(i + 1, total)
         flush()
     finally:
         if pool is not None:
             pool.shutdown()
+    if expected_next < size:
+        report.error(
+            f"{rec}: {size - expected_next} trailing byte(s) after the last indexed record (offset {expected_next})"
+        )
+    elif expected_next > size:
+        report.error(f"{rec}: the index points past the end of the file ({size} bytes)")
     if progress is not None:
         progress(total, total)
+    if layout is None:
+        return
     if layout.kind != "insightface" and labels.size:
         valid = labels[labels >= 0]
         if valid.size:
@@ -269,15 +255,43 @@ def _check(
                 report.warnings.append(
                     f"labels are not contiguous: {present.size} distinct labels, max {int(valid.max())}"
                 )
-    # ---- manifest beside the records
+            if prop is not None and prop[0] != int(valid.max()) + 1:
+                report.warnings.append(
+                    f"{folder / 'property'} says {prop[0]} classes, the labels say {int(valid.max()) + 1}"
+                )
     manifest = folder / MANIFEST_NAME
     if manifest.is_file() and layout.kind == "insightface":
         _check_manifest(manifest, image_keys, labels, out, report)
 
 
-def _jpeg_problem(
-    key: int, payload: bytes, decode: bool, size: tuple[int, int] | None, rec: Path
-) -> str | None:
+def _check_insightface(reader: RecordReader, layout, prop, folder: Path, report: _Report) -> np.ndarray:
+    """Header/identity-record structure; returns the class each image key must carry (index = key)."""
+    rec = reader.rec_path
+    n, c = layout.num_images, layout.num_classes
+    extra = [k for k in reader.keys if not 0 <= k <= n + c]
+    if extra:
+        report.error(f"{rec}: {len(extra)} key(s) outside 0..{n + c} (first {extra[0]})")
+    missing = [k for k in layout.image_keys if k not in reader]
+    if missing:
+        report.error(f"{len(missing)} image key(s) listed by the header are absent (first {missing[0]})")
+    pos = 1
+    expected = np.full(n + 1, -1, np.int64)
+    for i, (s, e) in enumerate(layout.identity_ranges):
+        if s != pos:
+            report.error(f"identity record {n + 1 + i}: range [{s}, {e}) should start at key {pos}")
+        if e <= s:
+            report.error(f"identity record {n + 1 + i}: empty or reversed range [{s}, {e})")
+        lo, hi = max(s, 1), min(max(e, s), n + 1)
+        expected[lo:hi] = i
+        pos = max(pos, e)
+    if pos != n + 1 and c:
+        report.error(f"identity ranges end at key {pos}, the header says images end at key {n + 1}")
+    if prop is not None and prop[0] != c:
+        report.error(f"{folder / 'property'} says {prop[0]} classes, the header says {c}")
+    return expected
+
+
+def _jpeg_problem(key: int, payload: bytes, decode: bool, size: tuple[int, int] | None) -> str | None:
     try:
         got = check_jpeg(payload, decode=decode, where=f"key {key}")
     except DatasetError as exc:

@@ -192,3 +192,20 @@ def test_cli(tmp_path, two_machines, capsys):
     assert cli(["rec", "write", str(npz), str(tmp_path / "ds"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "000000040-000000042"
     assert cli(["rec", "info", str(tmp_path / "missing")]) == 1
+
+
+def test_merge_of_a_set_without_manifest(shared_testdata, tmp_path):
+    """An insightface set written elsewhere (MXNet's golden set): identities are its labels."""
+    src = shared_testdata / "recordio" / "insightface_layout"
+    s = merge(tmp_path / "m", [src])
+    assert s["images"] == 14 and s["classes"] == 5
+    rep = inspect(tmp_path / "m")
+    assert rep["ok"] and rep["manifest_rows"] == 14, rep["errors"]
+    with RecordReader(src) as a, RecordReader(tmp_path / "m") as b:
+        for k in range(1, 15):
+            ha, pa = unpack(a.read(k))
+            hb, pb = unpack(b.read(k))
+            assert pa == pb and ha.label == hb.label
+    assert query(tmp_path / "m", "SELECT DISTINCT identity FROM images ORDER BY identity") == [
+        (i,) for i in range(5)
+    ]

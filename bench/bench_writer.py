@@ -74,13 +74,14 @@ def fdta(
     n_id = (n + PER_ID - 1) // PER_ID
     t = time.perf_counter()
     w = ChunkWriter(folder, 0, n_id, jpeg_backend=backend, workers=workers)
-    prov = [
-        Provenance(identity=i, attributes={"gender": "female"}, seeds={"acg": i}, history=["acg"])
-        for i in range(n_id)
-    ]
+    prov = None
     for i in range(n):
         ident = i // PER_ID
-        w.add(pool[i % len(pool)], ident, prov[ident])
+        if prov is None or prov.identity != ident:  # built as the faces stream in, as a real source does
+            prov = Provenance(
+                identity=ident, attributes={"gender": "female"}, seeds={"acg": ident}, history=["acg"]
+            )
+        w.add(pool[i % len(pool)], ident, prov)
     w.commit()
     return n / (time.perf_counter() - t), w.backend
 

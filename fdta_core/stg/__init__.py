@@ -1,0 +1,1 @@
+"""STG: FDTA's style transfer generator (DCFace's dual-condition mixer)."""

@@ -1,0 +1,1 @@
+"""Builders of tiny models and data for tests and benchmarks (never used by the pipeline itself)."""

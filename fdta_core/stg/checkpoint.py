@@ -136,7 +136,6 @@ def map_dcface_state_dict(
     report.unet_from = unet_prefix
     if unet_prefix == "model." and use_ema:
         log.warning("%s has no EMA UNet (ema_model.averaged_model.*); using the training weights model.*", source)
-    prefixes = [("" if p == "ema_model.averaged_model." else p, q) for p, q in SAMPLING_PREFIXES]
     prefixes = [(unet_prefix, "unet.")] + [(p, q) for p, q in SAMPLING_PREFIXES if q != "unet."]
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
@@ -149,10 +148,9 @@ def map_dcface_state_dict(
         if target is not None:
             out[target] = value
             continue
-        for p in (*TRAINING_ONLY_PREFIXES, "ema_model.", "model."):
+        for p in (*TRAINING_ONLY_PREFIXES, "ema_model.averaged_model."):
             if key.startswith(p):
-                name = p if p in TRAINING_ONLY_PREFIXES else ("ema_model." if p == "ema_model." else p)
-                report.skipped[name] = report.skipped.get(name, 0) + 1
+                report.skipped[p] = report.skipped.get(p, 0) + 1
                 break
         else:
             report.unexpected.append(key)
@@ -403,7 +401,13 @@ def _settings_for(config: STGConfig, report: LoadReport, source: str) -> dict[st
     }
 
 
-def _finish(sd: dict[str, torch.Tensor], report: LoadReport, source: str, cfg: STGConfig | None) -> STGWeights:
+def _finish(
+    sd: dict[str, torch.Tensor],
+    report: LoadReport,
+    source: str,
+    cfg: STGConfig | None,
+    num_head_channels: int | None = None,
+) -> STGWeights:
     if not any(k.startswith(STYLE_BACKBONE_PREFIX) for k in sd):
         raise ModelFormatError(
             f"{Path(source).name} has no weights for the frozen style backbone (recognition_model.backbone.*)",
@@ -411,7 +415,7 @@ def _finish(sd: dict[str, torch.Tensor], report: LoadReport, source: str, cfg: S
             fix=f"add the AdaFace IR-50 CASIA-WebFace backbone ({ADAFACE_STYLE_FILE}, from DCFace's "
             "pretrained_models) with `fdta stg convert CKPT OUT --style-backbone adaface_ir50_casia.ckpt`.",
         )
-    config = cfg or STGConfig.from_state_dict(sd)
+    config = cfg or STGConfig.from_state_dict(sd, num_head_channels=num_head_channels)
     return STGWeights(sd, config, report, _settings_for(config, report, source))
 
 
@@ -449,6 +453,7 @@ def load_stg_weights(
     config: STGConfig | None = None,
     style_backbone: str | Path | None = None,
     use_ema: bool = True,
+    num_head_channels: int | None = None,
 ) -> STGWeights:
     """Read a DCFace ``.ckpt``, a safetensors file in DCFace naming, or one written by :func:`convert`."""
     path = Path(path)
@@ -488,7 +493,7 @@ def load_stg_weights(
         sd.update(extra)
     if config is None and settings.get("config"):
         config = STGConfig.from_dict(settings["config"])
-    return _finish(sd, report, str(path), config)
+    return _finish(sd, report, str(path), config, num_head_channels)
 
 
 def build_model(weights: STGWeights, *, strict: bool = True):  # -> STGModel
@@ -533,13 +538,17 @@ def convert(
     *,
     style_backbone: str | Path | None = None,
     dtype: torch.dtype | None = None,
+    num_head_channels: int | None = None,
+    use_ema: bool = True,
 ) -> STGWeights:
     """Write the sampling-path weights of ``src`` and a settings JSON (grid size, widths) to safetensors."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     from ..fsutil import atomic_open
 
-    weights = load_stg_weights(src, style_backbone=style_backbone)
+    weights = load_stg_weights(
+        src, style_backbone=style_backbone, num_head_channels=num_head_channels, use_ema=use_ema
+    )
     build_model(weights)  # proves every key fits before anything is written
     tensors = {}
     for k, v in weights.state_dict.items():
@@ -550,10 +559,27 @@ def convert(
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     meta = {SETTINGS_KEY: json.dumps(weights.settings, sort_keys=True), "format": FORMAT}
-    from safetensors.torch import save as save_bytes
-
     data = save_bytes(tensors, metadata=meta)
     with atomic_open(dst, "wb") as f:
         f.write(data)
-    del save_file
     return weights
+
+
+def to_dcface_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FDTA names -> DCFace names (the EMA copy for the UNet): the inverse of :func:`map_dcface_state_dict`.
+
+    Used to write test checkpoints in the released layout.
+    """
+    inverse = {v: k for k, v in SAMPLING_KEYS.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in inverse:
+            out[inverse[key]] = value
+            continue
+        for p, q in SAMPLING_PREFIXES:
+            if key.startswith(q):
+                out[p + key[len(q) :]] = value
+                break
+        else:
+            raise ModelFormatError(f"'{key}' is not an STG model key", where="to_dcface_state_dict")
+    return out

@@ -7,7 +7,14 @@ Public API::
 """
 
 from .bank import ReferenceBank
-from .checkpoint import LoadReport, STGWeights, build_model, convert, load_stg_weights, read_lightning_checkpoint
+from .checkpoint import (
+    LoadReport,
+    STGWeights,
+    build_model,
+    convert,
+    load_stg_weights,
+    read_lightning_checkpoint,
+)
 from .config import IRConfig, STGConfig
 from .ddim import Schedule, ddim_sample, ddim_timesteps
 from .mixer import MixResult, contact_sheet, image_seed, mix

@@ -56,7 +56,7 @@ def mix(
     if not identities:
         raise InputError("the source faceset is empty", where="source_faces")
     first_prov = {}
-    for img, lab, prov in source:
+    for _img, lab, prov in source:
         first_prov.setdefault(lab, prov)
     id_images = np.stack([source.source_of(i) for i in identities])
     picks = pick_styles(

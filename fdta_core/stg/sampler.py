@@ -90,15 +90,17 @@ class STGSampler:
         m = self.model
         if next(m.parameters()).device != self.device:
             m.to(self.device)
-        if self.dtype != torch.float32:
-            # norms are computed in float32 inside the layers; weights in half precision
-            m.unet.to(self.dtype)
         if self.channels_last:
+            # a layout change only: values and the caller's fp32 weights stay as they are
             m.unet.to(memory_format=torch.channels_last)
         self._prepared = True
 
     def _autocast(self):
-        return contextlib.nullcontext()
+        """Half precision through autocast, so the (shared, ComfyUI-managed) weights are never cast in place.
+        GroupNorm and the attention softmax stay in float32 inside the layers."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.no_grad()
     def id_condition(self, id_images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,13 +146,11 @@ class STGSampler:
             idx = torch.as_tensor(np.asarray(req.id_index[sl], np.int64), device=self.device)
             style = self.model.style_tokens(from_uint8(req.style_images[sl], self.device))
             cond = Condition(id_vector=id_vec[idx], context=self.model.style_head.context(id_tok[idx], style))
-            cond = cond.to(self.device, self.dtype)
 
             def eps_fn(x: torch.Tensor, t: int, cond: Condition = cond) -> torch.Tensor:
-                xin = x.to(self.dtype)
-                if self.channels_last:
-                    xin = xin.contiguous(memory_format=torch.channels_last)
-                return unet(xin, t, cond.id_vector, cond.context)[:, :3]
+                xin = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                with self._autocast():
+                    return unet(xin, t, cond.id_vector, cond.context)[:, :3].float()
 
             base = done
 

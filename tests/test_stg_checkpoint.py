@@ -113,7 +113,12 @@ def write_lightning_ckpt(path, model, *, with_style=True, extra=None):
             "lr_schedulers": [],
             "hparams_name": "kwargs",
             "hyper_parameters": {
-                "unet_config": dc({"params": dc({"condition_type": "crossatt_and_stylemod"})}),
+                "unet_config": dc(
+                    {
+                        "params": dc({"condition_type": "crossatt_and_stylemod"}),
+                        "model_params": dc({"num_head_channels": 16, "num_channels": 8}),
+                    }
+                ),
                 "external_mapping": dc({"spatial_dim": 5, "version": "v4_dropout"}),
                 "use_ema": True,
                 "datamodule": functools.partial(
@@ -156,6 +161,8 @@ def test_reads_lightning_file_without_executing(ckpt):
 
 @torch.no_grad()
 def test_ema_weights_picked_and_keys_reported(ckpt, tiny):
+    # the head width is read from the inert hyper_parameters (unet_config.model_params.num_head_channels)
+    assert load_stg_weights(ckpt).config == tiny_config()
     w = load_stg_weights(ckpt, config=tiny_config())
     model = build_model(w)
     r = w.report
@@ -228,7 +235,7 @@ def test_cli_convert_roundtrip(tmp_path, ckpt, tiny):
     sys_stdout = sys.stdout
     sys.stdout = buf
     try:
-        rc = main(["stg", "convert", str(ckpt), str(out), "--num-head-channels", "16", "--json"])
+        rc = main(["stg", "convert", str(ckpt), str(out), "--json"])
     finally:
         sys.stdout = sys_stdout
     assert rc == 0

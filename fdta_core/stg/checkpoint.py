@@ -380,6 +380,33 @@ def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def hparam(obj: Any, *path: str) -> Any:
+    """Best-effort read of a value inside inert omegaconf objects (``DictConfig`` state ``_content``,
+    value nodes ``_val``) or plain dicts; ``None`` when absent. Nothing is executed."""
+
+    def unwrap(o: Any) -> Any:
+        for _ in range(8):
+            if isinstance(o, InertObject):
+                st = o._fdta_state
+                o = st if st is not None else dict(o._fdta_items)
+            elif isinstance(o, dict) and "_content" in o:
+                o = o["_content"]
+            elif isinstance(o, dict) and "_val" in o and len(o) <= 3:
+                o = o["_val"]
+            elif isinstance(o, tuple) and len(o) == 2 and isinstance(o[1], dict) and o[0] is None:
+                o = o[1]  # (None, slots) state
+            else:
+                return o
+        return o
+
+    cur = unwrap(obj)
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = unwrap(cur[key])
+    return cur
+
+
 # ---------------------------------------------------------------------------- files -> STG state dicts
 @dataclass
 class STGWeights:
@@ -472,6 +499,11 @@ def load_stg_weights(
         raw: Any = load_file(str(path))
     else:
         ckpt = read_lightning_checkpoint(path)
+        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        if num_head_channels is None and hp is not None:
+            nhc = hparam(hp, "unet_config", "model_params", "num_head_channels")
+            if isinstance(nhc, int) and nhc > 0:
+                num_head_channels = nhc
         raw = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         if raw is None and isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             raw = ckpt

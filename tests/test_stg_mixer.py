@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fdta_core.errors import InputError
@@ -147,3 +148,14 @@ def test_mix_provenance_and_sheet(sampler):
     assert p.seeds["stg"] == image_seed(9, 10, 1)
     assert {fs.provenance[0].extra["stg_reference_subject"], fs.provenance[1].extra["stg_reference_subject"]} == {p.extra["stg_reference_subject"]}
     assert res.contact_sheet.shape == (4 * 116 + 4, 3 * 116 + 4, 3)
+
+
+def test_half_precision_and_channels_last_paths():
+    model = tiny_model(seed=1)
+    req = GenerationRequest(_faces(1, 10), np.array([0]), _faces(1, 11), [5])
+    ref = STGSampler(model, "cpu", "fp32").generate(req, steps=1)
+    cl = STGSampler(model, "cpu", "fp32", channels_last=True).generate(req, steps=1)
+    assert np.abs(cl.astype(int) - ref.astype(int)).max() <= 1
+    bf = STGSampler(model, "cpu", "bf16").generate(req, steps=1)  # autocast; the weights stay fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert np.abs(bf.astype(int) - ref.astype(int)).mean() < 8

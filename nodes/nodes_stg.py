@@ -94,17 +94,12 @@ class FDTASTGLoader(io.ComfyNode):
 
 
 def _align_fn(face_models: Any):
-    """Alignment comes from the faces stage (``FDTA_FACE_MODELS``); any object with ``align(rgb) -> face|None``."""
+    """Alignment by the faces stage (``FDTA_FACE_MODELS``: detector + 5-point ArcFace alignment)."""
     if face_models is None:
         return None
-    fn = getattr(face_models, "align", None) or getattr(face_models, "align_one", None)
-    if not callable(fn):
-        raise InputError(
-            "the connected face models cannot align single images",
-            where="face_models",
-            fix="update ComfyUI-FDTA or pass references that are already aligned 112x112 faces.",
-        )
-    return fn
+    from ..fdta_core.stg.bank import align_with_face_models
+
+    return align_with_face_models(face_models)
 
 
 class FDTAReferenceBank(io.ComfyNode):

@@ -159,3 +159,28 @@ def test_half_precision_and_channels_last_paths():
     bf = STGSampler(model, "cpu", "bf16").generate(req, steps=1)  # autocast; the weights stay fp32
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert np.abs(bf.astype(int) - ref.astype(int)).mean() < 8
+
+
+def test_align_with_face_models_adapter():
+    from fdta_core.stg.bank import align_with_face_models
+
+    class FakeResult:
+        def __init__(self, faces):
+            self.faces = faces
+
+    class FakeModels:
+        def __init__(self):
+            self.calls = []
+
+        def align_batch(self, images, *, assume_aligned=True):
+            self.calls.append((images[0].shape, assume_aligned))
+            found = images[0].mean() > 0
+            return FakeResult(np.full((1, 112, 112, 3), 9, np.uint8) if found else np.zeros((0, 112, 112, 3), np.uint8))
+
+    fm = FakeModels()
+    align = align_with_face_models(fm)
+    imgs = np.stack([np.full((150, 150, 3), 50, np.uint8), np.zeros((150, 150, 3), np.uint8)])
+    bank = ReferenceBank.from_images(imgs, align=align)
+    assert len(bank) == 1 and bank.keys == ["image:0"] and fm.calls[0] == ((150, 150, 3), False)
+    with pytest.raises(InputError, match="align"):
+        align_with_face_models(object())

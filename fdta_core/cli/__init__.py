@@ -16,7 +16,16 @@ from .. import __version__
 from ..errors import FDTAError
 
 #: Sub-command modules under ``fdta_core.cli``; each defines ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("run", "stg")
+COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "rec",
+    "report",
+    "age",
+    "run",
+    "train",
+    "verify",
+    "stg",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

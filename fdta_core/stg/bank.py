@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -194,6 +195,25 @@ class ReferenceBank:
 
 
 # ---------------------------------------------------------------------------- helpers
+def align_with_face_models(face_models: Any) -> AlignFn:
+    """An :data:`AlignFn` from ``fdta_core.faces.FaceModels``: the main (largest, most central) face of
+    the image, aligned to the 112x112 ArcFace template; ``None`` when no face is found."""
+    if not callable(getattr(face_models, "align_batch", None)):
+        raise InputError(
+            "the connected face models cannot align images (no align_batch)",
+            where="face_models",
+            fix="connect FDTAFaceModelLoader's output, or pass references that are already aligned 112x112 faces.",
+        )
+
+    def align(img: np.ndarray) -> np.ndarray | None:
+        res = face_models.align_batch([img], assume_aligned=False)
+        if len(res.faces) == 0:
+            return None
+        return res.faces[0]
+
+    return align
+
+
 def folder_tags(parts: Sequence[str]) -> dict[str, str]:
     """``("yaw=-30", "lighting=3_expression=smile")`` -> ``{"yaw": "-30", "lighting": "3", "expression": "smile"}``."""
     tags: dict[str, str] = {}

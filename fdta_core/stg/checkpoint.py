@@ -211,8 +211,25 @@ def _inert_class(module: str, name: str) -> type:
     return cls
 
 
-#: Modules whose globals become inert stand-ins (configuration objects, DCFace's own classes).
-INERT_MODULE_PREFIXES: tuple[str, ...] = ("omegaconf", "hydra", "src", "typing", "pathlib", "enum", "argparse")
+#: Modules whose globals become inert stand-ins: configuration objects, DCFace's own classes, and what
+#: Lightning stores beside the weights (loop/callback state, numpy scalars, torch dtypes). Being inert,
+#: none of them is imported or called; they only keep the checkpoint readable.
+INERT_MODULE_PREFIXES: tuple[str, ...] = (
+    "omegaconf",
+    "hydra",
+    "src",
+    "typing",
+    "pathlib",
+    "enum",
+    "argparse",
+    "datetime",
+    "numpy",
+    "pytorch_lightning",
+    "lightning",
+    "lightning_fabric",
+    "torchmetrics",
+    "torch",
+)
 #: Single globals that become inert stand-ins.
 INERT_GLOBALS: frozenset[str] = frozenset({"functools.partial", "collections.defaultdict", "_operator.attrgetter_disabled"})
 #: Builtins whose call is harmless (type constructors only; never getattr/eval/exec/__import__/open).
@@ -234,7 +251,18 @@ SAFE_BUILTINS: dict[tuple[str, str], Any] = {
     ("builtins", "NoneType"): type(None),
     ("collections", "OrderedDict"): OrderedDict,
     ("__builtin__", "set"): set,
+    ("_codecs", "encode"): None,  # filled below: protocol-2 pickles store bytes as _codecs.encode(str, "latin1")
 }
+
+
+def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """The only use of ``_codecs.encode`` in data pickles: ``str -> bytes`` in latin-1 / utf-8."""
+    if not isinstance(text, str) or encoding.lower() not in ("latin1", "latin-1", "iso-8859-1", "utf-8", "utf8"):
+        raise UnsafeFileError("_codecs.encode used for something other than text -> bytes", where="checkpoint")
+    return text.encode(encoding, errors)
+
+
+SAFE_BUILTINS[("_codecs", "encode")] = _codecs_encode
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "DoubleStorage": torch.float64,

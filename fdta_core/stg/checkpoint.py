@@ -532,6 +532,8 @@ def load_stg_weights(
             nhc = hparam(hp, "unet_config", "model_params", "num_head_channels")
             if isinstance(nhc, int) and nhc > 0:
                 num_head_channels = nhc
+            if hparam(hp, "use_ema") is False:  # DCFace samples with model.* when use_ema is off
+                use_ema = False
         raw = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         if raw is None and isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             raw = ckpt

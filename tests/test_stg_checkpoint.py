@@ -263,3 +263,12 @@ def test_cli_convert_roundtrip(tmp_path, ckpt, tiny):
     x = torch.randn(1, 3, 112, 112)
     c1, c2 = model.condition(x, x), tiny.condition(x, x)
     torch.testing.assert_close(model.denoise(x, 500, c1), tiny.denoise(x, 500, c2))
+
+
+def test_cli_inspect(ckpt, capsys):
+    from fdta_core.cli import main
+
+    assert main(["stg", "inspect", str(ckpt)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["grid"] == 5 and info["missing"] == [] and info["shape_mismatch"] == []
+    assert info["unet_from"] == "ema_model.averaged_model." and info["unexpected"] == ["something.else"]

@@ -18,6 +18,7 @@ log = logging.getLogger("FDTA")
 NODE_MODULES: tuple[str, ...] = (
     "nodes_prompts",
     "nodes_faces",
+    "nodes_stg",
     "nodes_age",
     "nodes_dataset",
     "nodes_train",

@@ -63,7 +63,9 @@ class ModelNotFoundError(FDTAError, FileNotFoundError):
         folders = ", ".join(self.searched) if self.searched else "(no folder registered)"
         files = ", ".join(self.expected)
         message = f"{what} not found. Looked in: {folders}. Expected file(s): {files}."
-        super().__init__(message, where=where, fix=fix or "download the model and place it in one of those folders.")
+        super().__init__(
+            message, where=where, fix=fix or "download the model and place it in one of those folders."
+        )
 
 
 class ModelFormatError(FDTAError, ValueError):

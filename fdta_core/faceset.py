@@ -123,7 +123,11 @@ class FaceSet:
                     where="FaceSet.provenance",
                 )
         for ident, face in self.sources.items():
-            if not isinstance(face, np.ndarray) or face.shape != (FACE_SIZE, FACE_SIZE, 3) or face.dtype != np.uint8:
+            if (
+                not isinstance(face, np.ndarray)
+                or face.shape != (FACE_SIZE, FACE_SIZE, 3)
+                or face.dtype != np.uint8
+            ):
                 raise InputError(
                     f"source face of identity {ident} must be a 112x112x3 uint8 array",
                     where="FaceSet.sources",
@@ -145,7 +149,9 @@ class FaceSet:
             prov = [p.derive(stage) if (not p.history or p.history[-1] != stage) else p for p in prov]
         labels = np.array([p.identity for p in prov], np.int64)
         if len(set(labels.tolist())) != len(labels):
-            raise InputError("source facesets need exactly one image per identity", where="FaceSet.from_sources")
+            raise InputError(
+                "source facesets need exactly one image per identity", where="FaceSet.from_sources"
+            )
         sources = {int(lab): images[i].copy() for i, lab in enumerate(labels)}
         return cls(images, labels, prov, sources)
 
@@ -190,7 +196,9 @@ class FaceSet:
         idx = np.asarray(indices)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
-                raise InputError(f"mask has shape {list(idx.shape)}, expected [{len(self)}]", where="FaceSet.select")
+                raise InputError(
+                    f"mask has shape {list(idx.shape)}, expected [{len(self)}]", where="FaceSet.select"
+                )
             idx = np.nonzero(idx)[0]
         idx = idx.astype(np.int64)
         keep_ids = {int(self.labels[i]) for i in idx}
@@ -327,7 +335,11 @@ def faceset_from_image(
     labs = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
     if labs.shape != (n,):
         raise InputError(f"{len(labs)} labels for {n} images", where=where)
-    prov = list(provenance) if provenance is not None else [Provenance(identity=int(x), history=[stage]) for x in labs]
+    prov = (
+        list(provenance)
+        if provenance is not None
+        else [Provenance(identity=int(x), history=[stage]) for x in labs]
+    )
     sources: dict[int, np.ndarray] = {}
     if as_sources:
         for i, lab in enumerate(labs.tolist()):

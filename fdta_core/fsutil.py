@@ -75,7 +75,9 @@ def resolve_inside(
     someone else cannot write outside ComfyUI's output folders.
     """
     if not name or not str(name).strip():
-        raise InputError("the name is empty", where=where, fix="give a folder name such as 'fdta/my_dataset'.")
+        raise InputError(
+            "the name is empty", where=where, fix="give a folder name such as 'fdta/my_dataset'."
+        )
     if "\x00" in name:
         raise InputError("the name contains a NUL byte", where=where)
     resolved_roots = [Path(r).resolve() for r in roots]

@@ -101,7 +101,9 @@ def test_from_image_and_to_image(rng):
 
 
 def test_npz_round_trip_without_pickle(tmp_path, rng):
-    fs = FaceSet.from_sources(_faces(rng, 2), [Provenance(identity=3, attributes={"gender": "female"}), Provenance(4)])
+    fs = FaceSet.from_sources(
+        _faces(rng, 2), [Provenance(identity=3, attributes={"gender": "female"}), Provenance(4)]
+    )
     path = tmp_path / "fs.npz"
     fs.save_npz(str(path))
     back = FaceSet.load_npz(str(path))

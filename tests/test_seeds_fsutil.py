@@ -13,8 +13,13 @@ def test_derive_seed_is_stable_and_separating():
     a = derive_seed(42, "acg", 7, 0)
     assert a == derive_seed(42, "acg", 7, 0)
     assert 0 <= a <= SEED_MAX
-    others = {derive_seed(43, "acg", 7, 0), derive_seed(42, "acg", 7, 1), derive_seed(42, "stg", 7, 0),
-              derive_seed(42, "acg7", 0), derive_seed(42, "acg", 70)}
+    others = {
+        derive_seed(43, "acg", 7, 0),
+        derive_seed(42, "acg", 7, 1),
+        derive_seed(42, "stg", 7, 0),
+        derive_seed(42, "acg7", 0),
+        derive_seed(42, "acg", 70),
+    }
     assert a not in others and len(others) == 5
     with pytest.raises(TypeError):
         derive_seed(1, 1.5)  # type: ignore[arg-type]
@@ -24,7 +29,9 @@ def test_generators_follow_the_seed():
     assert numpy_rng(1, "x").integers(1 << 30) == numpy_rng(1, "x").integers(1 << 30)
     import torch
 
-    assert torch.equal(torch.rand(3, generator=torch_generator(1, "y")), torch.rand(3, generator=torch_generator(1, "y")))
+    assert torch.equal(
+        torch.rand(3, generator=torch_generator(1, "y")), torch.rand(3, generator=torch_generator(1, "y"))
+    )
 
 
 def test_atomic_open_keeps_old_content_on_failure(tmp_path):

@@ -1,0 +1,448 @@
+"""MXNet RecordIO, pure Python, byte-compatible with ``mx.recordio`` (DESIGN 5.2).
+
+What is written here is what insightface's ``arcface_torch`` (``MXFaceDataset``), ``rec2image`` and
+NVIDIA DALI's ``fn.readers.mxnet`` read. The physical format:
+
+* a chunk is ``uint32 magic 0xCED7230A``, ``uint32 lrec = cflag << 29 | length``, ``length`` bytes, zero
+  padding to a multiple of 4 (little-endian);
+* a logical record that contains the magic at a 4-byte-aligned offset (counted from the first byte of
+  the record, so a magic inside the IRHeader or the label array counts too) is split there: the magic is
+  dropped and the pieces become chunks with cflag 1 (first), 2 (middle), 3 (last); readers put the magic
+  back. Without the split the output would not be byte-identical to MXNet's.
+* ``.idx`` is text, one ``key\\toffset\\n`` line per record in write order.
+
+A logical record is ``IRHeader`` (``struct '<IfQQ'``: flag, label, id, id2; 24 bytes), then ``flag``
+float32 label values when the label is an array (the header's label is then 0.0), then the payload.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, InputError
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_CHUNK_HEAD = struct.Struct("<II")
+_IR = struct.Struct("<IfQQ")
+IR_HEADER_SIZE = _IR.size  # 24
+_LEN_MASK = (1 << 29) - 1
+#: Largest chunk length the 29-bit length field can hold.
+MAX_CHUNK = _LEN_MASK
+
+
+# ---------------------------------------------------------------------------- IRHeader
+@dataclass(frozen=True)
+class IRHeader:
+    """MXNet's image-record header. ``label`` is a float (scalar label, flag 0) or a tuple of floats
+    (array label: flag is its length). ``id2`` carries no meaning for readers (insightface writes 0 on
+    the header record, other writers 1)."""
+
+    flag: int
+    label: float | tuple[float, ...]
+    id: int = 0
+    id2: int = 0
+
+    @property
+    def is_array(self) -> bool:
+        return isinstance(self.label, tuple)
+
+
+def pack(header: IRHeader, payload: bytes = b"") -> bytes:
+    """Header + label floats + payload, as ``mx.recordio.pack`` makes it.
+
+    As in MXNet, an array label overrides ``flag`` with the array's length and writes 0.0 as the
+    header's label; a scalar label forces flag 0.
+    """
+    label = header.label
+    if isinstance(label, list | tuple | np.ndarray):
+        values = np.asarray(label, dtype="<f4").ravel()
+        head = _IR.pack(len(values), 0.0, header.id, header.id2)
+        return head + values.tobytes() + bytes(payload)
+    return _IR.pack(0, float(label), header.id, header.id2) + bytes(payload)
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """Inverse of :func:`pack`: ``(header, payload)``; array labels come back as tuples of floats."""
+    if len(record) < IR_HEADER_SIZE:
+        raise DatasetError(f"record of {len(record)} bytes is shorter than the 24-byte IRHeader")
+    flag, label, id_, id2 = _IR.unpack_from(record, 0)
+    if flag > 0:
+        end = IR_HEADER_SIZE + 4 * flag
+        if len(record) < end:
+            raise DatasetError(f"record of {len(record)} bytes is too short for its {flag} label floats")
+        values = np.frombuffer(record, dtype="<f4", count=flag, offset=IR_HEADER_SIZE)
+        return IRHeader(flag, tuple(float(v) for v in values), id_, id2), bytes(record[end:])
+    return IRHeader(0, float(label), id_, id2), bytes(record[IR_HEADER_SIZE:])
+
+
+def unpack_header(record: bytes) -> IRHeader:
+    """Only the header (and label array) of a record; cheap when the payload is large."""
+    return unpack(record[: IR_HEADER_SIZE + 4 * max(0, _IR.unpack_from(record, 0)[0])])[0]
+
+
+# ---------------------------------------------------------------------------- chunking
+def aligned_magic_offsets(record: bytes) -> np.ndarray:
+    """Offsets (multiples of 4, counted from the record's first byte) where the magic appears."""
+    n = len(record) // 4
+    if n == 0:
+        return np.zeros(0, np.int64)
+    words = np.frombuffer(record, dtype="<u4", count=n)
+    return np.flatnonzero(words == MAGIC).astype(np.int64) * 4
+
+
+def encode_record(record: bytes) -> bytes:
+    """The physical bytes of one logical record: its chunks with headers and padding."""
+    record = bytes(record)
+    splits = aligned_magic_offsets(record)
+    if len(splits) == 0:
+        return _chunk(0, record)
+    out = bytearray()
+    start = 0
+    for i, pos in enumerate(splits.tolist()):
+        out += _chunk(1 if i == 0 else 2, record[start:pos])
+        start = pos + 4
+    out += _chunk(3, record[start:])
+    return bytes(out)
+
+
+def _chunk(cflag: int, data: bytes) -> bytes:
+    if len(data) > MAX_CHUNK:
+        raise InputError(f"record chunk of {len(data)} bytes exceeds RecordIO's 2^29-1 byte limit")
+    pad = (-len(data)) & 3
+    return _CHUNK_HEAD.pack(MAGIC, (cflag << 29) | len(data)) + data + b"\x00" * pad
+
+
+# ---------------------------------------------------------------------------- writing
+class RecordWriter:
+    """Append records to a ``.rec`` file and its ``.idx`` (like ``MXIndexedRecordIO`` in ``'w'`` mode).
+
+    ``write(key, record)`` takes a logical record (see :func:`pack`) and returns its offset. Use as a
+    context manager; the files are flushed and fsynced on close. Writing to final names is the caller's
+    choice: the dataset writer writes into a temporary chunk folder and renames it when complete.
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self._rec = open(self.rec_path, "wb")  # noqa: SIM115
+        self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        self._offset = 0
+        self.count = 0
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def write(self, key: int, record: bytes) -> int:
+        data = encode_record(record)
+        offset = self._offset
+        self._rec.write(data)
+        self._idx.write(f"{int(key)}\t{offset}\n")
+        self._offset += len(data)
+        self.count += 1
+        return offset
+
+    def write_encoded(self, key: int, encoded: bytes) -> int:
+        """Append bytes already produced by :func:`encode_record` (used by parallel encoders)."""
+        offset = self._offset
+        self._rec.write(encoded)
+        self._idx.write(f"{int(key)}\t{offset}\n")
+        self._offset += len(encoded)
+        self.count += 1
+        return offset
+
+    def close(self, *, fsync: bool = True) -> None:
+        if self._rec.closed:
+            return
+        for f in (self._rec, self._idx):
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+            f.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- reading
+def read_idx(idx_path: str | os.PathLike) -> tuple[list[int], dict[int, int]]:
+    """Parse an ``.idx`` file: keys in file order and key -> offset."""
+    keys: list[int] = []
+    offsets: dict[int, int] = {}
+    path = Path(idx_path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise DatasetError(
+            f"index file {path} not found", fix="pass the folder holding train.rec and train.idx."
+        ) from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not a RecordIO index (not ASCII text)") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise DatasetError(f"{path}:{lineno}: expected 'key<TAB>offset', got {line[:60]!r}")
+        try:
+            key, off = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise DatasetError(
+                f"{path}:{lineno}: key and offset must be integers, got {line[:60]!r}"
+            ) from None
+        if key in offsets:
+            raise DatasetError(f"{path}:{lineno}: key {key} appears twice")
+        keys.append(key)
+        offsets[key] = off
+    return keys, offsets
+
+
+def _read_chunks(f: io.BufferedReader, offset: int, where: str) -> bytes:
+    """Read the logical record whose first chunk starts at ``offset``."""
+    f.seek(offset)
+    parts: list[bytes] = []
+    first = True
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DatasetError(f"{where}: truncated chunk header at offset {f.tell() - len(head)}")
+        magic, lrec = _CHUNK_HEAD.unpack(head)
+        if magic != MAGIC:
+            raise DatasetError(
+                f"{where}: bad magic 0x{magic:08x} at offset {f.tell() - 8} (not a RecordIO record boundary)"
+            )
+        cflag, length = lrec >> 29, lrec & _LEN_MASK
+        data = f.read(length)
+        if len(data) < length:
+            raise DatasetError(
+                f"{where}: record at offset {offset} is truncated ({len(data)} of {length} bytes)"
+            )
+        pad = (-length) & 3
+        if pad:
+            f.seek(pad, io.SEEK_CUR)
+        if first:
+            if cflag == 0:
+                return data
+            if cflag != 1:
+                raise DatasetError(
+                    f"{where}: record at offset {offset} starts with a continuation chunk (cflag {cflag})"
+                )
+            parts.append(data)
+            first = False
+            continue
+        if cflag not in (2, 3):
+            raise DatasetError(f"{where}: split record at offset {offset} has a chunk with cflag {cflag}")
+        parts.append(_MAGIC_BYTES)
+        parts.append(data)
+        if cflag == 3:
+            return b"".join(parts)
+
+
+def scan_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """Sequentially yield ``(offset, logical_record)`` for a whole ``.rec`` (no ``.idx`` needed).
+
+    Raises :class:`DatasetError` at the first corruption (bad magic, truncation), naming the offset.
+    """
+    path = Path(rec_path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0
+        while offset < size:
+            record = _read_chunks(f, offset, str(path))
+            yield offset, record
+            offset = f.tell()
+
+
+class RecordReader:
+    """Indexed random access to a ``.rec`` (like ``MXIndexedRecordIO`` in ``'r'`` mode).
+
+    The file is opened lazily and re-opened in each process (the handle is dropped when pickled), so
+    one reader can be handed to every ``DataLoader`` worker. Without an ``.idx`` the ``.rec`` is scanned
+    once to build the index.
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
+        rec = Path(rec_path)
+        if rec.is_dir():
+            rec = rec / "train.rec"
+        if not rec.is_file():
+            raise DatasetError(
+                f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
+            )
+        self.rec_path = rec
+        idx = Path(idx_path) if idx_path is not None else rec.with_suffix(".idx")
+        if idx.is_file():
+            self.idx_path: Path | None = idx
+            self.keys, self._offsets = read_idx(idx)
+        else:
+            self.idx_path = None
+            self.keys, self._offsets = [], {}
+            for i, (off, _rec) in enumerate(scan_records(rec)):
+                self.keys.append(i)
+                self._offsets[i] = off
+        self._fh: io.BufferedReader | None = None
+        self._pid = -1
+
+    def _file(self) -> io.BufferedReader:
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = open(self.rec_path, "rb")  # noqa: SIM115
+            self._pid = os.getpid()
+        return self._fh
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fh"] = None
+        state["_pid"] = -1
+        return state
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._offsets
+
+    def offset(self, key: int) -> int:
+        try:
+            return self._offsets[key]
+        except KeyError:
+            raise DatasetError(f"key {key} is not in {self.idx_path or self.rec_path}") from None
+
+    def read(self, key: int) -> bytes:
+        """The logical record at ``key`` (header + labels + payload)."""
+        return _read_chunks(self._file(), self.offset(key), str(self.rec_path))
+
+    def read_unpacked(self, key: int) -> tuple[IRHeader, bytes]:
+        return unpack(self.read(key))
+
+    def read_header(self, key: int) -> IRHeader:
+        """Only the header and label of ``key``; reads the first chunk's first bytes when possible."""
+        f = self._file()
+        off = self.offset(key)
+        f.seek(off)
+        head = f.read(8 + IR_HEADER_SIZE)
+        if len(head) >= 8 + IR_HEADER_SIZE:
+            magic, lrec = _CHUNK_HEAD.unpack_from(head, 0)
+            cflag, length = lrec >> 29, lrec & _LEN_MASK
+            if magic == MAGIC and cflag == 0 and length >= IR_HEADER_SIZE:
+                flag = _IR.unpack_from(head, 8)[0]
+                if flag == 0:
+                    return unpack(head[8 : 8 + IR_HEADER_SIZE])[0]
+        return unpack_header(self.read(key))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> RecordReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- layouts
+@dataclass
+class Layout:
+    """How a RecordIO set is organised.
+
+    * ``insightface``: header at key 0 with label ``[N+1, N+C+1]``, images at keys ``1..N`` grouped by
+      identity, identity-range records at ``N+1..N+C`` (what ``face2rec``/``MXFaceDataset`` use);
+    * ``dali``: no header or identity records, scalar labels only, records shuffled;
+    * ``plain``: anything else that holds images with scalar labels (e.g. grouped, without header).
+    """
+
+    kind: str
+    image_keys: list[int]
+    num_classes: int
+    identity_ranges: list[tuple[int, int]] = field(default_factory=list)
+    labels: np.ndarray | None = None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_keys)
+
+
+def read_layout(reader: RecordReader, *, scan_labels: bool = False) -> Layout:
+    """Work out the layout of ``reader``'s set.
+
+    For the insightface layout only the header and identity records are read, unless ``scan_labels``
+    asks for every image label too; for the others every header is read (labels are needed to count
+    classes).
+    """
+    if 0 in reader:
+        head = reader.read_header(0)
+        if head.is_array and len(head.label) >= 2 and head.label[0] >= 1:
+            first_id, end_id = int(head.label[0]), int(head.label[1])
+            if end_id < first_id:
+                raise DatasetError(
+                    f"{reader.rec_path}: header label {list(head.label)} is not a valid identity range"
+                )
+            image_keys = list(range(1, first_id))
+            missing = [k for k in image_keys[:1] + image_keys[-1:] if k not in reader]
+            if missing:
+                raise DatasetError(
+                    f"{reader.rec_path}: header says images are keys 1..{first_id - 1}, key {missing[0]} is absent"
+                )
+            ranges: list[tuple[int, int]] = []
+            for k in range(first_id, end_id):
+                if k not in reader:
+                    raise DatasetError(
+                        f"{reader.rec_path}: identity record {k} listed by the header is absent"
+                    )
+                h = reader.read_header(k)
+                if not h.is_array or len(h.label) < 2:
+                    raise DatasetError(f"{reader.rec_path}: identity record {k} has no [start, end) label")
+                ranges.append((int(h.label[0]), int(h.label[1])))
+            labels = None
+            if scan_labels:
+                labels = np.array([_scalar_label(reader, k) for k in image_keys], np.int64)
+            return Layout("insightface", image_keys, end_id - first_id, ranges, labels)
+    keys = list(reader.keys)
+    labels = np.array([_scalar_label(reader, k) for k in keys], np.int64)
+    n_classes = int(labels.max()) + 1 if labels.size else 0
+    grouped = bool(np.all(np.diff(labels) >= 0)) if labels.size else True
+    contiguous = keys == list(range(len(keys)))
+    kind = "dali" if (contiguous and not grouped) else "plain"
+    return Layout(kind, keys, n_classes, [], labels)
+
+
+def _scalar_label(reader: RecordReader, key: int) -> float:
+    h = reader.read_header(key)
+    if h.is_array:
+        if len(h.label) == 0:
+            raise DatasetError(f"{reader.rec_path}: record {key} has an empty label array")
+        return float(h.label[0])
+    return float(h.label)
+
+
+def write_property(folder: str | os.PathLike, num_classes: int, size: Sequence[int] = (112, 112)) -> None:
+    """insightface's ``property`` file: ``num_classes,H,W`` (no trailing newline)."""
+    from .fsutil import atomic_write_text
+
+    atomic_write_text(Path(folder) / "property", f"{int(num_classes)},{int(size[0])},{int(size[1])}")
+
+
+def read_property(folder: str | os.PathLike) -> tuple[int, int, int]:
+    path = Path(folder) / "property"
+    try:
+        parts = path.read_text().strip().split(",")
+        return int(parts[0]), int(parts[1]), int(parts[2])
+    except FileNotFoundError:
+        raise DatasetError(f"{path} not found") from None
+    except (ValueError, IndexError):
+        raise DatasetError(f"{path} is not 'num_classes,height,width'") from None

@@ -1,0 +1,147 @@
+"""Drive one shard of a run: every pending chunk through one of the servers, state in the manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, FDTAError
+from .client import ComfyClient
+from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
+from .patch import load_api_workflow, patch_workflow, workflow_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    workflow: dict[str, Any]
+    run_dir: Path
+    identities: int
+    chunk_size: int
+    seed: int
+    servers: list[str]
+    first_identity: int = 0
+    shard: tuple[int, int] = (0, 1)
+    overrides: list[tuple[str, str, Any]] = field(default_factory=list)
+    max_attempts: int = 3
+    timeout: float | None = None
+
+    @classmethod
+    def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:
+        path = Path(workflow_path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"workflow {path} not found", where="run.workflow") from None
+        except ValueError as e:
+            raise ConfigError(f"workflow {path} is not JSON ({e})", where="run.workflow") from None
+        return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
+
+    def run_key(self) -> dict[str, Any]:
+        return {
+            "workflow": workflow_hash(self.workflow),
+            "seed": int(self.seed),
+            "identities": int(self.identities),
+            "chunk_size": int(self.chunk_size),
+            "first_identity": int(self.first_identity),
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "overrides": [list(o) for o in self.overrides],
+        }
+
+    def chunks(self) -> list[Chunk]:
+        return select_shard(plan_chunks(self.identities, self.chunk_size, self.first_identity), *self.shard)
+
+    def manifest_path(self) -> Path:
+        i, n = self.shard
+        return self.run_dir / f"run-shard{i:04d}-of-{n:04d}.json"
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    on_chunk: Callable[[Chunk, ChunkState], None] | None = None,
+    on_progress: Callable[[str, dict[str, Any]], None] | None = None,
+    client_factory: Callable[[str], ComfyClient] = ComfyClient,
+) -> dict[str, int]:
+    """Run every chunk of the shard that is not done yet; return the final state counts.
+
+    One worker thread per server takes chunks from a shared queue, so a slow or failing server never
+    blocks the others. A chunk that fails is retried (on any server) until ``max_attempts``.
+    """
+    if not cfg.servers:
+        raise ConfigError(
+            "no ComfyUI server given", where="run.servers", fix="pass --server http://127.0.0.1:8188"
+        )
+    manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    todo: queue.Queue[Chunk] = queue.Queue()
+    for c in manifest.todo(cfg.max_attempts):
+        todo.put(c)
+    lock = threading.Lock()
+    stop = threading.Event()
+    log.info("run %s: %d chunk(s) to do, %s", cfg.run_dir, todo.qsize(), manifest.counts())
+
+    def worker(url: str) -> None:
+        client = client_factory(url)
+        while not stop.is_set():
+            try:
+                chunk = todo.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                rec = manifest.records[chunk.index]
+                manifest.mark(chunk, ChunkState.RUNNING, attempts=rec.attempts + 1, server=url, error=None)
+            if on_chunk:
+                on_chunk(chunk, ChunkState.RUNNING)
+            try:
+                prompt = patch_workflow(cfg.workflow, chunk, cfg.seed, cfg.overrides)
+                pid = client.queue(prompt)
+                with lock:
+                    manifest.mark(chunk, ChunkState.RUNNING, prompt_id=pid)
+                cb = (lambda msg, _c=chunk: on_progress(_c.name, msg)) if on_progress else None
+                entry = client.wait(pid, timeout=cfg.timeout, on_progress=cb)
+                outputs = {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
+                with lock:
+                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs)
+                state = ChunkState.DONE
+            except FDTAError as e:
+                with lock:
+                    rec = manifest.records[chunk.index]
+                    manifest.mark(chunk, ChunkState.FAILED, error=str(e))
+                    if rec.attempts < cfg.max_attempts:
+                        todo.put(chunk)
+                log.warning(
+                    "chunk %s failed (attempt %d/%d): %s", chunk.name, rec.attempts, cfg.max_attempts, e
+                )
+                state = ChunkState.FAILED
+            if on_chunk:
+                on_chunk(chunk, state)
+
+    threads = [
+        threading.Thread(target=worker, args=(u,), daemon=True, name=f"fdta-run-{u}") for u in cfg.servers
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for u in cfg.servers:
+            try:
+                client_factory(u).interrupt()
+            except FDTAError:
+                pass
+        with lock:
+            for i, rec in manifest.records.items():
+                if rec.state == ChunkState.RUNNING:
+                    manifest.mark(manifest.chunks[i], ChunkState.PENDING)
+        raise
+    return manifest.counts()

@@ -1,0 +1,185 @@
+"""Headless runner: chunking, shards, workflow patching, resume and retry against a local fake ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fdta_core.cli import main as cli_main
+from fdta_core.errors import ConfigError
+from fdta_core.runner import (
+    ChunkState,
+    RunConfig,
+    RunManifest,
+    patch_workflow,
+    plan_chunks,
+    run,
+    select_shard,
+)
+from fdta_core.runner.manifest import parse_shard
+from fdta_core.runner.patch import load_api_workflow, parse_override
+
+WORKFLOW = {
+    "1": {
+        "class_type": "FDTAAttributeSpec",
+        "inputs": {"identity_start": 0, "identity_count": 1, "seed": 0, "spec": "{}"},
+    },
+    "2": {"class_type": "FDTASTGMixer", "inputs": {"seed": 5, "faceset": ["1", 0]}},
+    "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 2}},
+    "4": {"class_type": "FDTADatasetWriter", "inputs": {"name": "fdta/x", "faceset": ["2", 0]}},
+}
+
+
+def test_chunks_and_shards_partition_the_run():
+    chunks = plan_chunks(1050, 100, first_identity=20)
+    assert [c.count for c in chunks] == [100] * 10 + [50]
+    assert chunks[0].start == 20 and chunks[-1].end == 1070
+    shards = [select_shard(chunks, i, 4) for i in range(4)]
+    seen = sorted(c.index for s in shards for c in s)
+    assert seen == list(range(len(chunks)))
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+    assert parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+    with pytest.raises(ConfigError):
+        plan_chunks(0, 10)
+
+
+def test_patch_sets_range_and_derives_every_seed():
+    c = plan_chunks(300, 100)[1]
+    p = patch_workflow(WORKFLOW, c, 77, [parse_override("FDTADatasetWriter.name=fdta/run1")])
+    assert p["1"]["inputs"] | {} == {"identity_start": 100, "identity_count": 100, "seed": 77, "spec": "{}"}
+    assert p["2"]["inputs"]["seed"] == 77 and p["2"]["inputs"]["faceset"] == ["1", 0]
+    core = p["3"]["inputs"]["seed"]
+    assert core != 5 and core == patch_workflow(WORKFLOW, c, 77)["3"]["inputs"]["seed"]
+    assert core != patch_workflow(WORKFLOW, plan_chunks(300, 100)[2], 77)["3"]["inputs"]["seed"]
+    assert p["4"]["inputs"]["name"] == "fdta/run1"
+    assert WORKFLOW["1"]["inputs"]["identity_start"] == 0  # the original is not modified
+    with pytest.raises(ConfigError, match="exactly one FDTAAttributeSpec"):
+        patch_workflow({"3": WORKFLOW["3"]}, c, 1)
+    with pytest.raises(ConfigError, match="UI-format"):
+        load_api_workflow({"nodes": [], "links": []})
+    with pytest.raises(ConfigError, match="matches no node"):
+        patch_workflow(WORKFLOW, c, 1, [("Nope", "x", 1)])
+
+
+class FakeComfy:
+    """Answers /prompt and /history like ComfyUI; chunks listed in ``fail`` fail that many times."""
+
+    def __init__(self, fail: dict[int, int] | None = None) -> None:
+        self.prompts: list[dict] = []
+        self.fail = dict(fail or {})
+        self.history: dict[str, dict] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, obj, code=200):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                if self.path == "/prompt":
+                    prompt = data["prompt"]
+                    outer.prompts.append(prompt)
+                    pid = f"p{len(outer.prompts)}"
+                    start = prompt["1"]["inputs"]["identity_start"]
+                    if outer.fail.get(start, 0) > 0:
+                        outer.fail[start] -= 1
+                        err = {"node_type": "FDTASTGMixer", "exception_message": "boom"}
+                        outer.history[pid] = {
+                            "status": {"status_str": "error", "messages": [["execution_error", err]]}
+                        }
+                    else:
+                        outer.history[pid] = {
+                            "status": {"status_str": "success", "completed": True},
+                            "outputs": {"4": {"text": [f"wrote {start}"]}},
+                        }
+                    self._send({"prompt_id": pid, "node_errors": {}})
+                else:
+                    self._send({})
+
+            def do_GET(self):
+                pid = self.path.rsplit("/", 1)[-1]
+                self._send({pid: outer.history[pid]} if pid in outer.history else {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def make(**kw):
+        s = FakeComfy(**kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _cfg(tmp_path, urls, **kw):
+    base = dict(
+        workflow=WORKFLOW, run_dir=tmp_path / "run", identities=250, chunk_size=100, seed=9, servers=urls
+    )
+    return RunConfig(**(base | kw))
+
+
+def test_run_resumes_without_redoing_chunks(tmp_path, fake):
+    a, b = fake(), fake()
+    counts = run(_cfg(tmp_path, [a.url, b.url]))
+    assert counts["done"] == 3 and counts["failed"] == 0
+    starts = sorted(p["1"]["inputs"]["identity_start"] for p in a.prompts + b.prompts)
+    assert starts == [0, 100, 200]
+    assert run(_cfg(tmp_path, [a.url]))["done"] == 3
+    assert len(a.prompts) + len(b.prompts) == 3  # nothing redone
+    with pytest.raises(ConfigError, match="different run"):
+        run(_cfg(tmp_path, [a.url], seed=10))
+
+
+def test_failed_chunks_are_retried_then_reported(tmp_path, fake):
+    s = fake(fail={100: 1, 200: 5})
+    counts = run(_cfg(tmp_path, [s.url], max_attempts=3))
+    assert counts == {"pending": 0, "running": 0, "done": 2, "failed": 1}
+    man = json.loads((tmp_path / "run" / "run-shard0000-of-0001.json").read_text())
+    assert man["chunks"]["1"]["attempts"] == 2 and man["chunks"]["2"]["attempts"] == 3
+    assert "boom" in man["chunks"]["2"]["error"]
+    s.fail = {}
+    assert run(_cfg(tmp_path, [s.url], max_attempts=4))["done"] == 3  # one more attempt allowed
+
+
+def test_a_chunk_running_at_a_crash_is_pending_again(tmp_path):
+    cfg = _cfg(tmp_path, ["http://127.0.0.1:9"])
+    m = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    m.mark(cfg.chunks()[0], ChunkState.DONE)
+    m.mark(cfg.chunks()[1], ChunkState.RUNNING, attempts=1)
+    m2 = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    assert [c.index for c in m2.todo(3)] == [1, 2]
+
+
+def test_cli_dry_run_and_shard(tmp_path, capsys):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    rc = cli_main(["run", str(wf), "--run-dir", str(tmp_path / "r"), "--identities", "500", "--chunk-size", "100",
+                   "--seed", "3", "--shard", "1/2", "--dry-run"])  # fmt: skip
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["chunk"] for x in lines] == ["00000100-00000200", "00000300-00000400"]

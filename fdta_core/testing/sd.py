@@ -141,7 +141,9 @@ def _unet_encoder(cfg: UNetShape) -> tuple[list[tuple[str, Shape]], list[int], i
             out += _resblock(f"input_blocks.{idx}.0", ch, mult * mc, emb)
             ch = mult * mc
             if cfg.transformer_depth[level] > 0:
-                out += _transformer(f"input_blocks.{idx}.1", ch, cfg.transformer_depth[level], cfg.context_dim)
+                out += _transformer(
+                    f"input_blocks.{idx}.1", ch, cfg.transformer_depth[level], cfg.context_dim
+                )
             chans.append(ch)
             idx += 1
         if level != len(cfg.channel_mult) - 1:
@@ -168,7 +170,9 @@ def unet_shapes(cfg: UNetShape = SHALLOW) -> dict[str, Shape]:
             ch = mult * mc
             n = 1
             if cfg.transformer_depth[level] > 0:
-                out += _transformer(f"output_blocks.{idx}.1", ch, cfg.transformer_depth[level], cfg.context_dim)
+                out += _transformer(
+                    f"output_blocks.{idx}.1", ch, cfg.transformer_depth[level], cfg.context_dim
+                )
                 n = 2
             if level and i == cfg.num_res_blocks:
                 out += _conv(f"output_blocks.{idx}.{n}.conv", ch, ch, 3)  # Upsample
@@ -183,7 +187,16 @@ def controlnet_shapes(cfg: UNetShape = SHALLOW, hint_channels: int = 3) -> dict[
     out, chans, ch = _unet_encoder(cfg)
     for i, c in enumerate(chans):
         out += _conv(f"zero_convs.{i}.0", c, c, 1)
-    hint = [(hint_channels, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256), (256, cfg.model_channels)]
+    hint = [
+        (hint_channels, 16),
+        (16, 16),
+        (16, 32),
+        (32, 32),
+        (32, 96),
+        (96, 96),
+        (96, 256),
+        (256, cfg.model_channels),
+    ]
     for i, (cin, cout) in enumerate(hint):
         out += _conv(f"input_hint_block.{2 * i}", cin, cout, 3)
     out += _conv("middle_block_out.0", ch, ch, 1)
@@ -291,7 +304,9 @@ def _fill(key: str, shape: Shape, seed: int, dtype: torch.dtype) -> torch.Tensor
     return t.to(dtype)
 
 
-def random_state_dict(shapes: dict[str, Shape], seed: int, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+def random_state_dict(
+    shapes: dict[str, Shape], seed: int, dtype: torch.dtype = torch.float16
+) -> dict[str, torch.Tensor]:
     """Fill every key of ``shapes`` from its own seeded generator."""
     return {k: _fill(k, s, seed, dtype) for k, s in shapes.items()}
 

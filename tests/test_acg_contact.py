@@ -34,7 +34,7 @@ def test_layout_and_frames():
     assert pages.dtype == np.uint8 and pages.shape[0] == 1
     cell_w, cell_h = tile + 2 * BORDER, tile + 2 * BORDER + CAPTION
     # identity 1 failed twice (2 rounds x 3 candidates): the sheet is 6 candidates wide
-    assert pages.shape[1:] == (8 * cell_h, LABEL_W + 6 * cell_w, 3)
+    assert pages.shape[1:] == (3 * cell_h, LABEL_W + 6 * cell_w, 3)  # rows shrink to the 3 identities
     sheet = pages[0]
     # row 0: candidates 0 and 1 are runners-up, candidate 2 chosen (top-left pixel of each frame)
     assert colour_at(sheet, LABEL_W + 2 * cell_w + 1, 1) == COLOURS["chosen"]

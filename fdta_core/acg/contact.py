@@ -52,8 +52,8 @@ def contact_sheet(result: ACGResult, *, tile: int = 128, rows_per_page: int = 16
     from PIL import Image, ImageDraw
 
     tile = max(32, int(tile))
-    rows_per_page = max(1, int(rows_per_page))
     plan = result.plan
+    rows_per_page = max(1, min(int(rows_per_page), len(plan)))
     per_slot = [result.records_of(s) for s in range(len(plan))]
     cols = max([len(r) for r in per_slot] + [1])
     cell_w, cell_h = tile + 2 * BORDER, tile + 2 * BORDER + CAPTION

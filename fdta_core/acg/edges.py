@@ -69,7 +69,8 @@ def _cv2():
 
 def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Centre-crop ``image`` (uint8 HxWx3) to the aspect of ``width``x``height`` and resize to it."""
-    cv2 = _cv2()
+    from PIL import Image
+
     h, w = image.shape[:2]
     target = width / height
     if w / h > target:  # too wide: crop width
@@ -82,9 +83,10 @@ def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
         image = image[y0 : y0 + nh]
     if image.shape[:2] == (height, width):
         return np.ascontiguousarray(image)
-    shrinking = image.shape[0] > height
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interp)
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(
+        pil.resize((width, height), Image.LANCZOS if image.shape[0] > height else Image.BICUBIC)
+    )
 
 
 def edge_map(image: np.ndarray, settings: EdgeSettings) -> np.ndarray:

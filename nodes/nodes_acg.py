@@ -305,10 +305,10 @@ class FDTAACGSampler(io.ComfyNode):
                     tooltip="Scheduler.",
                 ),
                 io.Int.Input(
-                    "width", default=512, min=64, max=4096, step=8, tooltip="Image width in pixels."
+                    "width", default=512, min=32, max=4096, step=8, tooltip="Image width in pixels."
                 ),
                 io.Int.Input(
-                    "height", default=512, min=64, max=4096, step=8, tooltip="Image height in pixels."
+                    "height", default=512, min=32, max=4096, step=8, tooltip="Image height in pixels."
                 ),
                 io.Int.Input(
                     "retries",
@@ -526,7 +526,9 @@ class FDTAACGSampler(io.ComfyNode):
             sheet = contact_sheet(result)
             report = result.report()
             log.info("[FDTA] %s: %s", NODE_ID, report.splitlines()[-1])
-            return io.NodeOutput(faceset, uint8_to_image(images), uint8_to_image(sheet), report)
+            # the report and the provenance also go to the prompt's history, for API users and the runner
+            ui = {"fdta_acg_report": [report], "fdta_acg_provenance": [faceset.provenance_json()]}
+            return io.NodeOutput(faceset, uint8_to_image(images), uint8_to_image(sheet), report, ui=ui)
 
 
 def control_images_to_tensor(photos: np.ndarray, width: int, height: int, edge: EdgeSettings) -> torch.Tensor:

@@ -454,7 +454,11 @@ class FDTAACGSampler(io.ComfyNode):
             photos = image_to_uint8(control_images, where="control_images")
             controls = control_images_to_tensor(photos, width, height, edge)
 
-            analyzer = as_analyzer(face_models) if face_models is not None else None
+            analyzer = (
+                as_analyzer(face_models, det_threshold=max(0.05, min(0.2, min_det_score)))
+                if face_models is not None
+                else None
+            )
             real = EmbeddingBank()
             if analyzer is not None:
                 if control_preprocess != "none":  # real photos: generated faces must not copy them

@@ -1,4 +1,1 @@
-"""Builders of tiny, random-weight models of the real architectures, for tests and benchmarks.
-
-Everything here is deterministic (filled from seeded generators) and importable without ComfyUI.
-"""
+"""Builders of tiny models and data for tests and benchmarks (never used by the product itself)."""

@@ -18,6 +18,7 @@ stay finite and images differ visibly with the seed, the prompt and the control 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -311,12 +312,36 @@ def random_state_dict(
     return {k: _fill(k, s, seed, dtype) for k, s in shapes.items()}
 
 
-def _save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
+_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
+
+def _save(
+    shapes: dict[str, Shape], seed: int, dtype: torch.dtype, path: Path, metadata: dict[str, str]
+) -> Path:
+    """Write a ``.safetensors`` file tensor by tensor (peak memory: one tensor), byte-identical for the
+    same inputs (sorted header keys; the safetensors library orders metadata at random)."""
+    import json
+    import struct
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    keys = sorted(shapes)
+    for k in keys:
+        n = math.prod(shapes[k]) * itemsize
+        header[k] = {"dtype": _DTYPES[dtype], "shape": list(shapes[k]), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for k in keys:
+            f.write(_fill(k, shapes[k], seed, dtype).contiguous().view(torch.uint8).numpy().tobytes())
     os.replace(tmp, path)
     return path
 
@@ -327,10 +352,10 @@ def write_sd15_checkpoint(
     """Write a random-weight single-file SD 1.5 checkpoint (``.safetensors``) that ComfyUI's
     ``CheckpointLoaderSimple`` loads as SD 1.5. About 0.41 GB with the shallow UNet."""
     path = Path(path)
-    sd = random_state_dict(sd15_checkpoint_shapes(unet), seed, dtype)
+    shapes = sd15_checkpoint_shapes(unet)
     meta = {"fdta": "random-weight SD 1.5 for tests", "seed": str(seed), "unet": repr(unet)}
-    log.info("writing random SD 1.5 checkpoint (%d tensors) to %s", len(sd), path)
-    return _save(sd, path, meta)
+    log.info("writing random SD 1.5 checkpoint (%d tensors) to %s", len(shapes), path)
+    return _save(shapes, seed, dtype, path, meta)
 
 
 def write_controlnet(
@@ -345,10 +370,9 @@ def write_controlnet(
     to match a UNet of structure ``unet`` (ComfyUI skips a ControlNet that does not match)."""
     path = Path(path)
     shapes = {CONTROL_PREFIX + k: s for k, s in controlnet_shapes(unet, hint_channels).items()}
-    sd = random_state_dict(shapes, derive_seed(seed, "controlnet"), dtype)
     meta = {"fdta": "random-weight ControlNet v1.1 layout for tests", "seed": str(seed), "unet": repr(unet)}
-    log.info("writing random ControlNet (%d tensors) to %s", len(sd), path)
-    return _save(sd, path, meta)
+    log.info("writing random ControlNet (%d tensors) to %s", len(shapes), path)
+    return _save(shapes, derive_seed(seed, "controlnet"), dtype, path, meta)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,9 @@ class ComfyClient:
         res = self._request("GET", f"/history/{urllib.parse.quote(prompt_id)}")
         return (res or {}).get(prompt_id)
 
+    def object_info(self) -> dict[str, Any]:
+        return self._request("GET", "/object_info")
+
     def interrupt(self) -> None:
         self._request("POST", "/interrupt", {})
 

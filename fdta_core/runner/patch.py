@@ -25,8 +25,8 @@ def load_api_workflow(data: Mapping[str, Any], *, where: str = "workflow") -> di
         raise ConfigError(
             "this is a UI-format workflow (it has 'nodes' and 'links')",
             where=where,
-            fix="use the API-format twin shipped next to it (workflows/api/), or export it from ComfyUI with "
-            "'Export (API)'.",
+            fix="convert it with fdta_core.workflow.ui_to_api (fdta run does this with the server's schemas), "
+            "or use the API-format twin shipped in workflows/api/.",
         )
     if not data or not all(isinstance(v, Mapping) and "class_type" in v for v in data.values()):
         raise ConfigError(

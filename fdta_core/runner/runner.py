@@ -42,6 +42,16 @@ class RunConfig:
             raise ConfigError(f"workflow {path} not found", where="run.workflow") from None
         except ValueError as e:
             raise ConfigError(f"workflow {path} is not JSON ({e})", where="run.workflow") from None
+        if isinstance(data, dict) and "nodes" in data and "links" in data:
+            # an editor (UI-format) file: convert with the schemas of the server that will run it
+            from ..workflow import ui_to_api
+
+            servers = kw.get("servers") or []
+            if not servers:
+                raise ConfigError(
+                    "a UI-format workflow needs a server to read node schemas from", where="run.servers"
+                )
+            data = ui_to_api(data, ComfyClient(servers[0]).object_info())
         return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
 
     def run_key(self) -> dict[str, Any]:

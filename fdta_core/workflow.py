@@ -1,0 +1,226 @@
+"""Convert between ComfyUI's two workflow formats, given the node schemas (``/object_info``).
+
+* **UI format** (what the editor saves and users share): ``nodes`` with positions, ``widgets_values``
+  lists and ``links``.
+* **API format** (what ``POST /prompt`` takes): ``{node_id: {class_type, inputs}}``.
+
+The shipped workflows are written as API graphs and turned into UI files here; the headless runner
+turns a user's edited UI file back into an API prompt, so a graph tuned in the editor runs at scale
+unchanged. Widget order follows the schema (required, then optional inputs, in ``input_order``), and
+seed widgets carry ComfyUI's extra *control after generate* value, always ``"fixed"``: FDTA never lets
+the editor randomise a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = {"seed", "noise_seed"}
+#: Editor-only helper nodes that have no server-side class.
+VIRTUAL_NODES = {"Reroute", "Note", "MarkdownNote", "PrimitiveNode"}
+_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+def _ordered_inputs(schema: Mapping[str, Any]) -> list[tuple[str, Any, dict]]:
+    out = []
+    order = schema.get("input_order", {})
+    for section in ("required", "optional"):
+        decls = schema.get("input", {}).get(section, {}) or {}
+        names = order.get(section) or list(decls)
+        for name in names:
+            decl = decls[name]
+            typ = decl[0]
+            opts = decl[1] if len(decl) > 1 and isinstance(decl[1], dict) else {}
+            out.append((name, typ, opts))
+    return out
+
+
+def is_widget(typ: Any) -> bool:
+    return isinstance(typ, list) or typ in WIDGET_TYPES
+
+
+def has_control_widget(name: str, typ: Any, opts: Mapping[str, Any]) -> bool:
+    """Whether the editor adds a *control after generate* widget after this one."""
+    if typ != "INT":
+        return False
+    flag = opts.get("control_after_generate")
+    return bool(flag) or (flag is None and name in SEED_NAMES)
+
+
+def _schema(object_info: Mapping[str, Any], cls: str, where: str) -> Mapping[str, Any]:
+    try:
+        return object_info[cls]
+    except KeyError:
+        raise ConfigError(
+            f"node type {cls!r} is not known to this ComfyUI",
+            where=where,
+            fix="install the custom node pack that provides it, or update ComfyUI.",
+        ) from None
+
+
+def api_to_ui(prompt: Mapping[str, Mapping[str, Any]], object_info: Mapping[str, Any]) -> dict[str, Any]:
+    """An editor (UI-format) workflow for an API prompt, laid out left to right by graph depth."""
+    ids = {nid: int(nid) for nid in prompt}
+    depth: dict[str, int] = {}
+
+    def node_depth(nid: str, stack: tuple[str, ...] = ()) -> int:
+        if nid in depth:
+            return depth[nid]
+        if nid in stack:
+            raise ConfigError(f"the workflow has a cycle through node {nid}", where="workflow")
+        ups = [v[0] for v in prompt[nid].get("inputs", {}).values() if isinstance(v, list) and len(v) == 2]
+        depth[nid] = 1 + max((node_depth(str(u), (*stack, nid)) for u in ups), default=-1)
+        return depth[nid]
+
+    for nid in prompt:
+        node_depth(nid)
+    links: list[list[Any]] = []
+    out_links: dict[tuple[str, int], list[int]] = {}
+    nodes: list[dict[str, Any]] = []
+    rows: dict[int, int] = {}
+    order = sorted(prompt, key=lambda n: (depth[n], ids[n]))
+    for rank, nid in enumerate(order):
+        node = prompt[nid]
+        cls = node["class_type"]
+        schema = _schema(object_info, cls, f"node {nid}")
+        inputs_ui, widgets = [], []
+        for name, typ, opts in _ordered_inputs(schema):
+            value = node.get("inputs", {}).get(name, opts.get("default"))
+            linked = isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt
+            if linked:
+                src, slot = str(value[0]), int(value[1])
+                src_schema = _schema(object_info, prompt[src]["class_type"], f"node {src}")
+                ltype = src_schema["output"][slot]
+                link_id = len(links) + 1
+                links.append([link_id, ids[src], slot, ids[nid], len(inputs_ui), ltype])
+                out_links.setdefault((src, slot), []).append(link_id)
+                entry: dict[str, Any] = {
+                    "name": name,
+                    "type": ltype if not is_widget(typ) else ("COMBO" if isinstance(typ, list) else typ),
+                    "link": link_id,
+                }
+                if is_widget(typ):
+                    entry["widget"] = {"name": name}
+                inputs_ui.append(entry)
+                if is_widget(typ):
+                    widgets.append(opts.get("default"))
+                    if has_control_widget(name, typ, opts):
+                        widgets.append("fixed")
+                continue
+            if is_widget(typ):
+                widgets.append(value)
+                if has_control_widget(name, typ, opts):
+                    widgets.append("fixed")
+            elif section_required(schema, name):
+                inputs_ui.append({"name": name, "type": typ, "link": None})
+            else:
+                inputs_ui.append({"name": name, "type": typ, "link": None, "shape": 7})
+        col = depth[nid]
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        nodes.append(
+            {
+                "id": ids[nid],
+                "type": cls,
+                "pos": [40 + 380 * col, 40 + 260 * row],
+                "size": [340, 120 + 26 * len(widgets)],
+                "flags": {},
+                "order": rank,
+                "mode": 0,
+                "inputs": inputs_ui,
+                "outputs": [],
+                "properties": {"Node name for S&R": cls},
+                "widgets_values": widgets,
+                **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {}),
+            }
+        )
+    for n in nodes:
+        nid = str(n["id"])
+        schema = object_info[n["type"]]
+        names = schema.get("output_name") or schema["output"]
+        n["outputs"] = [
+            {"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
+            for i, t in enumerate(schema["output"])
+        ]
+    return {
+        "last_node_id": max(ids.values(), default=0),
+        "last_link_id": len(links),
+        "nodes": sorted(nodes, key=lambda n: n["id"]),
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def section_required(schema: Mapping[str, Any], name: str) -> bool:
+    return name in (schema.get("input", {}).get("required") or {})
+
+
+def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """An API prompt for an editor workflow (what the editor's *Export (API)* does).
+
+    Muted nodes are dropped; bypassed nodes pass their first matching input through; ``Reroute`` nodes
+    are followed; notes are ignored. Group nodes (subgraphs) are not supported: convert them first.
+    """
+    nodes = {int(n["id"]): n for n in workflow.get("nodes", [])}
+    links = {int(lk[0]): lk for lk in workflow.get("links", [])}
+
+    def source(link_id: int, seen: tuple[int, ...] = ()) -> tuple[int, int] | None:
+        lk = links.get(int(link_id))
+        if lk is None:
+            return None
+        origin, slot = int(lk[1]), int(lk[2])
+        node = nodes.get(origin)
+        if node is None:
+            return None
+        if node["type"] == "Reroute" or node.get("mode") == 4:
+            if origin in seen:
+                raise ConfigError(f"reroute/bypass cycle at node {origin}", where="workflow")
+            want = lk[5] if len(lk) > 5 else None
+            for inp in node.get("inputs", []):
+                if inp.get("link") is not None and (node["type"] == "Reroute" or inp.get("type") == want):
+                    return source(inp["link"], (*seen, origin))
+            return None
+        if node.get("mode") == 2 or node["type"] in VIRTUAL_NODES:
+            return None  # a PrimitiveNode's value is already in the target's widgets_values
+        return origin, slot
+
+    prompt: dict[str, dict[str, Any]] = {}
+    for nid, node in sorted(nodes.items()):
+        cls = node["type"]
+        if cls in VIRTUAL_NODES or node.get("mode") in (2, 4):
+            continue
+        schema = _schema(object_info, cls, f"node {nid} ({cls})")
+        linked = {
+            inp["name"]: inp.get("link") for inp in node.get("inputs", []) if inp.get("link") is not None
+        }
+        values = list(node.get("widgets_values") or [])
+        if isinstance(node.get("widgets_values"), dict):
+            raise ConfigError(
+                f"node {nid} ({cls}) stores widgets as a dict; re-save the workflow", where="workflow"
+            )
+        inputs: dict[str, Any] = {}
+        for name, typ, opts in _ordered_inputs(schema):
+            if is_widget(typ):
+                value = values.pop(0) if values else opts.get("default")
+                # the editor's "control after generate" value is not an input; the runner derives seeds
+                if has_control_widget(name, typ, opts) and values and values[0] in _CONTROL_VALUES:
+                    values.pop(0)
+                inputs[name] = value
+            if name in linked:
+                src = source(linked[name])
+                if src is not None:
+                    inputs[name] = [str(src[0]), src[1]]
+                elif not is_widget(typ):
+                    continue
+        entry: dict[str, Any] = {"class_type": cls, "inputs": inputs}
+        if node.get("title"):
+            entry["_meta"] = {"title": node["title"]}
+        prompt[str(nid)] = entry
+    return prompt

@@ -259,3 +259,26 @@ def test_bad_inputs_are_reported_with_the_node_id(comfy, sd_models, control_imag
     )
     err = comfy.run_error(graph)
     assert "FDTAACGSampler" in err and "start_percent" in err
+
+
+def test_cancel_stops_the_node(comfy, sd_models, control_image):
+    import time
+
+    from tests.comfy.harness import PromptFailed
+
+    info = comfy.object_info()
+    graph = acg_graph(
+        info, sd_models.checkpoint_name, sd_models.controlnet_name, control_image, steps=1000, seed=99
+    )
+    prompt_id = comfy.queue(graph)
+    deadline = time.monotonic() + 120
+    while not any(item[1] == prompt_id for item in comfy.get("/queue")["queue_running"]):
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.2)
+    time.sleep(3.0)  # loaders are cached from the other tests: by now the sampler is stepping
+    t0 = time.monotonic()
+    comfy.post("/interrupt", {})
+    with pytest.raises(PromptFailed) as exc:
+        comfy.wait(prompt_id, timeout=120)
+    assert "execution_interrupted" in json.dumps(exc.value.payload)
+    assert time.monotonic() - t0 < 60  # 2 x 2 candidates x 1000 steps would take far longer

@@ -282,3 +282,43 @@ def test_cancel_stops_the_node(comfy, sd_models, control_image):
         comfy.wait(prompt_id, timeout=120)
     assert "execution_interrupted" in json.dumps(exc.value.payload)
     assert time.monotonic() - t0 < 60  # 2 x 2 candidates x 1000 steps would take far longer
+
+
+def test_candidates_are_checked_with_face_models(comfy, sd_models, control_image):
+    """With the faces stage's tiny ONNX pack: every candidate is analysed and either chosen or rejected
+    with reasons (random SD weights rarely draw a "face", so failures are expected and must be reported)."""
+    info = comfy.object_info()
+    if "FDTAFaceModelLoader" not in info:
+        pytest.skip(
+            "FDTAFaceModelLoader is not registered (faces stage not merged, or onnxruntime/opencv missing)"
+        )
+    testing_faces = pytest.importorskip("fdta_core.testing.faces")
+    testing_faces.make_tiny_face_pack(comfy.models / "insightface", "tiny_acg")
+    info = comfy.object_info()  # the pack list is read when the schema is built
+    loader_inputs = {
+        name: _widget_default(decl) for name, decl in info["FDTAFaceModelLoader"]["input"]["required"].items()
+    }
+    loader_inputs["pack"] = "tiny_acg"
+    graph = acg_graph(
+        info,
+        sd_models.checkpoint_name,
+        sd_models.controlnet_name,
+        control_image,
+        face_models=["faces", 0],
+        seed=5,
+    )
+    graph["faces"] = {"class_type": "FDTAFaceModelLoader", "inputs": loader_inputs}
+    entry = run_graph(comfy, graph)
+    ui = node_outputs(entry, "acg")
+    report = ui["fdta_acg_report"][0]
+    assert "checked with face models" in report
+    provenance = json.loads(ui["fdta_acg_provenance"][0])
+    lines = [line for line in report.splitlines() if line.startswith("identity ")]
+    assert len(lines) == N_IDENTITIES
+    assert sum("NO ACCEPTABLE CANDIDATE" in line for line in lines) == N_IDENTITIES - len(provenance)
+    for p in provenance:
+        acg = p["extra"]["acg"]
+        assert acg["checked"] is True and acg["det_score"] is not None
+        assert all(c["status"] in ("chosen", "runner_up", "rejected") for c in acg["candidates"])
+        assert all(c["reasons"] for c in acg["candidates"] if c["status"] != "chosen")
+    assert len(saved_images(comfy, entry, "sheet")) >= 1

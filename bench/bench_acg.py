@@ -37,16 +37,16 @@ def _import_pack(tmp: Path):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--identities", type=int, default=8)
+    ap.add_argument("--identities", type=int, default=6)
     ap.add_argument("--candidates", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16, help="candidates per sampler call in batched mode")
+    ap.add_argument("--batch", type=int, default=12, help="candidates per sampler call in batched mode")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="4 identities, 2 steps, 2 repeats")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="4 identities, 32x32, 1 repeat")
     args = ap.parse_args()
     if args.quick:
-        args.identities, args.steps, args.repeats = 4, 2, 2
+        args.identities, args.size, args.repeats = 4, 32, 1
         args.batch = min(args.batch, args.identities * args.candidates)
 
     comfy_dir = os.environ.get("COMFYUI_DIR")

@@ -32,10 +32,13 @@ FIELDS: tuple[str, ...] = (
 class IdentitySpec:
     """One planned identity.
 
-    ``attributes`` maps each of :data:`FIELDS` to its value (as text); ``gender`` (``"male"`` /
-    ``"female"``) and ``age`` (years) are the targets the ACG selection checks. ``prompt_source`` says
-    where the description came from: ``"grammar"``, ``"llm"`` or ``"llm-fallback"`` (the LLM failed and
-    the grammar was used, as the user's policy allowed).
+    ``attributes`` maps each field of :data:`FIELDS` that the spec enables to its value (as text;
+    ``age`` as whole years); ``gender`` (``"male"`` / ``"female"``) and ``age`` (years) are the targets
+    the ACG selection checks. ``prompt_source`` says where the description came from: ``"grammar"``,
+    ``"llm"`` or ``"llm-fallback"`` (the LLM failed and the grammar was used, as the user's policy
+    allowed). ``extra`` holds provenance details: ``grammar`` version, ``spec_hash``, ``age_bin``,
+    ``dropped`` (phrases left out to fit CLIP's window), and for LLM prompts ``description`` (field ->
+    phrase), ``llm_model``, ``llm_error`` (why a fallback happened; never a key).
     """
 
     index: int
@@ -59,12 +62,14 @@ class IdentitySpec:
 @dataclass(frozen=True)
 class IdentityPlan:
     """The identities ``[start, start + count)`` of a run with ``run_seed``; ``spec_hash`` identifies the
-    attribute spec that produced them (two plans compose only when seed and hash agree)."""
+    attribute spec that produced them (two plans compose only when seed and hash agree). ``spec`` is
+    the normalised spec itself (JSON-able), so later stages can re-formulate prompts."""
 
     run_seed: int
     start: int
     identities: tuple[IdentitySpec, ...]
     spec_hash: str = ""
+    spec: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def count(self) -> int:
@@ -81,6 +86,7 @@ class IdentityPlan:
             "run_seed": self.run_seed,
             "start": self.start,
             "spec_hash": self.spec_hash,
+            "spec": self.spec,
             "identities": [i.to_dict() for i in self.identities],
         }
 
@@ -91,4 +97,13 @@ class IdentityPlan:
             start=int(data["start"]),
             identities=tuple(IdentitySpec.from_dict(d) for d in data["identities"]),
             spec_hash=str(data.get("spec_hash", "")),
+            spec=dict(data.get("spec") or {}),
         )
+
+    def concat(self, other: IdentityPlan) -> IdentityPlan:
+        """Join two adjacent chunks of the same run (same seed and spec)."""
+        if (other.run_seed, other.spec_hash) != (self.run_seed, self.spec_hash):
+            raise ValueError("plans of different runs (seed or spec differ) cannot be joined")
+        if other.start != self.start + self.count:
+            raise ValueError(f"plan starting at {other.start} does not follow {self.start}+{self.count}")
+        return dataclasses.replace(self, identities=self.identities + other.identities)

@@ -15,7 +15,13 @@ from comfy_api.latest import ComfyExtension, io
 log = logging.getLogger("FDTA")
 
 #: One module per pipeline area (kept in pipeline order; the order is the menu order).
-NODE_MODULES: tuple[str, ...] = ("nodes_acg", "nodes_dataset")
+NODE_MODULES: tuple[str, ...] = (
+    "nodes_prompts",
+    "nodes_acg",
+    "nodes_faces",
+    "nodes_age",
+    "nodes_dataset",
+)
 
 #: Filled by :func:`load_node_classes`: module name -> error text, for the log and for tests.
 IMPORT_ERRORS: dict[str, str] = {}

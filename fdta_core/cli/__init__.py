@@ -16,7 +16,12 @@ from .. import __version__
 from ..errors import FDTAError
 
 #: Sub-command modules under ``fdta_core.cli``; each defines ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("run",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "report",
+    "age",
+    "run",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,4 @@
-"""Builders of tiny models and data for tests and benchmarks (never used by the product itself)."""
+"""Builders of tiny real-architecture models and data, shared by tests and benches.
+
+Never used by the product itself, and free of any test framework, so benches can import them too.
+"""

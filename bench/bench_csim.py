@@ -1,0 +1,97 @@
+"""ArcFace embeddings per second: batched calls vs one image per call, same model, same run.
+
+Uses the tiny ONNX pack from ``fdta_core.testing.faces`` (or a real pack with ``--insightface-dir`` and
+``--pack``) on CPU, once with onnxruntime's default thread count and once with one intra-op thread,
+and prints both rates and their ratio (target: batched >= 3x one-at-a-time). The two paths are timed
+alternately (best of N each), so load from other processes hits both alike.
+
+    python bench/bench_csim.py [--quick] [--n 512] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fdta_core.faces.csim import csim_filter  # noqa: E402
+from fdta_core.faces.models import _to_blob, load_face_pack  # noqa: E402
+from fdta_core.faceset import FaceSet, Provenance  # noqa: E402
+from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a few seconds)")
+    ap.add_argument("--n", type=int, default=512, help="faces to embed")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the batched path")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds (best of)")
+    ap.add_argument("--insightface-dir", default=None, help="root with models/<pack>/ (default: a tiny pack)")
+    ap.add_argument("--pack", default="tiny_pack")
+    args = ap.parse_args(argv)
+    n = 128 if args.quick else args.n
+    repeats = 2 if args.quick else args.repeats
+
+    n_id = max(1, (n + 7) // 8)
+    sources, faces, labels = synthetic_identity_faces(n_id, 8, seed=0)
+    faces, labels = faces[:n], labels[:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.insightface_dir or tmp
+        if args.insightface_dir is None:
+            make_tiny_face_pack(tmp, args.pack, genderage=False)
+        print(f"faces: {len(faces)}, batch size {args.batch}, best of {repeats} alternating rounds")
+        for threads in (0, 1):
+            models = load_face_pack(
+                [root], args.pack, providers="CPU", require=("recognizer",), threads=threads
+            )
+            models.embed(faces[: args.batch], batch_size=args.batch)  # warm-up
+            best = {"single": float("inf"), "batched": float("inf")}
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for f in faces:
+                    models.embed(f[None], batch_size=1)
+                best["single"] = min(best["single"], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                models.embed(faces, batch_size=args.batch)
+                best["batched"] = min(best["batched"], time.perf_counter() - t0)
+            single, batched = len(faces) / best["single"], len(faces) / best["batched"]
+            label = "default threads" if threads == 0 else "1 thread"
+            print(f"[{models.recognizer.path.name}, CPU, {label}]")
+            print(f"  one-at-a-time: {single:10.1f} embeddings/s")
+            print(f"  batched:       {batched:10.1f} embeddings/s")
+            print(f"  ratio batched / one-at-a-time: {batched / single:.2f}x (target >= 3x)")
+            # The ceiling: onnxruntime alone on already converted input (no pre-processing, no wrapper).
+            rec = models.recognizer
+            blob = _to_blob(faces, rec.mean, rec.std)
+            raw = {"single": float("inf"), "batched": float("inf")}
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for k in range(len(blob)):
+                    rec.session.run([rec.output_name], {rec.input_name: blob[k : k + 1]})
+                raw["single"] = min(raw["single"], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for k in range(0, len(blob), args.batch):
+                    rec.session.run([rec.output_name], {rec.input_name: blob[k : k + args.batch]})
+                raw["batched"] = min(raw["batched"], time.perf_counter() - t0)
+            print(
+                f"  model only (onnxruntime on converted input): {len(faces) / raw['single']:.1f} vs "
+                f"{len(faces) / raw['batched']:.1f} embeddings/s, ratio {raw['single'] / raw['batched']:.2f}x"
+            )
+
+        prov = [Provenance(identity=int(x)) for x in labels]
+        fs = FaceSet(faces, labels, prov, {i: sources[i] for i in set(labels.tolist())})
+        t0 = time.perf_counter()
+        _kept, stats = csim_filter(fs, models, 0.3, batch_size=args.batch)
+        print(
+            f"csim_filter end to end (1 thread): {len(fs) / (time.perf_counter() - t0):.1f} images/s "
+            f"(kept {stats.n_kept} / {stats.n_in})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``fdta report DATASET``: quality metrics of a written data set as an HTML page and a JSON summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="data-set quality report (uniqueness, consistency, CSIM, attribute balance) as HTML + JSON",
+        description="Reads DATASET/train.rec (+ manifest.sqlite when present) and writes report.html and "
+        "report.json. Uniqueness, intra-class consistency and achieved gender/age need an insightface pack "
+        "(--pack, looked up in --insightface-dir/models/<pack>/).",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder holding train.rec, train.idx, property")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: DATASET/report)")
+    p.add_argument(
+        "--pack", default=None, help="insightface pack for embeddings, e.g. buffalo_l (default: none)"
+    )
+    p.add_argument(
+        "--insightface-dir",
+        action="append",
+        default=[],
+        help="folder holding models/<pack>/ (repeatable; default: $FDTA_INSIGHTFACE_DIR, ~/.insightface)",
+    )
+    p.add_argument("--provider", default="auto", help="ONNX provider: auto, CPU, CUDA, ... (default auto)")
+    p.add_argument(
+        "--threshold", type=float, default=0.3, help="cosine threshold of the DCFace metrics (0.3)"
+    )
+    p.add_argument(
+        "--max-images", type=int, default=0, help="read only the first N images (whole identities)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="faces per ArcFace batch")
+    p.add_argument("--json", action="store_true", help="print the JSON summary on stdout")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..faces.report import load_dataset, write_report
+
+    models = None
+    if args.pack:
+        from ..faces.models import load_face_pack
+
+        dirs = list(args.insightface_dir)
+        if not dirs:
+            env = os.environ.get("FDTA_INSIGHTFACE_DIR")
+            dirs = [d for d in (env, os.path.expanduser("~/.insightface")) if d]
+        models = load_face_pack(dirs, args.pack, providers=args.provider, require=("recognizer",))
+    bar = tqdm(total=0, desc="reading", unit="img", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        data = load_dataset(
+            args.dataset, models, max_images=args.max_images, batch_size=args.batch_size, progress=progress
+        )
+    finally:
+        bar.close()
+    out = args.out or (args.dataset / "report")
+    html_path, json_path, summary = write_report(data, out, args.threshold)
+    if args.json:
+        print(json.dumps(summary, indent=1, sort_keys=True, default=str))
+    else:
+
+        def f(v):
+            return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+        print(f"{summary['images']} images, {summary['identities']} identities")
+        print(
+            f"uniqueness {f(summary['uniqueness'])}, intra-class consistency {f(summary['intra_class_consistency'])}"
+        )
+        if summary["csim"]:
+            print(f"CSIM mean {f(summary['csim'].get('mean'))} +- {f(summary['csim'].get('std'))}")
+        for row in summary["attribute_balance"]:
+            print(f"{row['attribute']}: total variation requested vs achieved {row['total_variation']:.3f}")
+        for note in summary["notes"]:
+            print(f"note: {note}")
+        print(f"wrote {html_path} and {json_path}")
+    return 0

@@ -1,0 +1,347 @@
+"""CSIM: ArcFace cosine similarity between a styled face and its identity's reference, and the filter
+that keeps only faces that still show their identity (FDTA/DCFace keep styled images whose CSIM to
+the source face passes a threshold; typical values are 0.5-0.65, DESIGN 5.6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..faceset import FACE_SIZE, FaceSet
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+REFERENCES = ("source", "mean")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    a = np.asarray(x, np.float64)
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
+    return a / np.maximum(n, eps)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of ``a`` [N, D] and ``b`` [N, D] or [D] -> [N] (a [D] pair -> scalar)."""
+    an, bn = l2_normalize(a), l2_normalize(b)
+    return np.sum(an * bn, axis=-1)
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All pairwise cosine similarities: [N, D] x [M, D] -> [N, M]."""
+    return l2_normalize(a) @ l2_normalize(b).T
+
+
+def _embedder(models_or_fn: Any, batch_size: int) -> EmbedFn:
+    if callable(models_or_fn) and not hasattr(models_or_fn, "embed"):
+        return models_or_fn
+    if hasattr(models_or_fn, "embed"):
+        return lambda x: models_or_fn.embed(x, batch_size=batch_size)
+    raise InputError("need face models (a recogniser) or an embedding function", where="csim")
+
+
+def embed_faceset(
+    faceset: FaceSet,
+    models_or_fn: Any,
+    *,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Embeddings of every image of a faceset, computed in batches (progress per batch)."""
+    fn = _embedder(models_or_fn, batch_size)
+    n = len(faceset)
+    out = []
+    for s in range(0, n, batch_size):
+        out.append(np.asarray(fn(faceset.images[s : s + batch_size]), np.float32))
+        if progress is not None:
+            progress(min(n, s + batch_size), n)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@dataclass
+class CSIMStats:
+    """What the filter did: counts, the CSIM of every input image and the kept mask (input order)."""
+
+    threshold: float
+    reference: str
+    min_images_per_identity: int
+    csim: np.ndarray
+    kept_mask: np.ndarray
+    labels: np.ndarray
+    reasons: list[str] = field(default_factory=list)  # per input image: "" (kept), "csim", "identity"
+    identities_in: int = 0
+    identities_kept: int = 0
+    dropped_identities: list[int] = field(default_factory=list)
+
+    @property
+    def n_in(self) -> int:
+        return int(len(self.csim))
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept_mask.sum())
+
+    def summary(self) -> dict[str, Any]:
+        c = self.csim[np.isfinite(self.csim)]
+        counts, edges = csim_histogram(c, bins=40)
+        return {
+            "threshold": self.threshold,
+            "reference": self.reference,
+            "min_images_per_identity": self.min_images_per_identity,
+            "images_in": self.n_in,
+            "images_kept": self.n_kept,
+            "rejected_by_csim": int(sum(r == "csim" for r in self.reasons)),
+            "dropped_with_identity": int(sum(r == "identity" for r in self.reasons)),
+            "identities_in": self.identities_in,
+            "identities_kept": self.identities_kept,
+            "dropped_identities": list(self.dropped_identities),
+            "csim_mean": float(c.mean()) if c.size else None,
+            "csim_std": float(c.std()) if c.size else None,
+            "csim_min": float(c.min()) if c.size else None,
+            "csim_max": float(c.max()) if c.size else None,
+            "csim_median": float(np.median(c)) if c.size else None,
+            "histogram": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
+        }
+
+    def to_text(self) -> str:
+        s = self.summary()
+        lines = [
+            f"CSIM filter (reference={s['reference']}, threshold={s['threshold']:.3f}, "
+            f"min images/identity={s['min_images_per_identity']})",
+            f"kept {s['images_kept']} / {s['images_in']} images; rejected {s['rejected_by_csim']} by CSIM, "
+            f"{s['dropped_with_identity']} with their identity",
+            f"identities kept {s['identities_kept']} / {s['identities_in']}"
+            + (
+                f" (dropped: {s['dropped_identities'][:20]}{' ...' if len(s['dropped_identities']) > 20 else ''})"
+                if s["dropped_identities"]
+                else ""
+            ),
+        ]
+        if s["csim_mean"] is not None:
+            lines.append(
+                f"CSIM mean {s['csim_mean']:.3f} +- {s['csim_std']:.3f}, median {s['csim_median']:.3f}, "
+                f"range [{s['csim_min']:.3f}, {s['csim_max']:.3f}]"
+            )
+            counts, edges = s["histogram"]["counts"], s["histogram"]["edges"]
+            top = max(counts) if counts else 0
+            for k, cnt in enumerate(counts):
+                if cnt:
+                    bar = "#" * max(1, round(30 * cnt / top))
+                    lines.append(f"  [{edges[k]:+.2f}, {edges[k + 1]:+.2f}) {cnt:5d} {bar}")
+        return "\n".join(lines)
+
+
+def csim_histogram(values: np.ndarray, bins: int = 20, value_range: tuple[float, float] = (-1.0, 1.0)):
+    """Counts and edges of CSIM values over [-1, 1] (``numpy.histogram``)."""
+    v = np.clip(np.asarray(values, np.float64), value_range[0], value_range[1])
+    return np.histogram(v, bins=bins, range=value_range)
+
+
+def compute_csim(
+    faceset: FaceSet,
+    embeddings: np.ndarray,
+    reference: str = "source",
+    source_embeddings: dict[int, np.ndarray] | None = None,
+) -> np.ndarray:
+    """CSIM of every image to its identity's reference embedding.
+
+    ``source``: the identity's source face (``source_embeddings`` maps identity -> embedding).
+    ``mean``: the mean of the identity's L2-normalised embeddings.
+    """
+    if reference not in REFERENCES:
+        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    emb = l2_normalize(embeddings)
+    out = np.empty(len(faceset), np.float64)
+    for ident, idx in faceset.by_identity().items():
+        if reference == "source":
+            if source_embeddings is None or ident not in source_embeddings:
+                faceset.source_of(ident)  # raises the explanatory error
+            ref = l2_normalize(np.asarray(source_embeddings[ident]))
+        else:
+            ref = l2_normalize(emb[idx].mean(axis=0))
+        out[idx] = emb[idx] @ ref
+    return out
+
+
+def csim_filter(
+    faceset: FaceSet,
+    models_or_fn: Any,
+    threshold: float = 0.5,
+    reference: str = "source",
+    min_images_per_identity: int = 0,
+    *,
+    batch_size: int = 32,
+    embeddings: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[FaceSet, CSIMStats]:
+    """Keep the images whose CSIM to their identity's reference is >= ``threshold``.
+
+    The CSIM is written into each kept image's provenance (stage ``csim``). When
+    ``min_images_per_identity`` > 0, an identity left with fewer kept images is dropped whole (a class
+    with too few images hurts FR training more than it helps). ``models_or_fn`` is a
+    :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
+    """
+    if reference not in REFERENCES:
+        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise InputError(f"threshold must lie in [-1, 1], got {threshold}", where="csim.threshold")
+    if int(min_images_per_identity) < 0:
+        raise InputError("min_images_per_identity must be >= 0", where="csim.min_images_per_identity")
+    n = len(faceset)
+    if embeddings is None:
+        embeddings = embed_faceset(faceset, models_or_fn, batch_size=batch_size, progress=progress)
+    elif len(embeddings) != n:
+        raise InputError(f"{len(embeddings)} embeddings for {n} images", where="csim.embeddings")
+    src_emb: dict[int, np.ndarray] | None = None
+    ids = faceset.identities
+    if reference == "source" and n:
+        missing = [i for i in ids if i not in faceset.sources]
+        if missing:
+            faceset.source_of(missing[0])
+        fn = _embedder(models_or_fn, batch_size)
+        src = np.stack([faceset.sources[i] for i in ids])
+        src_emb = dict(zip(ids, np.asarray(fn(src), np.float64), strict=True))
+    csim = compute_csim(faceset, embeddings, reference, src_emb) if n else np.zeros((0,))
+    keep = csim >= float(threshold)
+    reasons = ["" if k else "csim" for k in keep]
+    dropped: list[int] = []
+    if min_images_per_identity > 0:
+        for ident, idx in faceset.by_identity().items():
+            if int(keep[idx].sum()) < min_images_per_identity:
+                dropped.append(int(ident))
+                for i in idx:
+                    if keep[i]:
+                        reasons[i] = "identity"
+                keep[idx] = False
+    prov = list(faceset.provenance)
+    extra = {"csim_reference": reference, "csim_threshold": float(threshold)}
+    for i in np.nonzero(keep)[0]:
+        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=extra)
+    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    kept = full.select(keep)
+    stats = CSIMStats(
+        threshold=float(threshold),
+        reference=reference,
+        min_images_per_identity=int(min_images_per_identity),
+        csim=csim,
+        kept_mask=keep,
+        labels=faceset.labels.copy(),
+        reasons=reasons,
+        identities_in=len(ids),
+        identities_kept=len(kept.identities),
+        dropped_identities=dropped,
+    )
+    log.info(
+        "[FDTA] csim: kept %d / %d images, %d / %d identities",
+        stats.n_kept,
+        n,
+        stats.identities_kept,
+        len(ids),
+    )
+    return kept, stats
+
+
+# ----------------------------------------------------------------------------- pictures
+_RED = (220, 40, 40)
+_GREEN = (40, 180, 60)
+_WHITE = (255, 255, 255)
+
+
+def _label(tile: np.ndarray, text: str, color=_WHITE, height: int = 18) -> np.ndarray:
+    """``tile`` with a black caption strip of ``height`` pixels under it."""
+    import cv2
+
+    strip = np.zeros((height, tile.shape[1], 3), np.uint8)
+    cv2.putText(strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, color, 1, cv2.LINE_AA)
+    return np.concatenate([tile, strip], axis=0)
+
+
+def _mark_rejected(tile: np.ndarray) -> np.ndarray:
+    import cv2
+
+    t = tile.copy()
+    h, w = t.shape[:2]
+    cv2.rectangle(t, (1, 1), (w - 2, h - 2), _RED, 3)
+    cv2.line(t, (4, 4), (w - 5, h - 5), _RED, 2)
+    cv2.line(t, (w - 5, 4), (4, h - 5), _RED, 2)
+    return t
+
+
+def contact_sheet(
+    faceset: FaceSet,
+    stats: CSIMStats,
+    *,
+    max_identities: int = 8,
+    max_per_identity: int = 12,
+    pad: int = 4,
+) -> np.ndarray:
+    """One row per identity: its source face, then each face with its CSIM under it; rejected faces
+    are crossed out in red. ``faceset`` is the filter's *input*. Returns an HxWx3 uint8 image."""
+    t = FACE_SIZE
+    by_id = faceset.by_identity()
+    ids = list(by_id)[: max(1, max_identities)]
+    cap = 18
+    cols = 1 + min(max_per_identity, max((len(v) for v in by_id.values()), default=0))
+    row_h = t + cap + pad
+    sheet = np.full((max(1, len(ids)) * row_h + pad, cols * (t + pad) + pad, 3), 32, np.uint8)
+    for r, ident in enumerate(ids):
+        y = pad + r * row_h
+        src = faceset.sources.get(ident)
+        if src is not None:
+            tile = _label(src, f"id {ident} source", _WHITE, cap)
+        else:
+            tile = _label(np.zeros((t, t, 3), np.uint8), f"id {ident} (no source)", _WHITE, cap)
+        sheet[y : y + t + cap, pad : pad + t] = tile
+        for c, i in enumerate(by_id[ident][:max_per_identity]):
+            ok = bool(stats.kept_mask[i])
+            face = faceset.images[i] if ok else _mark_rejected(faceset.images[i])
+            why = "" if ok else (" x" if stats.reasons[i] == "csim" else " id")
+            tile = _label(face, f"{stats.csim[i]:.3f}{why}", _GREEN if ok else _RED, cap)
+            x = pad + (c + 1) * (t + pad)
+            sheet[y : y + t + cap, x : x + t] = tile
+    return sheet
+
+
+def histogram_image(
+    values: np.ndarray, threshold: float | None = None, *, bins: int = 40, width: int = 480, height: int = 240
+) -> np.ndarray:
+    """A bar chart of CSIM values over [-1, 1] with the threshold as a red line (uint8 RGB)."""
+    import cv2
+
+    counts, edges = csim_histogram(values, bins)
+    img = np.full((height, width, 3), 255, np.uint8)
+    m, top = 24, max(1, int(counts.max()) if counts.size else 1)
+    plot_w, plot_h = width - 2 * m, height - 2 * m
+    for k, cnt in enumerate(counts):
+        x0 = m + int(k * plot_w / bins)
+        x1 = m + int((k + 1) * plot_w / bins) - 1
+        y0 = height - m - int(plot_h * cnt / top)
+        color = (70, 110, 200) if threshold is None or edges[k + 1] > threshold else (170, 170, 170)
+        cv2.rectangle(img, (x0, y0), (x1, height - m), color, -1)
+    cv2.line(img, (m, height - m), (width - m, height - m), (0, 0, 0), 1)
+    for v in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        x = m + int((v + 1) / 2 * plot_w)
+        cv2.putText(
+            img, f"{v:g}", (x - 8, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    if threshold is not None:
+        x = m + int((float(threshold) + 1) / 2 * plot_w)
+        cv2.line(img, (x, m), (x, height - m), _RED, 2)
+    cv2.putText(
+        img,
+        f"CSIM (n={int(counts.sum())}, max bin {top})",
+        (m, 16),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    return img

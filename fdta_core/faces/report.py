@@ -1,0 +1,409 @@
+"""Data-set report: metrics (DCFace uniqueness / consistency, CSIM spread, attribute balance) and an HTML
+page with plots, from in-memory labels and embeddings (:func:`build_report`), or from a dataset folder
+(``train.rec`` + optional ``manifest.sqlite``) through :func:`load_dataset`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..fsutil import atomic_write_text
+from .csim import histogram_image
+from .identity import DCFACE_THRESHOLD
+from .metrics import DatasetMetrics, age_bucket, compute_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows. ``requested``/``achieved`` map attribute -> one value per identity
+    (same identity order); ``samples`` maps identity -> a few aligned faces for the sample grid."""
+
+    name: str
+    labels: np.ndarray
+    embeddings: np.ndarray | None = None
+    csim: np.ndarray | None = None
+    requested: dict[str, list[Any]] = field(default_factory=dict)
+    achieved: dict[str, list[Any]] = field(default_factory=dict)
+    samples: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def build_report(
+    data: ReportData, threshold: float = DCFACE_THRESHOLD
+) -> tuple[DatasetMetrics, dict[str, Any]]:
+    """Metrics and the JSON summary of ``data``."""
+    m = compute_metrics(
+        data.labels,
+        data.embeddings,
+        csim=data.csim,
+        requested=data.requested or None,
+        achieved=data.achieved or None,
+        threshold=threshold,
+    )
+    summary = {"name": data.name, **m.to_dict(), "notes": list(data.notes), "source": data.source}
+    return m, summary
+
+
+# ----------------------------------------------------------------------------- plots (uint8 RGB)
+def bar_chart(
+    categories: Sequence[str],
+    series: dict[str, Sequence[float]],
+    title: str,
+    *,
+    width: int = 560,
+    height: int = 260,
+) -> np.ndarray:
+    """Grouped bars (one colour per series) with category labels; a small, dependency-free chart."""
+    import cv2
+
+    colors = [(70, 110, 200), (230, 140, 40), (60, 170, 90), (180, 60, 160)]
+    img = np.full((height, width, 3), 255, np.uint8)
+    m_l, m_b, m_t = 30, 40, 30
+    plot_w, plot_h = width - m_l - 10, height - m_b - m_t
+    top = max([float(v) for s in series.values() for v in s] + [1e-9])
+    n_cat, n_ser = max(1, len(categories)), max(1, len(series))
+    slot = plot_w / n_cat
+    bw = max(1, int(slot * 0.8 / n_ser))
+    for si, (_name, vals) in enumerate(series.items()):
+        for ci, v in enumerate(vals):
+            x0 = int(m_l + ci * slot + slot * 0.1 + si * bw)
+            y0 = int(height - m_b - plot_h * float(v) / top)
+            cv2.rectangle(img, (x0, y0), (x0 + bw - 1, height - m_b), colors[si % len(colors)], -1)
+    cv2.line(img, (m_l, height - m_b), (width - 10, height - m_b), (0, 0, 0), 1)
+    step = max(1, n_cat // 12)
+    for ci, cat in enumerate(categories):
+        if ci % step == 0:
+            x = int(m_l + ci * slot + 2)
+            cv2.putText(
+                img,
+                str(cat)[:10],
+                (x, height - m_b + 14),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.35,
+                (0, 0, 0),
+                1,
+                cv2.LINE_AA,
+            )
+    cv2.putText(img, title, (m_l, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for si, name in enumerate(series):
+        x = width - 150
+        y = 18 + 14 * si
+        cv2.rectangle(img, (x, y - 8), (x + 10, y), colors[si % len(colors)], -1)
+        cv2.putText(img, name, (x + 14, y), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        img, f"max {top:.3g}", (m_l, height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 90), 1, cv2.LINE_AA
+    )
+    return img
+
+
+def sample_grid(
+    samples: dict[int, list[np.ndarray]], max_rows: int = 8, max_cols: int = 8, tile: int = 56
+) -> np.ndarray:
+    """One row of faces per identity (downscaled to ``tile`` pixels)."""
+    import cv2
+
+    rows = list(samples.items())[:max_rows]
+    if not rows:
+        return np.full((tile, tile, 3), 255, np.uint8)
+    cols = min(max_cols, max(len(v) for _, v in rows))
+    grid = np.full((len(rows) * (tile + 2), cols * (tile + 2), 3), 255, np.uint8)
+    for r, (_ident, faces) in enumerate(rows):
+        for c, f in enumerate(faces[:cols]):
+            small = cv2.resize(np.ascontiguousarray(f), (tile, tile), interpolation=cv2.INTER_AREA)
+            grid[r * (tile + 2) : r * (tile + 2) + tile, c * (tile + 2) : c * (tile + 2) + tile] = small
+    return grid
+
+
+def _png_data_uri(img: np.ndarray) -> str:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
+        raise RuntimeError("PNG encoding failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, Any]) -> str:
+    """A self-contained HTML page (plots embedded as PNG data URIs)."""
+    figs: list[tuple[str, np.ndarray]] = []
+    if data.csim is not None and np.isfinite(np.asarray(data.csim, float)).any():
+        c = np.asarray(data.csim, float)
+        figs.append(("CSIM to the source face", histogram_image(c[np.isfinite(c)])))
+    counts = np.array(sorted(metrics.per_identity_counts.values()))
+    if counts.size:
+        vals, freq = np.unique(counts, return_counts=True)
+        figs.append(
+            (
+                "Images per identity",
+                bar_chart(
+                    [str(v) for v in vals], {"identities": freq.tolist()}, "identities per image count"
+                ),
+            )
+        )
+    for row in metrics.balance:
+        cats = sorted(set(row.requested) | set(row.achieved))
+        figs.append(
+            (
+                f"Attribute balance: {row.attribute} (total variation {row.total_variation:.3f})",
+                bar_chart(
+                    cats,
+                    {
+                        "requested": [row.requested.get(k, 0.0) for k in cats],
+                        "achieved": [row.achieved.get(k, 0.0) for k in cats],
+                    },
+                    row.attribute,
+                ),
+            )
+        )
+    if data.samples:
+        figs.append(("Samples (one row per identity)", sample_grid(data.samples)))
+    rows = [
+        ("images", summary["images"]),
+        ("identities", summary["identities"]),
+        (
+            "images per identity (mean / min / max)",
+            " / ".join(_fmt(summary["images_per_identity"].get(k)) for k in ("mean", "min", "max")),
+        ),
+        (f"uniqueness (greedy packing, cosine {metrics.threshold})", summary["uniqueness"]),
+        (
+            f"intra-class consistency (cosine > {metrics.threshold} to centre)",
+            summary["intra_class_consistency"],
+        ),
+        (
+            "CSIM mean / std",
+            f"{_fmt(summary['csim'].get('mean'))} / {_fmt(summary['csim'].get('std'))}"
+            if summary["csim"]
+            else None,
+        ),
+    ]
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
+    body = "\n".join(
+        f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{_png_data_uri(img)}'>" for t, img in figs
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>FDTA report: {html.escape(data.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:960px}}table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{border:1px solid #ddd}}</style></head>
+<body><h1>FDTA data-set report: {html.escape(data.name)}</h1>
+<table>{table}</table>
+{"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
+{body}
+<h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=1, default=str)[:20000])}</pre>
+</body></html>
+"""
+
+
+def write_report(
+    data: ReportData, out_dir: str | Path, threshold: float = DCFACE_THRESHOLD
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Write ``report.html`` and ``report.json`` into ``out_dir`` (atomically); returns both paths and the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, summary = build_report(data, threshold)
+    html_path, json_path = out / "report.html", out / "report.json"
+    atomic_write_text(json_path, json.dumps(summary, indent=1, sort_keys=True, default=str))
+    atomic_write_text(html_path, render_html(data, metrics, summary))
+    return html_path, json_path, summary
+
+
+# ----------------------------------------------------------------------------- dataset on disk
+def _decode(payload: bytes, key: int, where: str) -> np.ndarray:
+    import cv2
+
+    img = None
+    if payload:
+        try:
+            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
+    if img is None:
+        raise DatasetError(f"{where}: record {key} does not hold a decodable image")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """``key -> {identity, attributes, csim, age_target}`` from a dataset's ``manifest.sqlite`` (read-only)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise DatasetError(f"cannot open manifest {path}: {exc}") from exc
+    try:
+        cols = {r[1] for r in con.execute("PRAGMA table_info(images)")}
+        if "key" not in cols:
+            raise DatasetError(
+                f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
+            )
+        want = [c for c in ("identity", "attributes", "csim", "age_target") if c in cols]
+        out: dict[int, dict[str, Any]] = {}
+        for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
+            rec = dict(zip(want, row[1:], strict=True))
+            if isinstance(rec.get("attributes"), str):
+                try:
+                    rec["attributes"] = json.loads(rec["attributes"])
+                except json.JSONDecodeError:
+                    rec["attributes"] = {}
+            out[int(row[0])] = rec
+        return out
+    except sqlite3.Error as exc:
+        raise DatasetError(f"cannot read manifest {path}: {exc}") from exc
+    finally:
+        con.close()
+
+
+def load_dataset(
+    folder: str | Path,
+    models: Any | None = None,
+    *,
+    max_images: int = 0,
+    samples_per_identity: int = 6,
+    sample_identities: int = 8,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReportData:
+    """Read a written dataset (``train.rec``/``.idx`` + optional ``manifest.sqlite``) into :class:`ReportData`.
+
+    With ``models`` (a :class:`~fdta_core.faces.models.FaceModels`) the images are embedded (uniqueness,
+    consistency) and, when the pack has a gender/age model, gender and age are predicted per image
+    (majority gender and median age per identity = *achieved*). *Requested* attributes come from the
+    manifest. ``max_images`` > 0 reads only the first identities that fit.
+    """
+    from ..recordio import RecordReader, read_layout
+
+    root = Path(folder)
+    if not (root / "train.rec").is_file():
+        raise DatasetError(
+            f"{root} holds no train.rec", fix="pass the dataset folder (train.rec, train.idx, property)."
+        )
+    reader = RecordReader(root / "train.rec")
+    notes: list[str] = []
+    try:
+        layout = read_layout(reader, scan_labels=True)
+        keys = list(layout.image_keys)
+        labels = np.asarray(layout.labels, np.int64)
+        if max_images and len(keys) > max_images:
+            keep = max_images
+            if layout.kind == "insightface":  # whole identities only
+                cut = labels[keep - 1]
+                keep = int(np.searchsorted(labels, cut, side="right"))
+            keys, labels = keys[:keep], labels[:keep]
+            notes.append(
+                f"report limited to the first {len(keys)} of {layout.num_images} images (--max-images)"
+            )
+        manifest_path = root / "manifest.sqlite"
+        rows = read_manifest_rows(manifest_path) if manifest_path.is_file() else {}
+        if not rows:
+            notes.append("no manifest.sqlite: requested attributes and CSIM are unknown")
+        need_pixels = models is not None
+        embeddings, genders, ages = [], [], []
+        samples: dict[int, list[np.ndarray]] = {}
+        buf: list[np.ndarray] = []
+
+        def flush() -> None:
+            if not buf:
+                return
+            batch = np.stack(buf)
+            embeddings.append(models.embed(batch, batch_size=batch_size))
+            if getattr(models, "genderage", None) is not None:
+                g, a = models.gender_age_aligned(batch, batch_size=batch_size)
+                genders.extend(g)
+                ages.extend(a)
+            buf.clear()
+
+        for n, (key, lab) in enumerate(zip(keys, labels.tolist(), strict=True)):
+            want_sample = (lab in samples or len(samples) < sample_identities) and len(
+                samples.get(lab, [])
+            ) < samples_per_identity
+            if need_pixels or want_sample:
+                _h, payload = reader.read_unpacked(key)
+                img = _decode(payload, key, str(reader.rec_path))
+                if img.shape[:2] != (112, 112):
+                    raise DatasetError(
+                        f"{reader.rec_path}: record {key} is {img.shape[1]}x{img.shape[0]}, not 112x112"
+                    )
+                if want_sample:
+                    samples.setdefault(lab, []).append(img)
+                if need_pixels:
+                    buf.append(img)
+                    if len(buf) >= batch_size:
+                        flush()
+            if progress is not None:
+                progress(n + 1, len(keys))
+        if need_pixels:
+            flush()
+    finally:
+        reader.close()
+
+    ids = list(dict.fromkeys(labels.tolist()))
+    first_row: dict[int, dict[str, Any]] = {}
+    csim = np.full(len(keys), np.nan)
+    for i, (key, lab) in enumerate(zip(keys, labels.tolist(), strict=True)):
+        r = rows.get(key)
+        if r is None:
+            continue
+        first_row.setdefault(lab, r)
+        if r.get("csim") is not None:
+            csim[i] = float(r["csim"])
+    requested: dict[str, list[Any]] = {}
+    if first_row:
+        attrs = [first_row.get(lab, {}).get("attributes") or {} for lab in ids]
+        if any("gender" in a for a in attrs):
+            requested["gender"] = [a.get("gender") for a in attrs]
+        age_req = [
+            a.get("age", first_row.get(lab, {}).get("age_target")) for a, lab in zip(attrs, ids, strict=True)
+        ]
+        if any(v is not None for v in age_req):
+            requested["age"] = [age_bucket(v) for v in age_req]
+    achieved: dict[str, list[Any]] = {}
+    if genders:
+        g_arr, a_arr = np.array(genders), np.array(ages, float)
+        achieved["gender"], achieved["age"] = [], []
+        for lab in ids:
+            sel = labels == lab
+            vals, cnt = np.unique(g_arr[sel], return_counts=True)
+            achieved["gender"].append(str(vals[np.argmax(cnt)]))
+            achieved["age"].append(age_bucket(float(np.median(a_arr[sel]))))
+    elif models is not None:
+        notes.append("the face pack has no gender/age model: achieved attributes are unknown")
+    if models is None:
+        notes.append(
+            "no face models given: uniqueness and consistency need embeddings (--insightface-dir/--pack)"
+        )
+    return ReportData(
+        name=root.name,
+        labels=labels,
+        embeddings=np.concatenate(embeddings) if embeddings else None,
+        csim=csim if np.isfinite(csim).any() else None,
+        requested=requested,
+        achieved=achieved,
+        samples=samples,
+        notes=notes,
+        source={
+            "folder": str(root),
+            "layout": layout.kind,
+            "images_total": layout.num_images,
+            "classes": layout.num_classes,
+        },
+    )

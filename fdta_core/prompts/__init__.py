@@ -1,0 +1,1 @@
+"""Attribute specs, stratified identity plans, prompt grammar and the LLM describer."""

@@ -1,0 +1,268 @@
+"""Faces nodes: load an insightface pack, align faces, filter styled faces by CSIM.
+
+The nodes only parse inputs, call ``fdta_core.faces`` and convert outputs; the ONNX models run through
+onnxruntime (not torch), so ComfyUI's ModelPatcher does not manage them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from comfy_api.latest import io
+
+from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
+from ..fdta_core.faces.models import PROVIDER_CHOICES, list_packs, load_face_pack
+from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
+from ._common import CATEGORY, FaceModels, Faceset, model_folders, node_errors, progress_callback
+
+_CAT = f"{CATEGORY}/faces"
+
+
+def _packs() -> list[str]:
+    try:
+        packs = list_packs(model_folders("insightface"))
+    except Exception:  # noqa: BLE001 - a broken folder must not hide the node; load reports it
+        packs = []
+    # Offer buffalo_l even when absent so that running the node says where to put it.
+    return packs or ["buffalo_l"]
+
+
+class FDTAFaceModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        packs = _packs()
+        return io.Schema(
+            node_id="FDTAFaceModelLoader",
+            display_name="FDTA Face Model Loader",
+            category=_CAT,
+            description=(
+                "Loads an insightface model pack (SCRFD detector, ArcFace recogniser, gender/age) from "
+                "models/insightface/models/<pack>/ (extra_model_paths.yaml 'insightface' entries included). "
+                "insightface weights are licensed for non-commercial research only."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "pack",
+                    options=packs,
+                    default="buffalo_l" if "buffalo_l" in packs else packs[0],
+                    tooltip="Pack folder under models/insightface/models/ (e.g. buffalo_l: det_10g.onnx, "
+                    "w600k_r50.onnx, genderage.onnx).",
+                ),
+                io.Combo.Input(
+                    "provider",
+                    options=list(PROVIDER_CHOICES),
+                    default="auto",
+                    tooltip="ONNX execution provider. auto = CUDA when onnxruntime-gpu offers it, else CPU. "
+                    "An unavailable provider falls back to CPU with a warning in the log.",
+                ),
+                io.Int.Input(
+                    "det_size",
+                    default=640,
+                    min=160,
+                    max=1280,
+                    step=32,
+                    tooltip="Detector input size (square, multiple of 32); 640 suits photos, smaller is faster.",
+                ),
+                io.Float.Input(
+                    "det_threshold",
+                    default=0.5,
+                    min=0.05,
+                    max=0.99,
+                    step=0.01,
+                    tooltip="Minimum detection score for a face.",
+                ),
+            ],
+            outputs=[FaceModels.Output(display_name="face_models", tooltip="The loaded face models.")],
+        )
+
+    @classmethod
+    def execute(cls, pack: str, provider: str, det_size: int, det_threshold: float) -> io.NodeOutput:
+        with node_errors("FDTAFaceModelLoader"):
+            models = load_face_pack(
+                model_folders("insightface"),
+                pack,
+                providers=provider,
+                det_size=int(det_size),
+                require=("recognizer",),
+                det_threshold=float(det_threshold),
+            )
+            return io.NodeOutput(models)
+
+
+class FDTAAlignFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTAAlignFaces",
+            display_name="FDTA Align Faces",
+            category=_CAT,
+            description=(
+                "Detects the main face of every image (any size), aligns it to the 112x112 ArcFace template and "
+                "returns a faceset. Images without a usable face are dropped and listed in the report; the batch "
+                "goes on. Images that are already 112x112 are taken as aligned."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Images of any size (grayscale and RGBA are converted)."),
+                FaceModels.Input("face_models", tooltip="From FDTA Face Model Loader (needs a detector)."),
+                io.Int.Input(
+                    "min_face_size",
+                    default=32,
+                    min=0,
+                    max=4096,
+                    tooltip="Drop faces whose box is smaller than this many pixels (shorter side): an upscaled tiny face "
+                    "makes a blurry 112x112 crop. 0 keeps every face.",
+                ),
+                io.Boolean.Input(
+                    "assume_aligned_112",
+                    default=True,
+                    tooltip="Take 112x112 inputs as already aligned (no detection).",
+                ),
+                io.Int.Input(
+                    "identity_start",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    tooltip="Identity label of the first image; each image is its own identity.",
+                ),
+                io.Boolean.Input(
+                    "one_identity",
+                    default=False,
+                    tooltip="Give every image the same identity (identity_start) instead of one each.",
+                ),
+            ],
+            outputs=[
+                Faceset.Output(
+                    display_name="faceset",
+                    tooltip="Aligned faces; the first of each identity is its source face.",
+                ),
+                io.Image.Output(display_name="aligned", tooltip="The aligned 112x112 faces, for preview."),
+                io.String.Output(
+                    display_name="report", tooltip="How many faces were aligned and why images were dropped."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        image,
+        face_models,
+        min_face_size: int,
+        assume_aligned_112: bool,
+        identity_start: int,
+        one_identity: bool,
+    ) -> io.NodeOutput:
+        with node_errors("FDTAAlignFaces"):
+            arr = image_to_uint8(image, where="FDTAAlignFaces.image")
+            res = face_models.align_batch(
+                arr,
+                min_face_size=float(min_face_size),
+                assume_aligned=bool(assume_aligned_112),
+                progress=progress_callback(len(arr)),
+            )
+            n = len(arr)
+            labels = np.full(n, identity_start, np.int64) if one_identity else identity_start + np.arange(n)
+            fs = res.to_faceset(labels)
+            return io.NodeOutput(fs, faceset_to_image(fs), res.report())
+
+
+class FDTACSIMFilter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTACSIMFilter",
+            display_name="FDTA CSIM Filter",
+            category=_CAT,
+            description=(
+                "Keeps the faces whose ArcFace cosine similarity (CSIM) to their identity's reference (the source "
+                "face, or the identity's mean embedding) reaches the threshold, writes CSIM into provenance, and "
+                "shows the evidence: a contact sheet (source, then each face with its CSIM; rejected ones crossed "
+                "out) and a histogram."
+            ),
+            inputs=[
+                Faceset.Input(
+                    "faceset", tooltip="Styled faces with their source faces (e.g. from the STG mixer)."
+                ),
+                FaceModels.Input(
+                    "face_models", tooltip="From FDTA Face Model Loader (needs the recogniser)."
+                ),
+                io.Float.Input(
+                    "threshold",
+                    default=0.3,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Keep faces with CSIM >= this. Styled images of one identity typically reach 0.5-0.65; "
+                    "DCFace counts cosine > 0.3 as the same identity.",
+                ),
+                io.Combo.Input(
+                    "reference",
+                    options=list(REFERENCES),
+                    default="source",
+                    tooltip="source: compare with the identity's source face; mean: with the mean embedding of its images.",
+                ),
+                io.Int.Input(
+                    "min_images_per_identity",
+                    default=0,
+                    min=0,
+                    max=100000,
+                    tooltip="Drop an identity whole when fewer of its images pass (0 = never).",
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=32,
+                    min=1,
+                    max=1024,
+                    tooltip="Faces per ArcFace batch (memory vs speed).",
+                ),
+                io.Int.Input(
+                    "sheet_identities",
+                    default=8,
+                    min=1,
+                    max=256,
+                    tooltip="How many identities (rows) the contact sheet shows.",
+                ),
+            ],
+            outputs=[
+                Faceset.Output(
+                    display_name="kept", tooltip="The faces that passed, CSIM in their provenance."
+                ),
+                io.Image.Output(
+                    display_name="contact_sheet",
+                    tooltip="Source face, then each face with its CSIM; rejected crossed out.",
+                ),
+                io.String.Output(
+                    display_name="stats", tooltip="Counts, CSIM mean/spread and a text histogram."
+                ),
+                io.Image.Output(
+                    display_name="histogram", tooltip="CSIM histogram with the threshold in red."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        faceset,
+        face_models,
+        threshold: float,
+        reference: str,
+        min_images_per_identity: int,
+        batch_size: int,
+        sheet_identities: int,
+    ) -> io.NodeOutput:
+        with node_errors("FDTACSIMFilter"):
+            kept, stats = csim_filter(
+                faceset,
+                face_models,
+                float(threshold),
+                reference,
+                int(min_images_per_identity),
+                batch_size=int(batch_size),
+                progress=progress_callback(len(faceset)),
+            )
+            sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
+            hist = histogram_image(stats.csim, float(threshold))
+            return io.NodeOutput(kept, uint8_to_image(sheet), stats.to_text(), uint8_to_image(hist))
+
+
+NODES = [FDTAFaceModelLoader, FDTAAlignFaces, FDTACSIMFilter]

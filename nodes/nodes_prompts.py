@@ -1,0 +1,250 @@
+"""Attribute stage nodes: ``FDTAAttributeSpec`` (stratified identity plan + grammar prompts) and
+``FDTAAttributePrompt`` (optional LLM-written descriptions through an OpenAI-compatible server).
+
+The API key never enters a widget: it comes from an environment variable (``OPENAI_API_KEY`` or the
+variable *named* in ``api_key_env``) or, failing that, from ComfyUI's user settings
+(``<user directory>/default/comfy.settings.json``, setting id :data:`SETTING_ID`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from comfy_api.latest import io
+
+from ..fdta_core.errors import ConfigError
+from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, describe_plan, resolve_api_key
+from ..fdta_core.prompts.planner import build_plan, plan_preview
+from ..fdta_core.prompts.spec import default_spec_text, parse_spec
+from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback
+
+log = logging.getLogger("FDTA")
+
+#: ComfyUI user setting that may hold the key (read server-side; environment variables win).
+SETTING_ID = "FDTA.LLM.APIKey"
+_SEED_MAX = 0xFFFFFFFFFFFFFFFF
+_AREA = f"{CATEGORY}/attributes"
+
+
+def settings_api_key(setting_id: str = SETTING_ID) -> str | None:
+    """The key stored in ComfyUI's settings of the default user, if any (never logged)."""
+    try:
+        import folder_paths
+
+        path = os.path.join(folder_paths.get_user_directory(), "default", "comfy.settings.json")
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get(setting_id)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def llm_cache_dir() -> str:
+    """``$FDTA_CACHE_DIR/llm``, else ``<ComfyUI user directory>/fdta_cache/llm`` (outside the
+    per-user folders that ComfyUI serves over HTTP)."""
+    env = os.environ.get("FDTA_CACHE_DIR")
+    if env:
+        return os.path.join(env, "llm")
+    import folder_paths
+
+    return os.path.join(folder_paths.get_user_directory(), "fdta_cache", "llm")
+
+
+class FDTAAttributeSpec(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTAAttributeSpec",
+            display_name="FDTA Attribute Spec",
+            category=_AREA,
+            description=(
+                "Plans the identities [identity_start, identity_start + identity_count) of a run: each gets "
+                "stratified attributes (gender, race, age, eyes, eyebrows, nose, face shape, lips, hair, "
+                "jawline, cheeks, expression) and an SD 1.5 prompt that fits CLIP's 77-token window. "
+                "The same spec and seed always give the same identities, however the run is chunked, and "
+                "every prefix of the run matches the requested proportions to within one identity."
+            ),
+            inputs=[
+                io.String.Input(
+                    "spec",
+                    multiline=True,
+                    dynamic_prompts=False,  # the frontend must never rewrite {...} in the JSON
+                    default=default_spec_text(),
+                    tooltip="Attribute spec as JSON: per field a list of values (equal shares) or value -> "
+                    "weight, an optional phrase template, age as a range with a distribution or bins, and "
+                    "prompt prefix/suffix/negative. Errors name the bad entry.",
+                ),
+                io.Int.Input(
+                    "identity_start",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    tooltip="Index of the first identity of this chunk (the runner sets it per chunk).",
+                ),
+                io.Int.Input(
+                    "identity_count",
+                    default=8,
+                    min=1,
+                    max=100000,
+                    tooltip="Number of identities in this chunk.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=_SEED_MAX,
+                    control_after_generate=False,
+                    tooltip="Run seed: every attribute and prompt derives from it and the identity index. "
+                    "Keep it fixed for a whole run.",
+                ),
+            ],
+            outputs=[
+                IdentityPlan.Output(
+                    display_name="plan", tooltip="Identities of this chunk with attributes and prompts."
+                ),
+                io.String.Output(
+                    display_name="preview", tooltip="Readable summary: achieved proportions and prompts."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, spec: str, identity_start: int, identity_count: int, seed: int) -> io.NodeOutput:
+        with node_errors("FDTAAttributeSpec"):
+            parsed = parse_spec(spec, source="spec")
+            plan = build_plan(
+                parsed,
+                int(identity_start),
+                int(identity_count),
+                int(seed),
+                progress=progress_callback(identity_count),
+            )
+            preview = plan_preview(plan)
+        return io.NodeOutput(plan, preview)
+
+
+class FDTAAttributePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTAAttributePrompt",
+            display_name="FDTA Attribute Prompt (LLM)",
+            category=_AREA,
+            description=(
+                "Optionally lets ChatGPT or any OpenAI-compatible server (Ollama, vLLM, LM Studio via "
+                "base_url) write each identity's 12-field description from its attributes, several "
+                "identities per request, with structured JSON output, a disk cache (reruns cost nothing), "
+                "retries and a failure policy. The API key comes from an environment variable (default "
+                "OPENAI_API_KEY) or ComfyUI's settings, never from a widget. With use_llm off the plan "
+                "passes through with its grammar prompts."
+            ),
+            inputs=[
+                IdentityPlan.Input("plan", tooltip="Plan from FDTA Attribute Spec."),
+                io.Boolean.Input(
+                    "use_llm", default=False, tooltip="Ask the LLM; off = keep the grammar prompts."
+                ),
+                io.String.Input(
+                    "base_url",
+                    default="",
+                    tooltip="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 for Ollama; empty = OpenAI.",
+                ),
+                io.String.Input("model", default="gpt-4o-mini", tooltip="Model name on that server."),
+                io.Float.Input(
+                    "temperature",
+                    default=0.7,
+                    min=0.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Sampling temperature (part of the cache key).",
+                ),
+                io.Int.Input(
+                    "batch_size", default=8, min=1, max=64, tooltip="Identities described per request."
+                ),
+                io.Combo.Input(
+                    "failure_policy",
+                    options=list(POLICIES),
+                    default="fallback",
+                    tooltip="When the LLM still fails after retries: 'fallback' keeps the grammar prompt "
+                    "(recorded as prompt_source llm-fallback); 'error' stops the prompt with a clear error.",
+                ),
+                io.Boolean.Input(
+                    "use_cache", default=True, tooltip="Reuse cached descriptions (never contains the key)."
+                ),
+                io.String.Input(
+                    "api_key_env",
+                    default=DEFAULT_ENV_VAR,
+                    tooltip="NAME of the environment variable that holds the key (not the key itself). "
+                    f"If it is unset, ComfyUI's setting {SETTING_ID} is used.",
+                ),
+            ],
+            outputs=[
+                IdentityPlan.Output(
+                    display_name="plan", tooltip="The plan with LLM-written prompts where available."
+                ),
+                io.String.Output(
+                    display_name="preview",
+                    tooltip="Readable summary incl. how many prompts came from the LLM.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        plan: PlanRecord,
+        use_llm: bool,
+        base_url: str,
+        model: str,
+        temperature: float,
+        batch_size: int,
+        concurrency: int,
+        failure_policy: str,
+        use_cache: bool,
+        api_key_env: str,
+    ) -> io.NodeOutput:
+        with node_errors("FDTAAttributePrompt"):
+            if not isinstance(plan, PlanRecord):
+                raise ConfigError(
+                    "the plan input is not an FDTA identity plan",
+                    where="plan",
+                    fix="connect FDTA Attribute Spec.",
+                )
+            if use_llm:
+                name = (api_key_env or DEFAULT_ENV_VAR).strip()
+                if not _looks_like_env_name(name):
+                    raise ConfigError(
+                        "api_key_env must be the NAME of an environment variable in UPPER_CASE",
+                        where="api_key_env",
+                        fix="put the key in an environment variable such as OPENAI_API_KEY and enter only that name "
+                        "(a key typed here would be saved in the workflow).",
+                    )
+                settings = LLMSettings(
+                    model=model,
+                    base_url=base_url.strip() or None,
+                    temperature=float(temperature),
+                    batch_size=int(batch_size),
+                    concurrency=int(concurrency),
+                    failure_policy=failure_policy,
+                    use_cache=bool(use_cache),
+                    cache_dir=llm_cache_dir(),
+                )
+                key = resolve_api_key(name, fallback=settings_api_key())
+                plan = describe_plan(plan, settings, api_key=key, progress=progress_callback(plan.count))
+            preview = plan_preview(plan)
+        return io.NodeOutput(plan, preview)
+
+
+def _looks_like_env_name(name: str) -> bool:
+    return (
+        bool(name)
+        and len(name) <= 64
+        and name.replace("_", "").isalnum()
+        and name.isupper()
+        and not name[0].isdigit()
+    )
+
+
+NODES = [FDTAAttributeSpec, FDTAAttributePrompt]

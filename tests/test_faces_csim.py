@@ -1,0 +1,214 @@
+"""CSIM filter, contact sheet, histogram and identity checks, against independent numpy computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fdta_core.errors import InputError
+from fdta_core.faces.csim import (
+    contact_sheet,
+    cosine_matrix,
+    cosine_similarity,
+    csim_filter,
+    histogram_image,
+)
+from fdta_core.faces.identity import RealPersonCheck, UniquenessChecker, unique_identities
+from fdta_core.faceset import FaceSet, Provenance
+from fdta_core.testing.faces import synthetic_identity_faces
+
+
+def _ref_cos(a, b):
+    return float(np.dot(a, b) / (np.sqrt(np.dot(a, a)) * np.sqrt(np.dot(b, b))))
+
+
+class LinearEmbedder:
+    """A deterministic embedding function (random projection of pixels) that counts its calls."""
+
+    def __init__(self, dim=32, seed=0):
+        self.w = np.random.default_rng(seed).normal(size=(112 * 112 * 3 // 64, dim))
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        small = x.reshape(len(x), 14, 8, 14, 8, 3).mean(axis=(2, 4)).reshape(len(x), -1) - 127.5
+        return small @ self.w
+
+
+def _faceset(n_id=3, per=4, noise=40.0, seed=0):
+    sources, images, labels = synthetic_identity_faces(n_id, per, noise=noise, seed=seed)
+    prov = [Provenance(identity=int(lab), history=["stg"]) for lab in labels]
+    return FaceSet(images, labels, prov, {i: sources[i] for i in range(n_id)})
+
+
+def test_cosine_functions_match_reference(rng):
+    a, b = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    np.testing.assert_allclose(cosine_similarity(a, b), [_ref_cos(x, y) for x, y in zip(a, b, strict=True)])
+    m = cosine_matrix(a, b[:3])
+    assert m.shape == (5, 3)
+    assert m[2, 1] == pytest.approx(_ref_cos(a[2], b[1]))
+    assert cosine_similarity(a[0], a[0]) == pytest.approx(1.0)
+
+
+def test_filter_source_reference_matches_numpy():
+    fs = _faceset()
+    emb = LinearEmbedder()
+    kept, stats = csim_filter(fs, emb, threshold=0.0, reference="source")
+    e_img = emb(fs.images)
+    ref = np.array([_ref_cos(e_img[i], emb(fs.sources[int(fs.labels[i])][None])[0]) for i in range(len(fs))])
+    np.testing.assert_allclose(stats.csim, ref, atol=1e-9)
+    # a threshold between the values splits them exactly
+    thr = float(np.median(ref))
+    kept, stats = csim_filter(fs, emb, threshold=thr)
+    expect = ref >= thr
+    np.testing.assert_array_equal(stats.kept_mask, expect)
+    assert len(kept) == expect.sum()
+    for p, c in zip(kept.provenance, ref[expect], strict=True):
+        assert p.csim == pytest.approx(c, abs=1e-6) and p.history == ["stg", "csim"]
+        assert p.extra["csim_reference"] == "source" and p.extra["csim_threshold"] == thr
+    assert fs.provenance[0].csim is None  # input untouched
+    assert set(kept.sources) == set(kept.identities)
+    s = stats.summary()
+    assert s["images_in"] == 12 and s["images_kept"] == int(expect.sum())
+    assert s["rejected_by_csim"] == int((~expect).sum())
+    assert s["csim_mean"] == pytest.approx(ref.mean())
+    assert sum(s["histogram"]["counts"]) == 12
+    assert "kept" in stats.to_text()
+
+
+def test_filter_mean_reference_matches_numpy():
+    fs = _faceset(2, 5)
+    emb = LinearEmbedder(seed=3)
+    _, stats = csim_filter(fs, emb, threshold=-1.0, reference="mean")
+    e = emb(fs.images)
+    for ident in (0, 1):
+        idx = np.nonzero(fs.labels == ident)[0]
+        unit = e[idx] / np.linalg.norm(e[idx], axis=1, keepdims=True)
+        centre = unit.mean(axis=0)
+        for i in idx:
+            assert stats.csim[i] == pytest.approx(_ref_cos(e[i], centre), abs=1e-9)
+
+
+def test_min_images_drops_whole_identity():
+    fs = _faceset(3, 4)
+    emb = LinearEmbedder()
+    _, base = csim_filter(fs, emb, threshold=0.0)
+    # threshold leaving identity 0 with exactly 2 images
+    c0 = np.sort(base.csim[fs.labels == 0])[::-1]
+    thr = float((c0[1] + c0[2]) / 2)
+    kept, stats = csim_filter(fs, emb, threshold=thr, min_images_per_identity=3)
+    per = {i: int(((base.csim >= thr) & (fs.labels == i)).sum()) for i in range(3)}
+    expect_dropped = sorted(i for i, n in per.items() if n < 3)
+    assert 0 in expect_dropped and stats.dropped_identities == expect_dropped
+    assert set(kept.identities) == {i for i in range(3) if i not in expect_dropped}
+    assert "identity" in stats.reasons
+
+
+def test_filter_with_face_models_uses_batches(tmp_path):
+    from fdta_core.faces.models import load_face_pack
+    from fdta_core.testing.faces import make_tiny_face_pack
+
+    make_tiny_face_pack(tmp_path, "p", genderage=False)
+    models = load_face_pack([tmp_path], "p", det_size=256)
+    fs = _faceset(2, 3, noise=10)
+    kept, stats = csim_filter(fs, models, threshold=0.5, batch_size=4)
+    e = models.embed(fs.images)
+    src = models.embed(np.stack([fs.sources[0], fs.sources[1]]))
+    ref = [_ref_cos(e[i], src[int(fs.labels[i])]) for i in range(len(fs))]
+    np.testing.assert_allclose(stats.csim, ref, atol=1e-5)
+    assert min(ref) > 0.5 and len(kept) == 6  # small noise keeps identity with the tiny ArcFace
+
+
+def test_bad_inputs():
+    fs = _faceset(1, 2)
+    emb = LinearEmbedder()
+    with pytest.raises(InputError, match="reference"):
+        csim_filter(fs, emb, reference="median")
+    with pytest.raises(InputError, match="threshold"):
+        csim_filter(fs, emb, threshold=2.0)
+    no_src = FaceSet(fs.images, fs.labels, fs.provenance, {})
+    with pytest.raises(InputError, match="no source face"):
+        csim_filter(no_src, emb)
+    kept, stats = csim_filter(FaceSet.empty(), emb)
+    assert len(kept) == 0 and stats.n_in == 0 and "kept 0 / 0" in stats.to_text()
+
+
+def test_contact_sheet_and_histogram():
+    fs = _faceset(3, 4)
+    _, first = csim_filter(fs, LinearEmbedder(), threshold=-1.0)
+    thr = float(np.median(first.csim))
+    _, stats = csim_filter(fs, LinearEmbedder(), threshold=thr)
+    sheet = contact_sheet(fs, stats, max_per_identity=4)
+    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3
+    assert sheet.shape[0] == 4 + 3 * (112 + 18 + 4) and sheet.shape[1] == 4 + 5 * (112 + 4)
+    # the source face sits in the first column of its row
+    np.testing.assert_array_equal(sheet[4 : 4 + 112, 4 : 4 + 112], fs.sources[0])
+    # a rejected tile carries red marks, a kept one is the face itself
+    i_rej = int(np.nonzero(~stats.kept_mask)[0][0])
+    i_ok = int(np.nonzero(stats.kept_mask)[0][0])
+    for i, ok in ((i_rej, False), (i_ok, True)):
+        ident = int(fs.labels[i])
+        col = int(np.nonzero(fs.by_identity()[ident] == i)[0][0]) + 1
+        y, x = 4 + ident * (112 + 18 + 4), 4 + col * (112 + 4)
+        tile = sheet[y : y + 112, x : x + 112]
+        assert np.array_equal(tile, fs.images[i]) == ok
+    img = histogram_image(stats.csim, thr)
+    assert img.shape == (240, 480, 3) and (img[..., 0] > 200).any()
+
+
+def test_uniqueness_checker_against_numpy(rng):
+    base = rng.normal(size=(6, 16))
+    emb = np.concatenate([base, base[:2] + rng.normal(0, 0.05, size=(2, 16))])  # 6, 7 repeat 0, 1
+    mask, results = unique_identities(emb, threshold=0.3)
+    # independent greedy pass
+    kept = []
+    for i, e in enumerate(emb):
+        if all(_ref_cos(e, emb[j]) <= 0.3 for j in kept):
+            kept.append(i)
+    assert np.nonzero(mask)[0].tolist() == kept
+    assert not mask[6] and results[6].nearest == 0 and results[6].similarity > 0.9
+    chk = UniquenessChecker(0.3)
+    assert chk.add(10, emb[0]).accepted and not chk.check(emb[6]).accepted and len(chk) == 1
+    with pytest.raises(InputError):
+        UniquenessChecker(1.5)
+
+
+def test_real_person_check(rng):
+    real = rng.normal(size=(4, 16))
+    chk = RealPersonCheck(real, threshold=0.3, keys=["a", "b", "c", "d"])
+    r = chk.check(real[2] + rng.normal(0, 0.01, 16))
+    assert not r.accepted and r.nearest == "c" and "real subject c" in r.reason
+    far = rng.normal(size=16)
+    sims = [_ref_cos(far, x) for x in real]
+    assert chk.check(far).accepted == (max(sims) <= 0.3)
+    assert chk.check(far).similarity == pytest.approx(max(sims))
+    with pytest.raises(InputError, match="dims"):
+        chk.check(np.ones(8))
+
+
+def test_filter_identities_drops_repeats_and_real_people(tmp_path):
+    from fdta_core.faces.identity import filter_identities, load_checker, save_checker
+
+    fs = _faceset(4, 2, noise=5)
+    # identity 3 repeats identity 0 (same source face, different label)
+    fs.sources[3] = fs.sources[0].copy()
+    emb = LinearEmbedder(dim=64)
+    chk = UniquenessChecker(0.3)
+    kept, res = filter_identities(fs, emb, checker=chk)
+    e = emb(np.stack([fs.sources[i] for i in range(4)]))
+    sims = [[_ref_cos(e[i], e[j]) for j in range(4)] for i in range(4)]
+    expect = []
+    for i in range(4):
+        if all(sims[i][j] <= 0.3 for j in expect):
+            expect.append(i)
+    assert 3 not in expect and kept.identities == expect
+    assert not res[3].accepted and res[3].nearest == 0
+    assert "identity_check" in kept.provenance[0].history
+    # the checker carries over to the next chunk through a file
+    save_checker(chk, tmp_path / "seen.npz")
+    again = load_checker(tmp_path / "seen.npz")
+    assert len(again) == len(expect) and not again.check(e[0]).accepted
+    # a real person equal to identity 1 is refused
+    real = RealPersonCheck(e[1:2], 0.3)
+    kept2, res2 = filter_identities(fs, emb, real=real)
+    assert 1 not in kept2.identities and "real subject" in res2[1].reason

@@ -66,11 +66,19 @@ def _widget_default(decl: list[Any]) -> Any:
     raise LookupError(typ)
 
 
-def _add_default_node(info: dict, node_id: str, graph: dict, depth: int = 0) -> str:
+def _link_inputs(info: dict, node_id: str) -> int:
+    n = 0
+    for decl in info[node_id]["input"].get("required", {}).values():
+        try:
+            _widget_default(decl)
+        except LookupError:
+            n += 1
+    return n
+
+
+def _add_default_node(info: dict, node_id: str, graph: dict, chain: tuple[str, ...] = ()) -> str:
     """Add ``node_id`` with default widgets (identity counts set small), building FDTA producers for
     its linked inputs; the attribute stage's exact widgets are not this test's business."""
-    if depth > 4:
-        raise LookupError(node_id)
     inputs: dict[str, Any] = {}
     for name, decl in info[node_id]["input"].get("required", {}).items():
         try:
@@ -79,19 +87,21 @@ def _add_default_node(info: dict, node_id: str, graph: dict, depth: int = 0) -> 
                 value = N_IDENTITIES
             inputs[name] = value
         except LookupError:
-            inputs[name] = _producer(info, decl[0], graph, depth + 1)
+            inputs[name] = _producer(info, decl[0], graph, (*chain, node_id))
     key = f"p{len(graph)}"
     graph[key] = {"class_type": node_id, "inputs": inputs}
     return key
 
 
-def _producer(info: dict, io_type: str, graph: dict, depth: int = 0) -> list:
-    for node_id in sorted(k for k, v in info.items() if k.startswith("FDTA") and io_type in v["output"]):
-        if node_id == "FDTAACGSampler":
+def _producer(info: dict, io_type: str, graph: dict, chain: tuple[str, ...] = ()) -> list:
+    """The simplest FDTA node (fewest linked inputs) that outputs ``io_type``, built with defaults."""
+    found = [k for k, v in info.items() if k.startswith("FDTA") and io_type in v["output"] and k not in chain]
+    for node_id in sorted(found, key=lambda k: (_link_inputs(info, k), k)):
+        if node_id == "FDTAACGSampler" or len(chain) > 4:
             continue
         trial = dict(graph)
         try:
-            key = _add_default_node(info, node_id, trial, depth)
+            key = _add_default_node(info, node_id, trial, chain)
         except LookupError:
             continue
         graph.clear()

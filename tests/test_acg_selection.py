@@ -79,7 +79,7 @@ def test_uniqueness_and_real_person_thresholds():
 def test_missing_embedding_cannot_pass_identity_checks_once_banks_are_filled():
     accepted = EmbeddingBank()
     accepted.add("identity 0", np.array([1.0, 0.0]))
-    assert check(ana(emb=None), accepted=accepted) == ["not_aligned"]
+    assert check(ana(emb=None), accepted=accepted) == ["no_embedding"]
     assert check(ana(emb=None)) == []
 
 

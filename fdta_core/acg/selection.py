@@ -88,6 +88,7 @@ class Rejection:
         "no_face": "no face",
         "low_score": "weak face",
         "not_aligned": "no align",
+        "no_embedding": "no embed",
         "gender": "gender",
         "age": "age",
         "real_person": "real person",
@@ -194,7 +195,7 @@ def check_candidate(
                 )
             )
     elif len(real) or len(accepted):
-        out.append(Rejection("not_aligned", "no embedding: uniqueness and real-person checks impossible"))
+        out.append(Rejection("no_embedding", "no embedding: uniqueness and real-person checks impossible"))
     return out
 
 

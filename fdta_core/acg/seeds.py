@@ -1,0 +1,59 @@
+"""Seeds and control-image assignment of ACG candidates.
+
+A candidate is identified by (identity, attempt, candidate): its sampling seed and its control image
+derive from the run seed and those numbers only, never from the batch it was sampled in or the chunk it
+belongs to, so any identity can be regenerated alone (with ComfyUI's plain KSampler and the recorded
+seed and control image) and chunks of a run compose.
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from ..seeds import derive_seed
+
+#: Stage name used in seed derivation and provenance (``Provenance.seeds["acg"]``).
+STAGE = "acg"
+
+#: How candidates pick their control image: ``random`` draws it from the candidate's own derived seed;
+#: ``cycle`` walks the control images in order (identity i, candidate k, attempt a -> (i + k + a*K) mod N),
+#: so every control image is used equally often.
+CONTROL_POLICIES: tuple[str, ...] = ("random", "cycle")
+
+
+def candidate_seed(run_seed: int, identity: int, attempt: int, candidate: int, *, salt: int = 0) -> int:
+    """Sampling seed of candidate ``candidate`` of ``identity`` in retry round ``attempt``.
+
+    ``salt`` is the sampler node's own seed widget: changing it re-rolls every candidate without changing
+    the identity plan.
+    """
+    return derive_seed(int(run_seed), STAGE, int(salt), int(identity), int(attempt), int(candidate))
+
+
+def control_index(
+    run_seed: int,
+    identity: int,
+    attempt: int,
+    candidate: int,
+    n_controls: int,
+    *,
+    candidates: int = 1,
+    policy: str = "random",
+    salt: int = 0,
+) -> int:
+    """Index of the control image that candidate uses, in ``[0, n_controls)``."""
+    if n_controls <= 0:
+        raise InputError("at least one control image is needed", where="control_images")
+    if policy == "random":
+        return (
+            derive_seed(
+                int(run_seed), STAGE, "control", int(salt), int(identity), int(attempt), int(candidate)
+            )
+            % n_controls
+        )
+    if policy == "cycle":
+        return (int(identity) + int(candidate) + int(attempt) * max(int(candidates), 1)) % n_controls
+    raise InputError(
+        f"unknown control assignment policy {policy!r}",
+        where="control_assignment",
+        fix=f"use one of {', '.join(CONTROL_POLICIES)}.",
+    )

@@ -163,6 +163,14 @@ class FDTAAttributePrompt(io.ComfyNode):
                 io.Int.Input(
                     "batch_size", default=8, min=1, max=64, tooltip="Identities described per request."
                 ),
+                io.Int.Input(
+                    "concurrency",
+                    default=1,
+                    min=1,
+                    max=32,
+                    tooltip="Requests in flight at once (results do not depend on it). Raise it for a local "
+                    "server or a high rate limit.",
+                ),
                 io.Combo.Input(
                     "failure_policy",
                     options=list(POLICIES),

@@ -1,0 +1,226 @@
+"""Build the shipped workflows.
+
+The graphs are defined here once, as API-format prompts, and written as
+
+* ``workflows/api/<name>.json``: the API twin that ``fdta run`` queues;
+* ``workflows/<name>.json``: the editor (UI-format) file users open in ComfyUI, converted with the node
+  schemas of a real ComfyUI (``fdta_core.workflow.api_to_ui``);
+* ``tests/data/workflow_object_info.json``: those schemas, for the CI test that checks the twins agree;
+* ``workflows/inputs/fdta_face_edges.png``: a drawn (not photographed) frontal-face edge map that the
+  ACG sampler uses as its ControlNet image until you connect edge maps of your own photos.
+
+Usage: ``python workflows/build_workflows.py --object-info http://127.0.0.1:8188`` (a running ComfyUI
+with this pack) or ``--object-info FILE.json``. Re-run after changing a graph or a node's inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from fdta_core.prompts.spec import default_spec_text  # noqa: E402
+from fdta_core.workflow import api_to_ui  # noqa: E402
+
+EDGE_IMAGE = "fdta_face_edges.png"
+SD15 = "v1-5-pruned-emaonly.safetensors"
+CANNY = "control_v11p_sd15_canny.pth"
+STG = "dcface_5x5.ckpt"
+SAM = "sam_ffhq_aging.pt"
+PACK = "buffalo_l"
+RUN_SEED = 1
+CHUNK = 100
+
+
+def _acg_front(title: str) -> dict[str, dict[str, Any]]:
+    """Nodes shared by both data sets: plan, ACG source faces, face models."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+        "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": EDGE_IMAGE}, "_meta": {"title": "Control image (edge map)"}},
+        "4": {
+            "class_type": "FDTAAttributeSpec",
+            "inputs": {"spec": default_spec_text(), "identity_start": 0, "identity_count": CHUNK, "seed": RUN_SEED},
+            "_meta": {"title": f"{title}: attributes of identities [start, start+count)"},
+        },
+        "5": {
+            "class_type": "FDTAAttributePrompt",
+            "inputs": {
+                "plan": ["4", 0], "use_llm": False, "base_url": "", "model": "gpt-4o-mini", "temperature": 0.7,
+                "batch_size": 8, "failure_policy": "fallback", "use_cache": True, "api_key_env": "OPENAI_API_KEY",
+            },
+        },  # fmt: skip
+        "6": {
+            "class_type": "FDTAFaceModelLoader",
+            "inputs": {"pack": PACK, "provider": "auto", "det_size": 640, "det_threshold": 0.5},
+        },
+        "7": {
+            "class_type": "FDTAACGSampler",
+            "inputs": {
+                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "control_net": ["2", 0], "plan": ["5", 0],
+                "control_images": ["3", 0], "face_models": ["6", 0],
+                "control_preprocess": "none", "canny_low": 100, "canny_high": 200, "edge_blur": 3,
+                "control_assignment": "random", "strength": 0.8, "start_percent": 0.0, "end_percent": 0.8,
+                "candidates": 4, "batch_size": 8, "seed": RUN_SEED, "steps": 25, "cfg": 7.0,
+                "sampler_name": "dpmpp_2m", "scheduler": "karras", "width": 512, "height": 512, "retries": 2,
+                "on_failure": "skip", "min_det_score": 0.5, "check_gender": True, "check_age": True,
+                "age_tolerance": 10.0, "uniqueness_threshold": 0.3, "real_person_threshold": 0.3,
+            },
+            "_meta": {"title": "ACG: one source face per identity"},
+        },  # fmt: skip
+        "8": {"class_type": "FDTASTGLoader", "inputs": {"checkpoint": STG}},
+        "20": {"class_type": "PreviewImage", "inputs": {"images": ["7", 2]}, "_meta": {"title": "ACG candidates"}},
+    }
+
+
+def syn_ms1m() -> dict[str, dict[str, Any]]:
+    """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
+    (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
+    g = _acg_front("Syn-MS1M")
+    g.update(
+        {
+            "9": {
+                "class_type": "FDTAReferenceBank",
+                "inputs": {"source": "folder", "path": "fdta/ms1m_references", "max_subjects": 0,
+                           "max_per_subject": 0, "first_subject": 0, "tags_csv": "", "face_models": ["6", 0]},
+                "_meta": {"title": "Real reference faces (one sub-folder per subject)"},
+            },  # fmt: skip
+            "10": {
+                "class_type": "FDTASTGMixer",
+                "inputs": {"stg_model": ["8", 0], "source_faces": ["7", 0], "reference_bank": ["9", 0],
+                           "style_policy": "subject", "images_per_identity": 50, "seed": RUN_SEED, "steps": 50,
+                           "eta": 1.0, "batch_size": 16, "precision": "auto"},
+                "_meta": {"title": "STG: identity of the ACG face, style of a real face"},
+            },  # fmt: skip
+            "11": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"}},
+            "12": {
+                "class_type": "FDTAAgeShifter",
+                "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "20, 45, 70",
+                           "age_low": 20, "age_high": 70, "count": 1, "sampling": "random", "seed": RUN_SEED,
+                           "base_age": 30, "keep_originals": True, "batch_size": 0},
+            },  # fmt: skip
+            "13": {
+                "class_type": "FDTACSIMFilter",
+                "inputs": {"faceset": ["12", 0], "face_models": ["6", 0], "threshold": 0.3, "reference": "source",
+                           "min_images_per_identity": 10, "batch_size": 64, "sheet_identities": 8},
+                "_meta": {"title": "CSIM filter: drop images that lost the identity"},
+            },  # fmt: skip
+            "14": {
+                "class_type": "FDTADatasetWriter",
+                "inputs": {"faceset": ["13", 0], "output_name": "fdta/syn_ms1m", "identity_start": 0,
+                           "identity_count": CHUNK},
+            },  # fmt: skip
+            "21": {"class_type": "PreviewImage", "inputs": {"images": ["10", 1]}, "_meta": {"title": "STG styles"}},
+            "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
+        }
+    )
+    return g
+
+
+def syn_mpie() -> dict[str, dict[str, Any]]:
+    """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles of tagged
+    Multi-PIE references (tags from a CSV or folder names)."""
+    g = _acg_front("Syn-MPIE")
+    g.update(
+        {
+            "9": {
+                "class_type": "FDTAReferenceBank",
+                "inputs": {"source": "folder", "path": "fdta/multipie_references", "max_subjects": 0,
+                           "max_per_subject": 0, "first_subject": 0,
+                           "tags_csv": "fdta/multipie_references/tags.csv", "face_models": ["6", 0]},
+                "_meta": {"title": "Tagged references (subject, yaw, lighting, expression)"},
+            },  # fmt: skip
+            "10": {
+                "class_type": "FDTASTGMixer",
+                "inputs": {"stg_model": ["8", 0], "source_faces": ["7", 0], "reference_bank": ["9", 0],
+                           "style_policy": "grid", "images_per_identity": 0, "seed": RUN_SEED, "steps": 50,
+                           "eta": 1.0, "batch_size": 16, "precision": "auto"},
+                "_meta": {"title": "STG: 13 yaws x 7 lightings x 2 expressions"},
+            },  # fmt: skip
+            "13": {
+                "class_type": "FDTACSIMFilter",
+                "inputs": {"faceset": ["10", 0], "face_models": ["6", 0], "threshold": 0.3, "reference": "source",
+                           "min_images_per_identity": 20, "batch_size": 64, "sheet_identities": 8},
+            },  # fmt: skip
+            "14": {
+                "class_type": "FDTADatasetWriter",
+                "inputs": {"faceset": ["13", 0], "output_name": "fdta/syn_mpie", "identity_start": 0,
+                           "identity_count": CHUNK},
+            },  # fmt: skip
+            "21": {"class_type": "PreviewImage", "inputs": {"images": ["10", 1]}, "_meta": {"title": "STG styles"}},
+            "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
+        }
+    )
+    return g
+
+
+WORKFLOWS = {"syn_ms1m": syn_ms1m, "syn_mpie": syn_mpie}
+
+
+def draw_face_edges(size: int = 512):
+    """A clean frontal-face edge map (white lines on black), drawn from geometry: no real person."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    s = size / 512
+    w = max(2, round(3 * s))
+
+    def box(x0, y0, x1, y1):
+        return [round(x0 * s), round(y0 * s), round(x1 * s), round(y1 * s)]
+
+    d.ellipse(box(146, 92, 366, 402), outline="white", width=w)  # face
+    d.arc(box(136, 40, 376, 250), 190, 350, fill="white", width=w)  # hairline
+    for x0 in (184, 282):  # eyes, brows
+        d.ellipse(box(x0, 222, x0 + 48, 246), outline="white", width=w)
+        d.ellipse(box(x0 + 17, 226, x0 + 31, 242), outline="white", width=w)
+        d.arc(box(x0 - 6, 196, x0 + 54, 224), 200, 340, fill="white", width=w)
+    d.line(box(256, 246, 248, 306), fill="white", width=w)  # nose
+    d.arc(box(232, 292, 280, 318), 20, 160, fill="white", width=w)
+    d.arc(box(214, 322, 298, 352), 15, 165, fill="white", width=w)  # lips
+    d.line(box(222, 336, 290, 336), fill="white", width=w)
+    d.arc(box(130, 226, 156, 292), 90, 270, fill="white", width=w)  # ears
+    d.arc(box(356, 226, 382, 292), 270, 90, fill="white", width=w)
+    d.line(box(212, 392, 204, 470), fill="white", width=w)  # neck
+    d.line(box(300, 392, 308, 470), fill="white", width=w)
+    return img
+
+
+def _load_object_info(src: str) -> dict[str, Any]:
+    if src.startswith("http"):
+        with urllib.request.urlopen(src.rstrip("/") + "/object_info", timeout=60) as r:
+            return json.loads(r.read())
+    return json.loads(Path(src).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--object-info", required=True, help="URL of a ComfyUI with this pack, or an object_info JSON")
+    args = ap.parse_args(argv)
+    info = _load_object_info(args.object_info)
+    (HERE / "api").mkdir(exist_ok=True)
+    (HERE / "inputs").mkdir(exist_ok=True)
+    used: dict[str, Any] = {}
+    for name, build in WORKFLOWS.items():
+        api = build()
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+        (HERE / f"{name}.json").write_text(json.dumps(api_to_ui(api, info), indent=1) + "\n")
+        for node in api.values():
+            used[node["class_type"]] = info[node["class_type"]]
+    snapshot = REPO / "tests" / "data" / "workflow_object_info.json"
+    snapshot.parent.mkdir(exist_ok=True)
+    snapshot.write_text(json.dumps(dict(sorted(used.items())), indent=1) + "\n")
+    draw_face_edges().save(HERE / "inputs" / EDGE_IMAGE)
+    print(f"wrote {len(WORKFLOWS)} workflows, their API twins and {snapshot.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

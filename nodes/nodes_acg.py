@@ -55,7 +55,7 @@ def _as_plan(plan: Any) -> PlanRecord:
     raise InputError(
         f"expected an identity plan, got {type(plan).__name__}",
         where="plan",
-        fix="connect the IDENTITY_PLAN output of FDTAAttributePrompt.",
+        fix="connect the plan output of FDTAAttributeSpec or FDTAAttributePrompt.",
     )
 
 

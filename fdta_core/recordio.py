@@ -104,6 +104,8 @@ def aligned_magic_offsets(record: bytes) -> np.ndarray:
 def encode_record(record: bytes) -> bytes:
     """The physical bytes of one logical record: its chunks with headers and padding."""
     record = bytes(record)
+    if _MAGIC_BYTES not in record:  # fast path (almost every record): one C-level search, no numpy
+        return _chunk(0, record)
     splits = aligned_magic_offsets(record)
     if len(splits) == 0:
         return _chunk(0, record)
@@ -161,6 +163,19 @@ class RecordWriter:
         self._offset += len(encoded)
         self.count += 1
         return offset
+
+    def write_encoded_many(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Append several ``(key, encoded)`` records with one write per file (the dataset writer's
+        batches; fewer Python-level writes while the encoder threads hold the cores)."""
+        offset = self._offset
+        lines = []
+        for key, encoded in items:
+            lines.append(f"{int(key)}\t{offset}\n")
+            offset += len(encoded)
+        self._rec.write(b"".join(encoded for _key, encoded in items))
+        self._idx.write("".join(lines))
+        self._offset = offset
+        self.count += len(items)
 
     def close(self, *, fsync: bool = True) -> None:
         if self._rec.closed:

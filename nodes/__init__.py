@@ -19,8 +19,10 @@ NODE_MODULES: tuple[str, ...] = (
     "nodes_prompts",
     "nodes_acg",
     "nodes_faces",
+    "nodes_stg",
     "nodes_age",
     "nodes_dataset",
+    "nodes_train",
 )
 
 #: Filled by :func:`load_node_classes`: module name -> error text, for the log and for tests.

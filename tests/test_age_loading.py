@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import zipfile
 
 import pytest
@@ -36,11 +35,16 @@ def expected(model, probe):
     return _run(model, probe)
 
 
+def _same_tensors(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 @pytest.mark.parametrize(
     "kind",
     ["dict_opts", "latent_vector", "cuda_namespace"],
 )
-def test_released_format_variants_load(tmp_path, model, probe, expected, kind):
+def test_released_format_variants_load(tmp_path, model, kind):
     kw = {
         "dict_opts": {},
         "latent_vector": {"latent_avg_vector": True},
@@ -57,7 +61,7 @@ def test_released_format_variants_load(tmp_path, model, probe, expected, kind):
         # a [512]-style vector is broadcast over the style slots
         assert torch.equal(loaded.latent_avg, model.latent_avg[0].expand_as(loaded.latent_avg))
         return
-    torch.testing.assert_close(_run(loaded, probe), expected, atol=0, rtol=0)
+    assert _same_tensors(loaded, model)
 
 
 def test_cuda_saved_file_really_needs_map_location(tmp_path, model):
@@ -147,26 +151,6 @@ def test_convert_cli_round_trip(tmp_path, model, probe, expected, capsys):
     assert cli_main(["age", "convert", str(src), str(tmp_path / "x.pt")]) == 2
     assert cli_main(["age", "info", str(out)]) == 0
     assert '"layout": "ok"' in capsys.readouterr().out
-
-
-def test_convert_cli_subprocess(tmp_path, model):
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    src = save_sam_checkpoint(model, tmp_path / "m.pt")
-    out = tmp_path / "m.safetensors"
-    env = dict(os.environ, PYTHONPATH=str(repo))
-    r = subprocess.run(
-        [sys.executable, "-m", "fdta_core", "age", "convert", str(src), str(out)],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert out.is_file() and "wrote" in r.stdout
 
 
 def test_save_safetensors_and_half_precision(tmp_path, model, probe):

@@ -29,7 +29,10 @@ WORKFLOW = {
     },
     "2": {"class_type": "FDTASTGMixer", "inputs": {"seed": 5, "faceset": ["1", 0]}},
     "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 2}},
-    "4": {"class_type": "FDTADatasetWriter", "inputs": {"name": "fdta/x", "faceset": ["2", 0]}},
+    "4": {
+        "class_type": "FDTADatasetWriter",
+        "inputs": {"name": "fdta/x", "faceset": ["2", 0], "identity_start": -1, "identity_count": 0},
+    },
 }
 
 
@@ -58,6 +61,7 @@ def test_patch_sets_range_and_derives_every_seed():
     assert core != 5 and core == patch_workflow(WORKFLOW, c, 77)["3"]["inputs"]["seed"]
     assert core != patch_workflow(WORKFLOW, plan_chunks(300, 100)[2], 77)["3"]["inputs"]["seed"]
     assert p["4"]["inputs"]["name"] == "fdta/run1"
+    assert (p["4"]["inputs"]["identity_start"], p["4"]["inputs"]["identity_count"]) == (100, 100)
     assert WORKFLOW["1"]["inputs"]["identity_start"] == 0  # the original is not modified
     with pytest.raises(ConfigError, match="exactly one FDTAAttributeSpec"):
         patch_workflow({"3": WORKFLOW["3"]}, c, 1)

@@ -18,9 +18,13 @@ from ..errors import FDTAError
 #: Sub-command modules under ``fdta_core.cli``; each defines ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "plan",
+    "rec",
     "report",
     "age",
     "run",
+    "train",
+    "verify",
+    "stg",
 )
 
 

@@ -66,6 +66,7 @@ def patch_workflow(
       seeds from it, so the same identity gets the same seeds in any chunking);
     * ComfyUI's own nodes' literal ``seed``/``noise_seed`` inputs get a seed derived from the run seed,
       the node id and the chunk start;
+    * any other node's literal ``identity_start``/``identity_count`` inputs get the chunk's range;
     * ``overrides`` (``(class_type or node id, input, value)``) are applied last.
     """
     out = copy.deepcopy(dict(prompt))
@@ -84,6 +85,11 @@ def patch_workflow(
             inputs["identity_count"] = chunk.count
             inputs["seed"] = int(run_seed)
             continue
+        # other nodes that take the chunk's range (e.g. FDTADatasetWriter) get it too, so a chunk in which
+        # some identity failed is still committed under its full range and never overlaps the next one
+        for key, value in (("identity_start", chunk.start), ("identity_count", chunk.count)):
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
         for key in CORE_SEED_INPUTS:
             if key in inputs and not isinstance(inputs[key], list):  # a list is a link to another node
                 if cls.startswith("FDTA"):

@@ -1,0 +1,45 @@
+"""Dataset writing and tooling: chunks, provenance manifest, merge, shuffle, rec2image, integrity check.
+
+See ``docs/dataset.md`` for the on-disk layout and example manifest queries.
+"""
+
+from .info import inspect
+from .jpeg import JPEG_QUALITY, check_jpeg, decode_jpeg, jpeg_encoder
+from .manifest import EXAMPLE_QUERIES, MANIFEST_NAME, query, read_identities
+from .merge import merge
+from .tools import rec2image, shuffle
+from .writer import (
+    ChunkInfo,
+    ChunkWriter,
+    chunk_name,
+    chunk_range_of,
+    list_chunks,
+    recover,
+    update_index,
+    write_chunk,
+    write_faceset,
+)
+
+__all__ = [
+    "EXAMPLE_QUERIES",
+    "JPEG_QUALITY",
+    "MANIFEST_NAME",
+    "ChunkInfo",
+    "ChunkWriter",
+    "check_jpeg",
+    "chunk_name",
+    "chunk_range_of",
+    "decode_jpeg",
+    "inspect",
+    "jpeg_encoder",
+    "list_chunks",
+    "merge",
+    "query",
+    "read_identities",
+    "rec2image",
+    "recover",
+    "shuffle",
+    "update_index",
+    "write_chunk",
+    "write_faceset",
+]

@@ -1,0 +1,231 @@
+"""Provenance manifest: one SQLite row per image, written beside the records it describes.
+
+A chunk's ``manifest.sqlite`` is written inside the chunk's temporary folder and renamed together with
+``train.rec``, so a committed chunk always has exactly the rows of its records. ``merge`` builds the
+merged manifest with SQL (``ATTACH`` + ``INSERT ... SELECT``), never holding rows in Python.
+
+Tables::
+
+    images(key, label, identity, chunk, source_key, attributes, seeds, reference_key, age_target,
+           csim, history, extra, jpeg_bytes, sha256)
+    identities(label, identity, chunk, first_key, end_key, images)
+    meta(name, value)
+
+``key``/``label`` are the record key and class label in the ``train.rec`` beside the manifest;
+``identity`` is the original identity id of the plan (stable across chunks and merges); ``chunk`` and
+``source_key`` name the chunk and key an image was first written under. ``attributes``, ``seeds``,
+``history`` and ``extra`` are JSON text (query them with SQLite's ``json_extract``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+from ..faceset import Provenance
+
+MANIFEST_NAME = "manifest.sqlite"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE images (
+    key INTEGER PRIMARY KEY,
+    label INTEGER NOT NULL,
+    identity INTEGER NOT NULL,
+    chunk TEXT NOT NULL,
+    source_key INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    seeds TEXT NOT NULL DEFAULT '{}',
+    reference_key TEXT,
+    age_target REAL,
+    csim REAL,
+    history TEXT NOT NULL DEFAULT '[]',
+    extra TEXT NOT NULL DEFAULT '{}',
+    jpeg_bytes INTEGER,
+    sha256 TEXT
+);
+CREATE TABLE identities (
+    label INTEGER PRIMARY KEY,
+    identity INTEGER NOT NULL UNIQUE,
+    chunk TEXT,
+    first_key INTEGER NOT NULL,
+    end_key INTEGER NOT NULL,
+    images INTEGER NOT NULL
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
+CREATE INDEX IF NOT EXISTS images_label ON images(label);
+"""
+
+IMAGE_COLUMNS = (
+    "key",
+    "label",
+    "identity",
+    "chunk",
+    "source_key",
+    "attributes",
+    "seeds",
+    "reference_key",
+    "age_target",
+    "csim",
+    "history",
+    "extra",
+    "jpeg_bytes",
+    "sha256",
+)
+
+#: Example queries (also in docs/dataset.md); tests run them.
+EXAMPLE_QUERIES: dict[str, str] = {
+    "images per gender": (
+        "SELECT json_extract(attributes, '$.gender') AS gender, count(*) AS images, "
+        "count(DISTINCT identity) AS identities FROM images GROUP BY gender ORDER BY gender"
+    ),
+    "low-CSIM images": "SELECT key, identity, csim FROM images WHERE csim < 0.5 ORDER BY csim",
+    "where did identity 42 come from": (
+        "SELECT key, chunk, source_key, json_extract(seeds, '$.acg') AS acg_seed, reference_key, "
+        "age_target, history FROM images WHERE identity = 42 ORDER BY key"
+    ),
+}
+
+
+#: One encoder for every row: ``json.dumps`` with options builds a new encoder per call (slow).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
+def _json(value: Any) -> str:
+    if not value:
+        return "[]" if isinstance(value, list) else "{}"
+    return _ENCODE(value)
+
+
+def image_row(
+    key: int,
+    label: int,
+    identity: int,
+    chunk: str,
+    provenance: Provenance | None,
+    *,
+    jpeg_bytes: int | None = None,
+    sha256: str | None = None,
+) -> tuple:
+    """One ``images`` row (column order :data:`IMAGE_COLUMNS`)."""
+    p = provenance or Provenance(identity=identity)
+    return (
+        int(key),
+        int(label),
+        int(identity),
+        chunk,
+        int(key),
+        _json(p.attributes),
+        _json(p.seeds),
+        p.reference_key,
+        None if p.age_target is None else float(p.age_target),
+        None if p.csim is None else float(p.csim),
+        _json(p.history),
+        _json(p.extra),
+        jpeg_bytes,
+        sha256,
+    )
+
+
+class ManifestWriter:
+    """Builds a new manifest file. Durability comes from the caller's fsync + rename of the folder, so
+    SQLite's own journal is off while building (much faster, and the file is never seen half-built)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            self.path.unlink()
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.executescript(_SCHEMA)
+        self.conn.execute("BEGIN")
+        self._insert = (
+            f"INSERT INTO images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})"
+        )
+
+    def add_images(self, rows: Iterable[tuple]) -> None:
+        self.conn.executemany(self._insert, rows)
+
+    def add_identity(
+        self, label: int, identity: int, chunk: str | None, first_key: int, end_key: int
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+            (int(label), int(identity), chunk, int(first_key), int(end_key), int(end_key - first_key)),
+        )
+
+    def set_meta(self, **values: Any) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [(k, v if isinstance(v, str) else _json(v)) for k, v in values.items()],
+        )
+
+    def close(self, *, fsync: bool = True) -> None:
+        if self.conn is None:
+            return
+        self.set_meta(schema_version=SCHEMA_VERSION)
+        self.conn.execute("COMMIT")
+        self.conn.executescript(_INDEXES)
+        self.conn.close()
+        self.conn = None
+        if fsync:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def abort(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+
+
+@contextlib.contextmanager
+def open_manifest(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
+    """Read-only connection to a manifest (raises :class:`DatasetError` when absent or not a manifest)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    if not p.is_file():
+        raise DatasetError(f"manifest {p} not found")
+    try:
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        conn.execute("SELECT count(*) FROM images")
+    except sqlite3.DatabaseError as exc:
+        raise DatasetError(f"{p} is not a readable FDTA manifest ({exc})") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def read_identities(path: str | os.PathLike) -> list[tuple[int, int, str | None, int, int]]:
+    """``(label, identity, chunk, first_key, end_key)`` rows of a manifest, by label."""
+    with open_manifest(path) as conn:
+        return [
+            (int(a), int(b), c, int(d), int(e))
+            for a, b, c, d, e in conn.execute(
+                "SELECT label, identity, chunk, first_key, end_key FROM identities ORDER BY label"
+            )
+        ]
+
+
+def query(path: str | os.PathLike, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+    """Run a read-only query on a manifest (the connection is opened read-only)."""
+    with open_manifest(path) as conn:
+        try:
+            return list(conn.execute(sql, tuple(params)))
+        except sqlite3.Error as exc:
+            raise DatasetError(f"query failed on {path}: {exc}") from None

@@ -1,0 +1,292 @@
+"""Join chunks (from one or many machines) into one insightface-layout ``train.rec``.
+
+Identities are renumbered contiguously ``0..C-1`` in the order of their *original* identity id, so the
+result does not depend on which machine wrote which chunk or on the order of the arguments. Images get
+keys ``1..N`` grouped by identity, identity records ``N+1..N+C``, the header at key 0. JPEG payloads
+are copied, never re-encoded. The merged ``manifest.sqlite`` maps every new key/label to the original
+identity, chunk and key (built with SQL, in constant memory). The output folder is written under a
+temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+from ..fsutil import atomic_write_text, fsync_dir
+from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, read_property, unpack
+from .manifest import IMAGE_COLUMNS, MANIFEST_NAME, ManifestWriter, image_row, read_identities
+from .writer import CHUNKS_DIR, list_chunks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Identity:
+    identity: int
+    source: int
+    label: int
+    first_key: int
+    end_key: int
+
+
+@dataclass
+class _Source:
+    path: Path
+    name: str
+    reader: RecordReader
+    manifest: Path | None
+    size: tuple[int, int]
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Chunk/record folders named by ``paths``: a dataset folder (``chunks/``) stands for its committed
+    chunks; a folder with ``train.rec`` stands for itself."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if (p / "train.rec").is_file():
+            out.append(p)
+        elif (p / CHUNKS_DIR).is_dir():
+            chunks = list_chunks(p)
+            if not chunks:
+                raise DatasetError(f"{p / CHUNKS_DIR} holds no committed chunk")
+            out.extend(Path(c.path) for c in chunks)
+        else:
+            raise DatasetError(
+                f"{p} is neither a chunk/record folder (train.rec) nor a dataset folder (chunks/)",
+                fix="pass chunk folders, dataset folders or merged outputs.",
+            )
+    if not out:
+        raise DatasetError("nothing to merge", fix="pass at least one chunk or dataset folder.")
+    seen: dict[Path, int] = {}
+    for p in out:
+        r = p.resolve()
+        if r in seen:
+            raise DatasetError(f"{p} is given twice", fix="pass each chunk or dataset once.")
+        seen[r] = 1
+    return out
+
+
+def _open_source(path: Path, index: int) -> tuple[_Source, list[_Identity]]:
+    reader = RecordReader(path / "train.rec")
+    layout = read_layout(reader)
+    if layout.kind != "insightface":
+        raise DatasetError(
+            f"{path} is in the {layout.kind} layout; merge needs the insightface layout (header + identity records)",
+            fix="merge chunk folders or merged outputs, not shuffled (DALI) sets.",
+        )
+    try:
+        c, h, w = read_property(path)
+        size = (h, w)
+    except DatasetError:
+        size = (112, 112)
+    manifest = path / MANIFEST_NAME
+    idents: list[_Identity] = []
+    if manifest.is_file():
+        rows = read_identities(manifest)
+        if len(rows) != layout.num_classes:
+            raise DatasetError(f"{manifest}: {len(rows)} identities, the records hold {layout.num_classes}")
+        for (label, identity, _chunk, s, e), (rs, re_) in zip(rows, layout.identity_ranges, strict=True):
+            if (s, e) != (rs, re_):
+                raise DatasetError(
+                    f"{manifest}: identity {identity} covers keys [{s}, {e}), the records say [{rs}, {re_})"
+                )
+            idents.append(_Identity(identity, index, label, s, e))
+    else:
+        log.warning("%s has no %s: original identity ids are taken to be its labels", path, MANIFEST_NAME)
+        for label, (s, e) in enumerate(layout.identity_ranges):
+            idents.append(_Identity(label, index, label, s, e))
+    src = _Source(path, path.name, reader, manifest if manifest.is_file() else None, size)
+    return src, idents
+
+
+def _temp_and_old(out: Path) -> tuple[Path, Path]:
+    return (out.with_name(f".{out.name}.tmp-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}"))
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``; an existing record folder there is replaced."""
+    _, old = _temp_and_old(out)
+    replaced = False
+    if out.exists():
+        if not out.is_dir():
+            raise DatasetError(f"{out} exists and is not a folder")
+        entries = list(out.iterdir())
+        if entries and not (out / "train.rec").exists() and not (out / "rec2image.json").exists():
+            raise DatasetError(
+                f"{out} exists and holds other files; refusing to replace it",
+                fix="choose a new output folder or remove it.",
+            )
+        if entries:
+            os.replace(out, old)
+            replaced = True
+        else:
+            out.rmdir()
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    if replaced:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge(
+    out: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Merge chunks/datasets into ``out`` (``train.rec``, ``train.idx``, ``property``,
+    ``manifest.sqlite``, ``merge.json``); returns a summary dict."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    folders = expand_inputs(paths)
+    sources: list[_Source] = []
+    idents: list[_Identity] = []
+    try:
+        for i, folder in enumerate(folders):
+            src, ids = _open_source(folder, i)
+            sources.append(src)
+            idents.extend(ids)
+        sizes = {s.size for s in sources}
+        if len(sizes) > 1:
+            raise DatasetError(f"inputs have different image sizes {sorted(sizes)}; cannot merge")
+        idents.sort(key=lambda x: x.identity)
+        for a, b in zip(idents, idents[1:], strict=False):
+            if a.identity == b.identity:
+                raise DatasetError(
+                    f"identity {a.identity} appears in {sources[a.source].path} and {sources[b.source].path}",
+                    fix="merge each identity range once (remove the duplicate chunk).",
+                )
+        n = sum(x.end_key - x.first_key for x in idents)
+        c = len(idents)
+        if n == 0:
+            raise DatasetError("the inputs hold no images")
+        if n + c + 1 >= 1 << 24:
+            log.warning("%d records: keys beyond 2^24 are no longer exact as float32 labels", n + c + 1)
+        tmp, _ = _temp_and_old(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            _write_merged(tmp, sources, idents, n, c, progress)
+            size = next(iter(sizes))
+            atomic_write_text(tmp / "property", f"{c},{size[0]},{size[1]}")
+            summary = {
+                "images": n,
+                "classes": c,
+                "sources": [str(s.path) for s in sources],
+                "identity_min": idents[0].identity,
+                "identity_max": idents[-1].identity,
+                "created": time.time(),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            atomic_write_text(tmp / "merge.json", json.dumps(summary, indent=1))
+            fsync_dir(tmp)
+            replace_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        for s in sources:
+            s.reader.close()
+    summary["path"] = str(out)
+    log.info("merged %d source(s) into %s: %d images, %d identities", len(sources), out, n, c)
+    return summary
+
+
+def _write_merged(
+    tmp: Path,
+    sources: list[_Source],
+    idents: list[_Identity],
+    n: int,
+    c: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    manifest = ManifestWriter(tmp / MANIFEST_NAME)
+    try:
+        with RecordWriter(tmp / "train.rec", tmp / "train.idx") as w:
+            w.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
+            key = 1
+            bounds = []
+            for label, ident in enumerate(idents):
+                reader = sources[ident.source].reader
+                first = key
+                for k in range(ident.first_key, ident.end_key):
+                    header, payload = unpack(reader.read(k))
+                    w.write(key, pack(IRHeader(0, float(label), key, 0), payload))
+                    key += 1
+                bounds.append((first, key))
+                manifest.add_identity(label, ident.identity, sources[ident.source].name, first, key)
+                if progress is not None:
+                    progress(key - 1, n)
+            for label, (s, e) in enumerate(bounds):
+                w.write(n + 1 + label, pack(IRHeader(2, (float(s), float(e)), n + 1 + label, 0)))
+        _merge_manifests(manifest, sources, idents, bounds)
+        manifest.set_meta(images=n, classes=c, merged_from=[str(s.path) for s in sources])
+        manifest.close()
+    except BaseException:
+        manifest.abort()
+        raise
+
+
+def _merge_manifests(
+    manifest: ManifestWriter, sources: list[_Source], idents: list[_Identity], bounds: list[tuple[int, int]]
+) -> None:
+    conn = manifest.conn
+    conn.execute("COMMIT")
+    conn.execute(
+        "CREATE TEMP TABLE keymap (source INTEGER, old_label INTEGER, new_label INTEGER, shift INTEGER)"
+    )
+    conn.executemany(
+        "INSERT INTO keymap VALUES (?, ?, ?, ?)",
+        [(x.source, x.label, lab, bounds[lab][0] - x.first_key) for lab, x in enumerate(idents)],
+    )
+    cols = ", ".join(IMAGE_COLUMNS)
+    rest = ", ".join(f"s.{col}" for col in IMAGE_COLUMNS[2:])
+    for i, src in enumerate(sources):
+        if src.manifest is None:
+            conn.execute("BEGIN")
+            rows = []
+            for lab, x in enumerate(idents):
+                if x.source != i:
+                    continue
+                for k in range(x.first_key, x.end_key):
+                    row = list(image_row(k + bounds[lab][0] - x.first_key, lab, x.identity, src.name, None))
+                    row[4] = k
+                    rows.append(tuple(row))
+            manifest.add_images(rows)
+            conn.execute("COMMIT")
+            continue
+        conn.execute("ATTACH DATABASE ? AS src", (str(src.manifest),))
+        try:
+            conn.execute("BEGIN")
+            conn.execute(
+                f"INSERT INTO images ({cols}) SELECT s.key + m.shift, m.new_label, {rest} "
+                "FROM src.images s JOIN keymap m ON m.source = ? AND m.old_label = s.label",
+                (i,),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise DatasetError(f"{src.manifest}: cannot copy manifest rows ({exc})") from None
+        finally:
+            conn.execute("DETACH DATABASE src")
+    expected = bounds[-1][1] - 1 if bounds else 0
+    got = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    if got != expected:
+        raise DatasetError(
+            f"merged manifest has {got} rows for {expected} images (a source manifest is incomplete)"
+        )
+    conn.execute("BEGIN")

@@ -1,0 +1,609 @@
+"""Streaming, crash-safe writing of facesets as dataset *chunks*.
+
+One ComfyUI prompt writes one chunk: an identity range ``[start, end)`` stored as a complete
+insightface-layout set of its own::
+
+    <dataset>/
+      chunks/
+        000000000-000000100/      committed chunk (identities 0..99)
+          train.rec train.idx     images at keys 1..N (labels 0..C-1 local to the chunk), identity
+                                  records N+1..N+C, header at key 0 (written last)
+          property                "C,112,112"
+          manifest.sqlite         one row per image (original identity ids, provenance)
+          chunk.json              range, counts, identity list (local label -> original identity)
+        .tmp-<name>-<host>-<pid>/ a chunk being written (never looks complete)
+      dataset.json                index of committed chunks (rebuilt from the folder after each commit)
+
+A chunk is written into its ``.tmp-*`` folder, every file is fsynced, then the folder is renamed to its
+final name, so a killed writer leaves no chunk that looks complete. Writing the same range again
+replaces the old chunk (``.old-*`` swap, recovered on the next run if killed between the renames).
+
+JPEG encoding (plus RecordIO framing and hashing) runs in a thread pool: the encoders release the GIL,
+so all cores are used. At most ``max_pending`` batches are in flight, so memory does not depend on the
+number of faces written.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError, InputError
+from ..faceset import FACE_SIZE, FaceSet, Provenance
+from ..fsutil import atomic_write_text, fsync_dir
+from ..recordio import IRHeader, RecordWriter, encode_record, pack
+from .jpeg import JPEG_QUALITY, jpeg_encoder
+from .manifest import MANIFEST_NAME, ManifestWriter, image_row
+
+log = logging.getLogger(__name__)
+
+CHUNKS_DIR = "chunks"
+CHUNK_META = "chunk.json"
+DATASET_INDEX = "dataset.json"
+_NAME_RE = re.compile(r"^(\d{9,})-(\d{9,})$")
+_TMP_RE = re.compile(r"^\.(tmp|old)-(\d{9,}-\d{9,})-(.+)-(\d+)$")
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+#: Temporary chunk folders owned by live writers of this process (never cleaned up as stale).
+_ACTIVE: set[str] = set()
+
+
+def chunk_name(start: int, end: int) -> str:
+    """Folder name of the chunk of identities ``[start, end)``; sorts in identity order."""
+    return f"{int(start):09d}-{int(end):09d}"
+
+
+def parse_chunk_name(name: str) -> tuple[int, int] | None:
+    m = _NAME_RE.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass
+class ChunkInfo:
+    """What ``chunk.json`` records about a committed chunk."""
+
+    name: str
+    start: int
+    end: int
+    images: int
+    classes: int
+    identities: list[int]
+    quality: int = JPEG_QUALITY
+    jpeg_backend: str = ""
+    image_size: list[int] = field(default_factory=lambda: [FACE_SIZE, FACE_SIZE])
+    created: float = 0.0
+    host: str = ""
+    seconds: float = 0.0
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> ChunkInfo:
+        p = Path(folder) / CHUNK_META
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            info = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"})
+        except FileNotFoundError:
+            raise DatasetError(f"{p} not found: {folder} is not a committed chunk") from None
+        except (ValueError, TypeError) as exc:
+            raise DatasetError(f"{p} is not a valid chunk description ({exc})") from None
+        info.path = str(Path(folder))
+        return info
+
+
+# ---------------------------------------------------------------------------- dataset folder
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, AttributeError):
+        return True
+    return True
+
+
+def recover(dataset: str | os.PathLike) -> list[str]:
+    """Clean up after writers killed on this host; returns what was done (for the log).
+
+    * ``.tmp-*`` of a dead writer: removed (the chunk was never committed);
+    * ``.old-*`` of a dead writer: if the new chunk is in place the old copy is removed, otherwise the
+      old copy is renamed back (the previous committed chunk is restored).
+    Folders of other hosts or of live writers are left alone.
+    """
+    chunks = Path(dataset) / CHUNKS_DIR
+    done: list[str] = []
+    if not chunks.is_dir():
+        return done
+    for entry in sorted(chunks.iterdir()):
+        m = _TMP_RE.match(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        kind, name, host, pid = m.group(1), m.group(2), m.group(3), int(m.group(4))
+        if host != _HOST or str(entry) in _ACTIVE:
+            continue
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        final = chunks / name
+        if kind == "tmp":
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed unfinished chunk {entry.name}")
+        elif final.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed replaced copy {entry.name}")
+        else:
+            os.replace(entry, final)
+            done.append(f"restored committed chunk {name} from {entry.name}")
+    if done:
+        fsync_dir(chunks)
+        for line in done:
+            log.warning("dataset %s: %s", dataset, line)
+    return done
+
+
+def list_chunks(dataset: str | os.PathLike) -> list[ChunkInfo]:
+    """Committed chunks of a dataset folder, in identity order (the folder is the source of truth)."""
+    chunks = Path(dataset) / CHUNKS_DIR
+    if not chunks.is_dir():
+        return []
+    out = []
+    for entry in sorted(chunks.iterdir()):
+        if parse_chunk_name(entry.name) is None or not entry.is_dir():
+            continue
+        if not (entry / CHUNK_META).is_file():
+            log.warning("%s has no %s; ignored (not a committed chunk)", entry, CHUNK_META)
+            continue
+        out.append(ChunkInfo.load(entry))
+    return out
+
+
+@contextlib.contextmanager
+def _dataset_lock(dataset: Path):
+    """An advisory lock on ``<dataset>/.lock`` (POSIX; a no-op elsewhere) around index updates."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(dataset / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def update_index(dataset: str | os.PathLike) -> dict[str, Any]:
+    """Rewrite ``dataset.json`` from the committed chunk folders (atomically, under a lock)."""
+    root = Path(dataset)
+    with _dataset_lock(root):
+        infos = list_chunks(root)
+        index = {
+            "format": "fdta-dataset-1",
+            "chunks": [
+                {"name": c.name, "start": c.start, "end": c.end, "images": c.images, "classes": c.classes}
+                for c in infos
+            ],
+            "images": sum(c.images for c in infos),
+            "classes": sum(c.classes for c in infos),
+            "updated": time.time(),
+        }
+        atomic_write_text(root / DATASET_INDEX, json.dumps(index, indent=1))
+    return index
+
+
+def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
+    if exc.errno == errno.ENOSPC:
+        return DatasetError(
+            f"no space left on the device while {what} in {where}; nothing was committed for this chunk "
+            "and committed chunks are untouched",
+            fix="free disk space (or choose another output folder) and run the prompt again.",
+        )
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return DatasetError(
+            f"cannot write in {where} while {what} ({exc.strerror})",
+            fix="choose an output folder you can write to.",
+        )
+    return DatasetError(f"{what} in {where} failed: {exc}")
+
+
+# ---------------------------------------------------------------------------- the writer
+#: IRHeader of an image record with a scalar label (what ``recordio.pack`` writes; packed directly here
+#: because this runs once per face).
+_IMAGE_HEADER = struct.Struct("<IfQQ")
+
+
+def _encode_batch(
+    encode: Callable[[np.ndarray], bytes], items: list[tuple[int, int, np.ndarray]]
+) -> list[tuple[bytes, int, str]]:
+    out = []
+    for key, label, image in items:
+        jpeg = encode(image)
+        out.append(
+            (
+                encode_record(_IMAGE_HEADER.pack(0, float(label), key, 0) + jpeg),
+                len(jpeg),
+                hashlib.sha256(jpeg).hexdigest(),
+            )
+        )
+    return out
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+class ChunkWriter:
+    """Write one chunk (identities ``[start, end)``) of a dataset, streaming.
+
+    ``add(image, identity, provenance)`` takes one aligned 112x112 RGB uint8 face; images of one
+    identity must be contiguous. ``commit()`` makes the chunk visible atomically; leaving the ``with``
+    block with an exception (or calling ``abort()``) removes everything written for it.
+    """
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike,
+        start: int,
+        end: int,
+        *,
+        quality: int = JPEG_QUALITY,
+        workers: int | None = None,
+        batch_size: int = 32,
+        max_pending: int | None = None,
+        jpeg_backend: str = "auto",
+        image_size: tuple[int, int] = (FACE_SIZE, FACE_SIZE),
+        progress: Callable[[int, int], None] | None = None,
+        total: int | None = None,
+    ) -> None:
+        start, end = int(start), int(end)
+        if start < 0 or end <= start:
+            raise InputError(
+                f"identity range [{start}, {end}) is empty or negative",
+                where="identity range",
+                fix="identity_start must be >= 0 and identity_count >= 1.",
+            )
+        if end > (1 << 24):
+            raise InputError(
+                f"identity {end - 1} is beyond 2^24: float32 labels would no longer be exact",
+                where="identity range",
+            )
+        self.root = Path(dataset)
+        self.start, self.end = start, end
+        self.name = chunk_name(start, end)
+        self.quality = int(quality)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.backend, self._encode = jpeg_encoder(jpeg_backend, self.quality)
+        self.workers = int(workers or default_workers())
+        self.batch_size = max(1, int(batch_size))
+        self.max_pending = int(max_pending or 2 * self.workers + 2)
+        self.progress = progress
+        self.total = total
+        self._t0 = time.perf_counter()
+        chunks = self.root / CHUNKS_DIR
+        try:
+            chunks.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, "creating the dataset folder", chunks) from None
+        recover(self.root)
+        for other in list_chunks(self.root):
+            if other.name != self.name and other.start < end and start < other.end:
+                raise InputError(
+                    f"chunk {self.name} (identities {start}..{end - 1}) overlaps committed chunk {other.name} "
+                    f"in {chunks}",
+                    where="identity range",
+                    fix="write chunks with disjoint identity ranges, or delete the overlapping chunk folder.",
+                )
+        self.tmp = chunks / f".tmp-{self.name}-{_HOST}-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        try:
+            self.tmp.mkdir()
+            _ACTIVE.add(str(self.tmp))
+            self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
+            self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
+        except OSError as exc:
+            self._cleanup()
+            raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")
+        self._pending: collections.deque = collections.deque()
+        self._batch: list[tuple[int, int, np.ndarray]] = []
+        self._batch_meta: list[tuple[int, int, int, Provenance | None]] = []
+        self._identities: list[int] = []  # local label -> original identity
+        self._idset: set[int] = set()
+        self._first_key: list[int] = []
+        self._next_key = 1
+        self._written = 0
+        self._closed = False
+
+    # -------------------------------------------------------------- adding
+    def add(
+        self, image: np.ndarray, identity: int, provenance: Provenance | None = None, *, copy: bool = False
+    ) -> int:
+        """Queue one face; returns its record key. Raises :class:`InputError` for a bad image/label.
+
+        The array is referenced (not copied) until its batch is encoded; pass ``copy=True`` when the
+        caller reuses the buffer for the next face.
+        """
+        if self._closed:
+            raise DatasetError(f"chunk {self.name} is already committed or aborted")
+        key = self._next_key
+        where = f"chunk {self.name}, image {key - 1} (identity {identity})"
+        h, w = self.image_size
+        if not isinstance(image, np.ndarray):
+            self._fail(InputError(f"expected a numpy array, got {type(image).__name__}", where=where))
+        if image.shape != (h, w, 3):
+            self._fail(
+                InputError(
+                    f"image has shape {list(image.shape)}, expected [{h}, {w}, 3] (an aligned RGB face)",
+                    where=where,
+                    fix="align the faces first (FDTAAlignFaces).",
+                )
+            )
+        if image.dtype != np.uint8:
+            self._fail(
+                InputError(
+                    f"image has dtype {image.dtype}, expected uint8 (0..255)",
+                    where=where,
+                    fix="convert float images in [0, 1] with fdta_core.faceset.image_to_uint8.",
+                )
+            )
+        try:
+            identity = int(identity)
+        except (TypeError, ValueError):
+            self._fail(InputError(f"identity {identity!r} is not an integer", where=where))
+        if not self.start <= identity < self.end:
+            self._fail(
+                InputError(
+                    f"identity {identity} is outside the chunk's range {self.start}..{self.end - 1}",
+                    where=where,
+                    fix="set the chunk's identity range to cover every label of the faceset.",
+                )
+            )
+        if provenance is not None and int(provenance.identity) != identity:
+            self._fail(InputError(f"provenance says identity {provenance.identity}", where=where))
+        if not self._identities or self._identities[-1] != identity:
+            if identity in self._idset:
+                self._fail(
+                    InputError(
+                        f"images of identity {identity} are not contiguous",
+                        where=where,
+                        fix="group the images by identity (FaceSet.sorted_by_identity()).",
+                    )
+                )
+            self._identities.append(identity)
+            self._first_key.append(key)
+            self._idset.add(identity)
+        label = len(self._identities) - 1
+        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
+        self._batch_meta.append((key, label, identity, provenance))
+        self._next_key += 1
+        if len(self._batch) >= self.batch_size:
+            self._submit()
+        return key
+
+    def add_faceset(self, faceset: FaceSet) -> None:
+        """Add every image of a faceset, grouped by identity (stable within an identity)."""
+        images, labels, prov = faceset.images, faceset.labels, faceset.provenance
+        for i in np.argsort(labels, kind="stable").tolist():  # views, no copy of the faceset
+            self.add(images[i], int(labels[i]), prov[i])
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        fut = self._pool.submit(_encode_batch, self._encode, self._batch)
+        self._pending.append((fut, self._batch_meta))
+        self._batch, self._batch_meta = [], []
+        while len(self._pending) >= self.max_pending:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        fut, meta = self._pending.popleft()
+        try:
+            results = fut.result()
+        except Exception as exc:
+            self._fail(
+                DatasetError(f"encoding JPEG failed in chunk {self.name}: {type(exc).__name__}: {exc}")
+            )
+        rows = []
+        try:
+            for (_encoded, nbytes, sha), (key, label, identity, prov) in zip(results, meta, strict=True):
+                rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
+            self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
+            self._manifest.add_images(rows)
+        except OSError as exc:
+            self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
+        self._written += len(meta)
+        if self.progress is not None:
+            self.progress(self._written, max(self.total or 0, self._written))
+
+    # -------------------------------------------------------------- finishing
+    def commit(self) -> ChunkInfo:
+        """Finish the records, fsync, and rename the chunk into place (replacing an older copy)."""
+        if self._closed:
+            raise DatasetError(f"chunk {self.name} is already committed or aborted")
+        try:
+            self._submit()
+            while self._pending:
+                self._drain_one()
+            n = self._next_key - 1
+            c = len(self._identities)
+            if n == 0:
+                self._fail(
+                    InputError(
+                        f"no images to write for chunk {self.name}",
+                        where="faceset",
+                        fix="the faceset is empty (did a filter drop every image?); nothing was written.",
+                    )
+                )
+            bounds = [*self._first_key, n + 1]
+            try:
+                for label in range(c):
+                    self._rec.write(
+                        n + 1 + label,
+                        pack(IRHeader(2, (float(bounds[label]), float(bounds[label + 1])), n + 1 + label, 0)),
+                    )
+                    self._manifest.add_identity(
+                        label, self._identities[label], self.name, bounds[label], bounds[label + 1]
+                    )
+                self._rec.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
+                self._rec.close()
+                info = ChunkInfo(
+                    name=self.name,
+                    start=self.start,
+                    end=self.end,
+                    images=n,
+                    classes=c,
+                    identities=list(self._identities),
+                    quality=self.quality,
+                    jpeg_backend=self.backend,
+                    image_size=list(self.image_size),
+                    created=time.time(),
+                    host=_HOST,
+                    seconds=round(time.perf_counter() - self._t0, 3),
+                )
+                self._manifest.set_meta(chunk=self.name, start=self.start, end=self.end, images=n, classes=c)
+                self._manifest.close()
+                atomic_write_text(self.tmp / "property", f"{c},{self.image_size[0]},{self.image_size[1]}")
+                atomic_write_text(self.tmp / CHUNK_META, json.dumps(info.to_dict(), indent=1))
+                fsync_dir(self.tmp)
+                final = self._swap_into_place()
+            except OSError as exc:
+                self._fail(_os_error(exc, f"committing chunk {self.name}", self.tmp))
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        info.path = str(final)
+        try:
+            update_index(self.root)
+        except OSError as exc:  # the chunk itself is committed; the index is derived and rebuilt later
+            log.warning("could not update %s: %s", self.root / DATASET_INDEX, exc)
+        log.info(
+            "committed chunk %s: %d images, %d identities, %.1fs",
+            self.name,
+            info.images,
+            info.classes,
+            info.seconds,
+        )
+        return info
+
+    def _swap_into_place(self) -> Path:
+        chunks = self.root / CHUNKS_DIR
+        final = chunks / self.name
+        old = chunks / f".old-{self.name}-{_HOST}-{os.getpid()}"
+        replaced = False
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            replaced = True
+        os.replace(self.tmp, final)
+        _ACTIVE.discard(str(self.tmp))
+        fsync_dir(chunks)
+        if replaced:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("replaced earlier copy of chunk %s", self.name)
+        return final
+
+    def _fail(self, exc: Exception) -> None:
+        self.abort()
+        raise exc
+
+    def _cleanup(self) -> None:
+        _ACTIVE.discard(str(self.tmp))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop everything written for this chunk; committed chunks are untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            for fut, _meta in getattr(self, "_pending", ()):
+                fut.cancel()
+            pool.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self._rec.close(fsync=False)
+        with contextlib.suppress(Exception):
+            self._manifest.abort()
+        self._cleanup()
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.commit()
+
+
+def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None = None) -> tuple[int, int]:
+    """The chunk range: explicit ``start``/``count`` when given (>= 0 / > 0), otherwise
+    ``[min label, max label + 1)`` of the faceset."""
+    if len(faceset) == 0:
+        raise InputError(
+            "the faceset is empty: nothing to write",
+            where="faceset",
+            fix="check the upstream filter (CSIM threshold) and the identity plan.",
+        )
+    lo, hi = int(faceset.labels.min()), int(faceset.labels.max()) + 1
+    s = lo if start is None or start < 0 else int(start)
+    e = (s + int(count)) if count is not None and count > 0 else max(hi, s + 1)
+    return s, e
+
+
+def write_faceset(
+    faceset: FaceSet,
+    dataset: str | os.PathLike,
+    *,
+    start: int | None = None,
+    count: int | None = None,
+    **kwargs: Any,
+) -> ChunkInfo:
+    """Write a faceset as one committed chunk of ``dataset`` (see :class:`ChunkWriter` for options)."""
+    s, e = chunk_range_of(faceset, start, count)
+    with ChunkWriter(dataset, s, e, total=len(faceset), **kwargs) as w:
+        w.add_faceset(faceset)
+        return w.commit()
+
+
+def write_chunk(
+    dataset: str | os.PathLike,
+    start: int,
+    end: int,
+    items: Iterable[tuple[np.ndarray, int, Provenance | None]],
+    **kwargs: Any,
+) -> ChunkInfo:
+    """Stream ``(image, identity, provenance)`` items (grouped by identity) into one committed chunk."""
+    with ChunkWriter(dataset, start, end, **kwargs) as w:
+        for image, identity, prov in items:
+            w.add(image, identity, prov)
+        return w.commit()

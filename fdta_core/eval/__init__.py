@@ -1,0 +1,1 @@
+"""Face-recognition evaluation: verification benchmarks (``.bin``) under the published protocol."""

@@ -1,0 +1,127 @@
+"""Source faceset + reference bank -> styled faceset (what ``FDTASTGMixer`` runs).
+
+Every styled image keeps the identity label of its source, records the reference key, style index,
+policy and seed in its provenance, and the source faces travel along in ``FaceSet.sources``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..faceset import FaceSet
+from ..seeds import derive_seed
+from .bank import ReferenceBank
+from .ddim import DEFAULT_ETA, DEFAULT_STEPS
+from .policies import StylePick, pick_styles
+from .sampler import GenerationRequest, STGSampler
+
+log = logging.getLogger(__name__)
+
+STAGE = "stg"
+
+
+@dataclass
+class MixResult:
+    faceset: FaceSet
+    contact_sheet: np.ndarray  # uint8 [H, W, 3]
+    picks: list[StylePick]
+
+
+def image_seed(run_seed: int, identity: int, style_index: int) -> int:
+    """Noise seed of one styled image: depends only on the run seed, the identity and the style index."""
+    return derive_seed(run_seed, STAGE, int(identity), int(style_index))
+
+
+def mix(
+    sampler: STGSampler,
+    source: FaceSet,
+    bank: ReferenceBank,
+    *,
+    policy: str = "subject",
+    images_per_identity: int = 4,
+    run_seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    eta: float = DEFAULT_ETA,
+    batch_size: int = 16,
+    grid_axes: Sequence[tuple[str, Sequence[str]]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MixResult:
+    """Render ``images_per_identity`` styles of every identity of ``source``."""
+    identities = source.identities
+    if not identities:
+        raise InputError("the source faceset is empty", where="source_faces")
+    first_prov = {}
+    for _img, lab, prov in source:
+        first_prov.setdefault(lab, prov)
+    id_images = np.stack([source.source_of(i) for i in identities])
+    picks = pick_styles(
+        bank,
+        identities,
+        policy=policy,
+        images_per_identity=images_per_identity,
+        run_seed=run_seed,
+        grid_axes=grid_axes,
+    )
+    pos = {ident: k for k, ident in enumerate(identities)}
+    seeds = [image_seed(run_seed, p.identity, p.style_index) for p in picks]
+    req = GenerationRequest(
+        id_images=id_images,
+        id_index=np.array([pos[p.identity] for p in picks], np.int64),
+        style_images=bank.images[[p.bank_index for p in picks]] if picks else np.zeros((0, 112, 112, 3), np.uint8),
+        seeds=seeds,
+    )
+    images = sampler.generate(req, steps=steps, eta=eta, batch_size=batch_size, progress=progress)
+    prov = []
+    for p, seed in zip(picks, seeds, strict=True):
+        extra = {
+            "stg_style_index": p.style_index,
+            "stg_policy": policy,
+            "stg_reference_subject": bank.subjects[p.bank_index],
+            "stg_steps": steps,
+            "stg_eta": eta,
+        }
+        if p.cell is not None:
+            extra["stg_cell"] = list(p.cell)
+        if bank.tags[p.bank_index]:
+            extra["stg_reference_tags"] = dict(bank.tags[p.bank_index])
+        prov.append(
+            first_prov[p.identity].derive(
+                STAGE, reference_key=bank.keys[p.bank_index], seeds={STAGE: seed}, extra=extra
+            )
+        )
+    labels = np.array([p.identity for p in picks], np.int64)
+    styled = FaceSet(images, labels, prov, {i: source.source_of(i) for i in identities})
+    sheet = contact_sheet(styled, bank, picks)
+    return MixResult(styled, sheet, picks)
+
+
+def contact_sheet(
+    styled: FaceSet, bank: ReferenceBank, picks: Sequence[StylePick], *, max_identities: int = 8, max_styles: int = 8
+) -> np.ndarray:
+    """The paper's figure layout: per identity one row of [source | references] above one row of
+    [blank | generated images]; at most ``max_identities`` x ``max_styles``."""
+    ids = styled.identities[:max_identities]
+    by_id: dict[int, list[int]] = {}
+    for i, p in enumerate(picks):
+        if p.identity in ids and len(by_id.setdefault(p.identity, [])) < max_styles:
+            by_id[p.identity].append(i)
+    cols = 1 + max((len(v) for v in by_id.values()), default=0)
+    tile, gap = 112, 4
+    rows = 2 * len(ids)
+    sheet = np.full((rows * (tile + gap) + gap, cols * (tile + gap) + gap, 3), 255, np.uint8)
+
+    def put(r: int, c: int, img: np.ndarray) -> None:
+        y, x = gap + r * (tile + gap), gap + c * (tile + gap)
+        sheet[y : y + tile, x : x + tile] = img
+
+    for k, ident in enumerate(ids):
+        put(2 * k, 0, styled.source_of(ident))
+        for c, i in enumerate(by_id.get(ident, []), start=1):
+            put(2 * k, c, bank.images[picks[i].bank_index])
+            put(2 * k + 1, c, styled.images[i])
+    return sheet

@@ -1,0 +1,319 @@
+"""Training and evaluation nodes: start/inspect/stop a training run, and score a model on .bin benchmarks.
+
+Training runs in a detached ``torchrun`` process (it outlives the prompt, and it would block ComfyUI for
+days otherwise); the node only writes the recipe into a run folder under ComfyUI's output directory,
+starts the process and reports its state. Queue the node again with ``action=status`` to refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from comfy_api.latest import io, ui
+
+from ..fdta_core.errors import InputError
+from ..fdta_core.fsutil import resolve_inside
+from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
+
+AREA = f"{CATEGORY}/training"
+
+
+def _dataset_path(dataset, dataset_dir: str) -> str:
+    """The folder to train on: from a connected FDTA_DATASET or the typed path.
+
+    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <dataset root>, ...}``; the root is
+    used when it holds a merged ``train.rec``, else the chunk itself.
+    """
+    if dataset is not None:
+        if isinstance(dataset, str | os.PathLike):
+            return str(dataset)
+        get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
+        root = get("dataset")
+        if root and (Path(root) / "train.rec").is_file():
+            return str(root)
+        for key in ("path", "folder", "root", "dir"):
+            if get(key):
+                return str(get(key))
+        raise InputError("the connected dataset does not say where it is on disk", where="dataset")
+    if not dataset_dir.strip():
+        raise InputError(
+            "no training data: connect a dataset or type its folder",
+            where="dataset_dir",
+            fix="give the folder holding train.rec/train.idx (relative names are under ComfyUI's output folder).",
+        )
+    p = Path(os.path.expanduser(dataset_dir.strip()))
+    return str(p if p.is_absolute() else Path(output_roots()[0]) / p)
+
+
+def _find_file(name: str, folders: list[str], where: str) -> str:
+    p = Path(os.path.expanduser(name.strip()))
+    if p.is_absolute():
+        if not p.is_file():
+            raise InputError(f"{p} not found", where=where)
+        return str(p)
+    for folder in folders:
+        if (Path(folder) / p).is_file():
+            return str(Path(folder) / p)
+    raise InputError(
+        f"'{name}' not found in {', '.join(folders)}",
+        where=where,
+        fix="give an absolute path or put the file there.",
+    )
+
+
+def _bin_folders() -> list[str]:
+    import folder_paths
+
+    return [*output_roots(), folder_paths.get_input_directory()]
+
+
+def _bins(text: str, where: str) -> list[str]:
+    return [_find_file(line, _bin_folders(), where) for line in text.splitlines() if line.strip()]
+
+
+class FDTATrainerLauncher(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTATrainerLauncher",
+            display_name="FDTA Trainer Launcher",
+            category=AREA,
+            description=(
+                "Starts face-recognition training (IResNet + CosFace/ArcFace, arcface_torch recipe) on a written "
+                "dataset as a detached torchrun process, in a run folder under ComfyUI's output folder, and "
+                "returns at once. Launching into a folder with a checkpoint resumes it. action=status shows the "
+                "run's state; action=stop makes it checkpoint and exit."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "action",
+                    options=["start_or_resume", "status", "stop"],
+                    default="start_or_resume",
+                    tooltip="start (or resume) the run, only report its state, or ask it to stop",
+                ),
+                io.String.Input(
+                    "run_name",
+                    default="fdta/train/run1",
+                    tooltip="run folder, relative to ComfyUI's output folder (checkpoints, logs, model.pt)",
+                ),
+                io.Combo.Input(
+                    "preset",
+                    options=["synthetic", "arcface_r50_ms1mv3", "tiny"],
+                    default="synthetic",
+                    tooltip="recipe preset: synthetic sets of 0.5M-1.2M images, the arcface_torch r50 "
+                    "MS1MV3 recipe, or a tiny CPU smoke run",
+                ),
+                io.String.Input(
+                    "dataset_dir",
+                    default="",
+                    tooltip="folder with train.rec/train.idx when no dataset is connected "
+                    "(relative to the output folder)",
+                ),
+                io.Combo.Input(
+                    "network",
+                    options=["preset", "r18", "r34", "r50", "r100"],
+                    default="preset",
+                    tooltip="IResNet depth (preset: the preset's, r50 for the full recipes)",
+                ),
+                io.Combo.Input(
+                    "loss",
+                    options=["preset", "cosface", "arcface"],
+                    default="preset",
+                    tooltip="margin loss: CosFace (s 64, m 0.4) or ArcFace (s 64, m 0.5)",
+                ),
+                io.Int.Input(
+                    "epochs", default=0, min=0, max=1000, tooltip="training epochs (0: the preset's)"
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    tooltip="images per GPU per step (0: the preset's, 128); lr scales with the global batch",
+                ),
+                io.Int.Input(
+                    "gpus",
+                    default=1,
+                    min=1,
+                    max=64,
+                    tooltip="processes (GPUs) on this machine; more than 1 uses torchrun DDP",
+                ),
+                io.Combo.Input(
+                    "device",
+                    options=["auto", "cuda", "cpu"],
+                    default="auto",
+                    tooltip="training device; cuda fails clearly when no GPU is visible",
+                ),
+                io.String.Input(
+                    "val_bins",
+                    default="",
+                    multiline=True,
+                    tooltip="verification .bin files, one per line (absolute, or under the output/input "
+                    "folder), evaluated every verify_every steps",
+                ),
+                io.String.Input(
+                    "overrides",
+                    default="{}",
+                    multiline=True,
+                    tooltip='any other recipe keys as JSON, e.g. {"lr": 0.05, "sample_rate": 0.3}',
+                ),
+                Dataset.Input("dataset", optional=True, tooltip="a dataset written by FDTADatasetWriter"),
+            ],
+            outputs=[
+                io.String.Output("run_dir", tooltip="absolute path of the run folder"),
+                io.String.Output(
+                    "state", tooltip="the run's state as text (status, step, loss, verification)"
+                ),
+            ],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs) -> float:
+        return time.time()  # the state changes on its own: never serve this node from the cache
+
+    @classmethod
+    def execute(
+        cls,
+        action,
+        run_name,
+        preset,
+        dataset_dir,
+        network,
+        loss,
+        epochs,
+        batch_size,
+        gpus,
+        device,
+        val_bins,
+        overrides,
+        dataset=None,
+    ) -> io.NodeOutput:
+        from ..fdta_core.train import launch
+        from ..fdta_core.train.recipes import make_config
+
+        with node_errors("FDTATrainerLauncher"):
+            run_dir = resolve_inside(run_name, output_roots(), where="run_name")
+            if action == "status":
+                state = launch.run_state(run_dir)
+            elif action == "stop":
+                state = launch.request_stop(run_dir)
+            else:
+                try:
+                    extra = json.loads(overrides or "{}")
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"not valid JSON ({exc})", where="overrides") from None
+                if not isinstance(extra, dict):
+                    raise InputError("must be a JSON object", where="overrides")
+                chosen = {
+                    "data": _dataset_path(dataset, dataset_dir),
+                    "output": str(run_dir),
+                    "network": None if network == "preset" else network,
+                    "loss": None if loss == "preset" else loss,
+                    "epochs": epochs or None,
+                    "batch_size": batch_size or None,
+                    "device": device,
+                    "val_bins": _bins(val_bins, "val_bins") or None,
+                }
+                config = make_config(
+                    preset, **{**extra, **{k: v for k, v in chosen.items() if v is not None}}
+                )
+                run_dir, _ = launch.prepare_run(config)
+                state = launch.start_detached(run_dir, launch.Topology(nproc_per_node=int(gpus)))
+            text = launch.format_state(state)
+        return io.NodeOutput(str(run_dir), text, ui=ui.PreviewText(text))
+
+
+class FDTAVerify(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTAVerify",
+            display_name="FDTA Verify (LFW / CFP-FP / AgeDB ...)",
+            category=AREA,
+            description=(
+                "Verification accuracy of a face-recognition model on .bin benchmarks, with the protocol of "
+                "published tables (flip-sum embeddings, 10 folds, best threshold on 9, mean and std)."
+            ),
+            inputs=[
+                io.String.Input(
+                    "model",
+                    default="",
+                    tooltip="model.pt of a run, an arcface_torch backbone.pth, or an .onnx (absolute, or "
+                    "in models/fdta/fr or the output folder)",
+                ),
+                io.String.Input(
+                    "bins",
+                    default="",
+                    multiline=True,
+                    tooltip=".bin benchmark files, one per line (absolute, or under the output/input folder)",
+                ),
+                io.Int.Input("batch_size", default=64, min=1, max=1024, tooltip="images per forward pass"),
+            ],
+            outputs=[
+                io.String.Output("table", tooltip="accuracy table (percent, mean and std of 10 folds)"),
+                io.String.Output(
+                    "json", tooltip="the same as JSON: {benchmark: {accuracy_mean, accuracy_std, pairs}}"
+                ),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, bins, batch_size) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        from ..fdta_core.eval.models import load_state, onnx_embedder, torch_embedder
+        from ..fdta_core.eval.verification import format_table, verify
+        from ..fdta_core.train.iresnet import backbone_from_state_dict
+
+        with node_errors("FDTAVerify"):
+            if not model.strip():
+                raise InputError(
+                    "no model given", where="model", fix="give the path of model.pt or an .onnx file."
+                )
+            path = _find_file(model, [*model_folders("fdta_fr"), *output_roots()], "model")
+            files = _bins(bins, "bins")
+            if not files:
+                raise InputError(
+                    "no .bin files given", where="bins", fix="list lfw.bin, cfp_fp.bin, ... one per line."
+                )
+            device = mm.get_torch_device()
+            if path.lower().endswith(".onnx"):
+                embed = onnx_embedder(
+                    path,
+                    ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                    if device.type == "cuda"
+                    else ["CPUExecutionProvider"],
+                )
+                size = getattr(embed, "input_size", 112)
+            else:
+                state, arch = load_state(path)
+                net = backbone_from_state_dict(state, arch).eval()
+                patcher = comfy.model_patcher.ModelPatcher(
+                    net, load_device=device, offload_device=mm.unet_offload_device()
+                )
+                mm.load_models_gpu([patcher])
+                embed, size = torch_embedder(patcher.model, str(device)), net.input_size
+            progress = progress_callback(1)
+            results = verify(embed, files, batch_size=int(batch_size), size=size, progress=progress)
+            table = format_table(results)
+            data = json.dumps(
+                {
+                    r.name: {
+                        "accuracy_mean": r.accuracy_mean,
+                        "accuracy_std": r.accuracy_std,
+                        "pairs": r.pairs,
+                    }
+                    for r in results
+                }
+            )
+        return io.NodeOutput(table, data, ui=ui.PreviewText(table))
+
+
+NODES = [FDTATrainerLauncher, FDTAVerify]

@@ -1,0 +1,130 @@
+"""The training data path over RecordIO: layouts, labels, RGB order, flips, sampler, workers, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fdta_core.errors import ConfigError, DatasetError
+from fdta_core.recordio import IRHeader, RecordWriter, pack, write_property
+from fdta_core.testing.train import encode_jpeg, write_synthetic_rec
+from fdta_core.train.data import EpochBatchSampler, RecFaceDataset, make_loader, to_model_input
+from fdta_core.train.recipes import make_config
+from fdta_core.train.trainer import run_training
+
+
+def _labels_and_pixels(ds):
+    out = {}
+    for i in range(len(ds)):
+        img, label = ds[i]
+        out.setdefault(label, []).append(int(img.sum()))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_insightface_and_dali_layouts_hold_the_same_data(tmp_path):
+    a = RecFaceDataset(
+        write_synthetic_rec(tmp_path / "a", 5, 6, size=32, layout="insightface"), image_size=32
+    )
+    b = RecFaceDataset(write_synthetic_rec(tmp_path / "b", 5, 6, size=32, layout="dali"), image_size=32)
+    assert (a.kind, b.kind) == ("insightface", "dali")
+    assert a.num_classes == b.num_classes == 5 and len(a) == len(b) == 30
+    assert _labels_and_pixels(a) == _labels_and_pixels(b)
+
+
+def _write_colour_set(folder, header=True):
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
+    folder.mkdir()
+    with RecordWriter(folder / "train.rec", folder / "train.idx") as w:
+        base = 1 if header else 0
+        if header:
+            w.write(0, pack(IRHeader(2, (4.0, 7.0))))
+        for i, c in enumerate(colours):
+            img = np.zeros((32, 32, 3), np.uint8)
+            img[:, :16] = c  # left half coloured: shows flips
+            w.write(base + i, pack(IRHeader(0, float(i), base + i), encode_jpeg(img)))
+        if header:
+            for i in range(3):
+                w.write(4 + i, pack(IRHeader(2, (float(1 + i), float(2 + i)))))
+    return folder
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_rgb_order_flip_and_normalisation(tmp_path, header):
+    ds = RecFaceDataset(_write_colour_set(tmp_path / "c", header), image_size=32)
+    assert ds.kind == ("insightface" if header else "plain")
+    imgs, labels = ds.__getitems__([(0, False), (1, False), (2, True)])
+    assert labels.tolist() == [0, 1, 2]
+    assert imgs.dtype == torch.uint8 and imgs.shape == (3, 32, 32, 3)
+    for j in range(3):
+        left, right = imgs[j, :, :8].float().mean((0, 1)), imgs[j, :, 24:].float().mean((0, 1))
+        lit, dark = (right, left) if j == 2 else (left, right)
+        assert int(lit.argmax()) == j and lit.max() > 200 and dark.max() < 30
+    x = to_model_input(imgs, "cpu")
+    assert x.shape == (3, 3, 32, 32) and x.is_contiguous()
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert torch.allclose(x, (imgs.permute(0, 3, 1, 2).float() - 127.5) / 127.5)
+
+
+def test_sampler_shards_resumes_and_is_deterministic():
+    full = [list(EpochBatchSampler(100, 8, rank=r, world_size=2, seed=5)) for r in range(2)]
+    assert len(full[0]) == len(full[1]) == 100 // 16
+    seen = [i for rank in full for batch in rank for i, _ in batch]
+    assert len(seen) == len(set(seen)) == 96
+    s = EpochBatchSampler(100, 8, rank=1, world_size=2, seed=5)
+    s.set_epoch(0, 4)
+    assert list(s) == full[1][4:]
+    s.set_epoch(1)
+    other = list(s)
+    assert other != full[1] and other == list(s)
+    assert {f for b in full[0] for _, f in b} == {True, False}
+    with pytest.raises(ConfigError):
+        EpochBatchSampler(10, 8, world_size=2)
+
+
+def test_workers_open_the_file_themselves_and_give_the_same_batches(tmp_path):
+    ds = RecFaceDataset(write_synthetic_rec(tmp_path / "w", 4, 8, size=32), image_size=32)
+    ds.reader.read(int(ds.image_keys[0]))  # an open handle in the parent must not be shared
+    s = EpochBatchSampler(len(ds), 8, seed=1)
+    serial = list(make_loader(ds, s, num_workers=0))
+    parallel = list(make_loader(ds, s, num_workers=2))
+    assert len(serial) == len(parallel) == 4
+    for (a, la), (b, lb) in zip(serial, parallel, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_bad_sets_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        RecFaceDataset(tmp_path / "nothing")
+    folder = write_synthetic_rec(tmp_path / "p", 3, 4, size=32)
+    write_property(folder, 7, (32, 32))
+    with pytest.raises(DatasetError, match="7 classes"):
+        RecFaceDataset(folder, image_size=32)
+    folder = write_synthetic_rec(tmp_path / "q", 3, 4, size=32)
+    cfg = make_config("tiny", data=str(folder), output=str(tmp_path / "run"), num_classes=5, max_steps=2)
+    with pytest.raises(DatasetError, match="5 classes"):
+        run_training(cfg)
+    assert '"failed"' in (tmp_path / "run" / "state.json").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_requested_without_gpu(tmp_path):
+    folder = write_synthetic_rec(tmp_path / "g", 3, 4, size=32)
+    cfg = make_config("tiny", data=str(folder), output=str(tmp_path / "run"), device="cuda", max_steps=2)
+    with pytest.raises(ConfigError, match="GPU"):
+        run_training(cfg)
+
+
+def test_cli_train_reports_a_dead_training_process(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from fdta_core.cli import main as cli_main
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    folder = write_synthetic_rec(tmp_path / "d", 3, 4, size=32)
+    write_property(folder, 9, (32, 32))  # disagrees with the data: the training process exits with an error
+    rc = cli_main(["train", "--preset", "tiny", "--data", str(folder), "--output", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "training exited with status" in err and "resume" in err
+    assert "9 classes" in (tmp_path / "run" / "state.json").read_text()

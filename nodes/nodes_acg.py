@@ -169,7 +169,7 @@ class FDTAACGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_ID,
+            node_id="FDTAACGSampler",  # literal: tests/node_registry.py reads node ids statically
             display_name="FDTA ACG Sampler (SD + ControlNet source faces)",
             category=f"{CATEGORY}/acg",
             description=(

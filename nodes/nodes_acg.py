@@ -33,6 +33,7 @@ from ..fdta_core.acg import (
     contact_sheet,
     run_acg,
 )
+from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
 from ..fdta_core.acg.edges import control_images as make_control_images
 from ..fdta_core.acg.faces_adapter import as_analyzer
 from ..fdta_core.errors import InputError
@@ -54,32 +55,8 @@ def _as_plan(plan: Any) -> PlanRecord:
     raise InputError(
         f"expected an identity plan, got {type(plan).__name__}",
         where="plan",
-        fix="connect the IDENTITY_PLAN output of FDTAAttributePrompt.",
+        fix="connect the plan output of FDTAAttributeSpec or FDTAAttributePrompt.",
     )
-
-
-def _batch_cond(conds: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack per-element cross-attention conditionings of different token lengths into one batch.
-
-    Shorter ones are repeated up to the least common multiple of the lengths: ComfyUI's own rule when it
-    batches conds (``CONDCrossAttn.concat``); repeating every key equally leaves attention unchanged.
-    """
-    length = math.lcm(*[int(c.shape[1]) for c in conds])
-    return torch.cat([c if c.shape[1] == length else c.repeat(1, length // c.shape[1], 1) for c in conds])
-
-
-class _PerElementNoise:
-    """Noise sampler for ancestral/SDE samplers with one generator per batch element, seeded like a
-    batch-1 KSampler run with that element's seed: a candidate's in-loop noise does not depend on the
-    other candidates it was batched with."""
-
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> None:
-        self.gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-        self.shape = [1, *shape]
-        self.device = device
-
-    def __call__(self, sigma: Any = None, sigma_next: Any = None) -> torch.Tensor:
-        return torch.cat([torch.randn(self.shape, generator=g, device=self.device) for g in self.gens])
 
 
 class ComfyBatchSampler:
@@ -128,7 +105,7 @@ class ComfyBatchSampler:
         pooled = [p for _, p in encoded]
         if all(p is not None for p in pooled):
             extra["pooled_output"] = torch.cat(pooled)  # type: ignore[arg-type]
-        return [[_batch_cond([c for c, _ in encoded]), extra]]
+        return [[batch_cond([c for c, _ in encoded]), extra]]
 
     def _sampler(self, seeds: Sequence[int], latent_shape: Sequence[int]) -> Any:
         sampler = comfy.samplers.sampler_object(self.sampler_name)
@@ -136,7 +113,7 @@ class ComfyBatchSampler:
         if fn is not None:
             params = inspect.signature(fn).parameters
             if "noise_sampler" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                noise = _PerElementNoise(seeds, latent_shape, self.model.load_device)
+                noise = PerElementNoise(seeds, latent_shape, self.model.load_device)
                 sampler = comfy.samplers.KSAMPLER(
                     fn, {**sampler.extra_options, "noise_sampler": noise}, sampler.inpaint_options
                 )
@@ -153,9 +130,7 @@ class ComfyBatchSampler:
         shape = [latent_format.latent_channels, self.height // 8, self.width // 8]
         latent = torch.zeros([n, *shape])
         # initial noise exactly as comfy.sample.prepare_noise draws it for a batch of one with that seed
-        noise = torch.cat(
-            [torch.randn([1, *shape], generator=torch.Generator().manual_seed(int(j.seed))) for j in jobs]
-        )
+        noise = initial_noise([j.seed for j in jobs], shape)
         ks = comfy.samplers.KSampler(
             self.model,
             steps=self.steps,
@@ -194,7 +169,7 @@ class FDTAACGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_ID,
+            node_id="FDTAACGSampler",  # literal: tests/node_registry.py reads node ids statically
             display_name="FDTA ACG Sampler (SD + ControlNet source faces)",
             category=f"{CATEGORY}/acg",
             description=(

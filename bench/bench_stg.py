@@ -17,7 +17,9 @@ from fdta_core.stg import GenerationRequest, STGSampler
 from fdta_core.testing.stg import tiny_model
 
 
-def _run(sampler: STGSampler, req: GenerationRequest, steps: int, batch_size: int) -> tuple[float, np.ndarray]:
+def _run(
+    sampler: STGSampler, req: GenerationRequest, steps: int, batch_size: int
+) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
     out = sampler.generate(req, steps=steps, batch_size=batch_size)
     if sampler.device.type == "cuda":

@@ -62,9 +62,15 @@ class FDTASTGLoader(io.ComfyNode):
             "safetensors file made by `fdta stg convert`) from models/fdta/stg. The style grid size is read from the "
             "checkpoint; Lightning checkpoints are read without executing any pickled code.",
             inputs=[
-                io.Combo.Input("checkpoint", options=_stg_files(), tooltip="mixer checkpoint in models/fdta/stg"),
+                io.Combo.Input(
+                    "checkpoint", options=_stg_files(), tooltip="mixer checkpoint in models/fdta/stg"
+                ),
             ],
-            outputs=[STGModel.Output(display_name="stg_model", tooltip="the STG mixer (EMA UNet + ID and style encoders)")],
+            outputs=[
+                STGModel.Output(
+                    display_name="stg_model", tooltip="the STG mixer (EMA UNet + ID and style encoders)"
+                )
+            ],
         )
 
     @classmethod
@@ -90,7 +96,9 @@ class FDTASTGLoader(io.ComfyNode):
             patcher = comfy.model_patcher.ModelPatcher(
                 model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
             )
-            return io.NodeOutput(STGHandle(patcher, weights.config.grid, checkpoint, weights.report.summary()))
+            return io.NodeOutput(
+                STGHandle(patcher, weights.config.grid, checkpoint, weights.report.summary())
+            )
 
 
 def _align_fn(face_models: Any):
@@ -114,32 +122,74 @@ class FDTAReferenceBank(io.ComfyNode):
             "Faces that are not 112x112 are aligned with the connected face models. Tags (subject, yaw, lighting, "
             "expression) come from a CSV or from key=value folder names such as yaw=-30.",
             inputs=[
-                io.Combo.Input("source", options=["folder", "rec", "images"], default="folder",
-                               tooltip="where the references come from"),
-                io.String.Input("path", default="fdta/references",
-                                tooltip="folder or .rec path, relative to ComfyUI's input folder"),
-                io.String.Input("tags_csv", default="", optional=True,
-                                tooltip="optional CSV (columns path, subject, yaw, lighting, expression), relative to the input folder"),
-                io.Int.Input("max_subjects", default=0, min=0, max=10_000_000,
-                             tooltip="use at most this many subjects (0 = all)"),
-                io.Int.Input("max_per_subject", default=0, min=0, max=100_000,
-                             tooltip="use at most this many images per subject (0 = all)"),
-                io.Int.Input("first_subject", default=0, min=0, max=10_000_000,
-                             tooltip="(.rec) skip this many identities first"),
+                io.Combo.Input(
+                    "source",
+                    options=["folder", "rec", "images"],
+                    default="folder",
+                    tooltip="where the references come from",
+                ),
+                io.String.Input(
+                    "path",
+                    default="fdta/references",
+                    tooltip="folder or .rec path, relative to ComfyUI's input folder",
+                ),
+                io.String.Input(
+                    "tags_csv",
+                    default="",
+                    optional=True,
+                    tooltip="optional CSV (columns path, subject, yaw, lighting, expression), relative to the input folder",
+                ),
+                io.Int.Input(
+                    "max_subjects",
+                    default=0,
+                    min=0,
+                    max=10_000_000,
+                    tooltip="use at most this many subjects (0 = all)",
+                ),
+                io.Int.Input(
+                    "max_per_subject",
+                    default=0,
+                    min=0,
+                    max=100_000,
+                    tooltip="use at most this many images per subject (0 = all)",
+                ),
+                io.Int.Input(
+                    "first_subject",
+                    default=0,
+                    min=0,
+                    max=10_000_000,
+                    tooltip="(.rec) skip this many identities first",
+                ),
                 io.Image.Input("images", optional=True, tooltip="reference faces when source is 'images'"),
-                FaceModels.Input("face_models", optional=True,
-                                 tooltip="face detector + alignment for references that are not aligned 112x112 faces"),
+                FaceModels.Input(
+                    "face_models",
+                    optional=True,
+                    tooltip="face detector + alignment for references that are not aligned 112x112 faces",
+                ),
             ],
             outputs=[
-                ReferenceBankType.Output(display_name="reference_bank", tooltip="the reference faces with keys and tags"),
+                ReferenceBankType.Output(
+                    display_name="reference_bank", tooltip="the reference faces with keys and tags"
+                ),
                 io.Image.Output(display_name="preview", tooltip="the first reference faces"),
-                io.String.Output(display_name="summary", tooltip="counts of images, subjects and tagged images"),
+                io.String.Output(
+                    display_name="summary", tooltip="counts of images, subjects and tagged images"
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, source: str, path: str, max_subjects: int, max_per_subject: int, first_subject: int,
-                tags_csv: str = "", images=None, face_models=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        source: str,
+        path: str,
+        max_subjects: int,
+        max_per_subject: int,
+        first_subject: int,
+        tags_csv: str = "",
+        images=None,
+        face_models=None,
+    ) -> io.NodeOutput:
         import folder_paths
 
         with node_errors("FDTAReferenceBank"):
@@ -152,12 +202,22 @@ class FDTAReferenceBank(io.ComfyNode):
             elif source == "folder":
                 folder = resolve_inside(path, [root], where="path")
                 csv_path = resolve_inside(tags_csv, [root], where="tags_csv") if tags_csv.strip() else None
-                bank = ReferenceBank.from_folder(folder, align=align, tags_csv=csv_path,
-                                                 max_subjects=max_subjects, max_per_subject=max_per_subject)
+                bank = ReferenceBank.from_folder(
+                    folder,
+                    align=align,
+                    tags_csv=csv_path,
+                    max_subjects=max_subjects,
+                    max_per_subject=max_per_subject,
+                )
             elif source == "rec":
                 rec = resolve_inside(path, [root], where="path")
-                bank = ReferenceBank.from_rec(rec, max_subjects=max_subjects, max_per_subject=max_per_subject,
-                                              first_subject=first_subject, align=align)
+                bank = ReferenceBank.from_rec(
+                    rec,
+                    max_subjects=max_subjects,
+                    max_per_subject=max_per_subject,
+                    first_subject=first_subject,
+                    align=align,
+                )
             else:
                 raise InputError(f"unknown source '{source}'", where="source")
             preview = uint8_to_image(bank.images[:16])
@@ -177,34 +237,74 @@ class FDTASTGMixer(io.ComfyNode):
             "reproduces on its own.",
             inputs=[
                 STGModel.Input("stg_model", tooltip="from FDTA STG Loader"),
-                Faceset.Input("source_faces", tooltip="source faces, one identity each (e.g. the ACG sampler output)"),
+                Faceset.Input(
+                    "source_faces", tooltip="source faces, one identity each (e.g. the ACG sampler output)"
+                ),
                 ReferenceBankType.Input("reference_bank", tooltip="from FDTA Reference Bank"),
-                io.Combo.Input("style_policy", options=list(POLICIES), default="subject",
-                               tooltip="random: any reference; subject: one real subject per identity (Syn-MS1M); "
-                               "grid: 13 yaws x 7 lightings x 2 expressions from tags (Syn-MPIE)"),
-                io.Int.Input("images_per_identity", default=4, min=0, max=10_000,
-                             tooltip="styled images per identity (grid: 0 = every cell)"),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False,
-                             tooltip="run seed; style choices and noise derive from it and the identity"),
+                io.Combo.Input(
+                    "style_policy",
+                    options=list(POLICIES),
+                    default="subject",
+                    tooltip="random: any reference; subject: one real subject per identity (Syn-MS1M); "
+                    "grid: 13 yaws x 7 lightings x 2 expressions from tags (Syn-MPIE)",
+                ),
+                io.Int.Input(
+                    "images_per_identity",
+                    default=4,
+                    min=0,
+                    max=10_000,
+                    tooltip="styled images per identity (grid: 0 = every cell)",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**63 - 1,
+                    control_after_generate=False,
+                    tooltip="run seed; style choices and noise derive from it and the identity",
+                ),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (DCFace: 50)"),
-                io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta (DCFace: 1.0)"),
-                io.Int.Input("batch_size", default=16, min=1, max=1024,
-                             tooltip="images denoised together (mixes identities and styles)"),
-                io.Combo.Input("precision", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="auto: fp16 on CUDA, fp32 on CPU"),
+                io.Float.Input(
+                    "eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta (DCFace: 1.0)"
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=16,
+                    min=1,
+                    max=1024,
+                    tooltip="images denoised together (mixes identities and styles)",
+                ),
+                io.Combo.Input(
+                    "precision",
+                    options=["auto", "fp32", "fp16", "bf16"],
+                    default="auto",
+                    tooltip="auto: fp16 on CUDA, fp32 on CPU",
+                ),
             ],
             outputs=[
                 Faceset.Output(display_name="styled_faces", tooltip="styled images with provenance"),
-                io.Image.Output(display_name="contact_sheet",
-                                tooltip="per identity: source and references above the generated images"),
+                io.Image.Output(
+                    display_name="contact_sheet",
+                    tooltip="per identity: source and references above the generated images",
+                ),
                 io.Image.Output(display_name="images", tooltip="the styled images as an IMAGE batch"),
             ],
         )
 
     @classmethod
-    def execute(cls, stg_model: STGHandle, source_faces, reference_bank: ReferenceBank, style_policy: str,
-                images_per_identity: int, seed: int, steps: int, eta: float, batch_size: int,
-                precision: str) -> io.NodeOutput:
+    def execute(
+        cls,
+        stg_model: STGHandle,
+        source_faces,
+        reference_bank: ReferenceBank,
+        style_policy: str,
+        images_per_identity: int,
+        seed: int,
+        steps: int,
+        eta: float,
+        batch_size: int,
+        precision: str,
+    ) -> io.NodeOutput:
         import comfy.model_management as mm
 
         with node_errors("FDTASTGMixer"):
@@ -214,9 +314,18 @@ class FDTASTGMixer(io.ComfyNode):
             n_ids = len(source_faces.identities)
             per = images_per_identity if (style_policy != "grid" or images_per_identity) else 182
             progress = progress_callback(max(1, n_ids * per * steps))
-            result = mix(sampler, source_faces, reference_bank, policy=style_policy,
-                         images_per_identity=images_per_identity, run_seed=seed, steps=steps, eta=eta,
-                         batch_size=batch_size, progress=progress)
+            result = mix(
+                sampler,
+                source_faces,
+                reference_bank,
+                policy=style_policy,
+                images_per_identity=images_per_identity,
+                run_seed=seed,
+                steps=steps,
+                eta=eta,
+                batch_size=batch_size,
+                progress=progress,
+            )
             sheet = uint8_to_image(result.contact_sheet[None])
             return io.NodeOutput(result.faceset, sheet, faceset_to_image(result.faceset))
 

@@ -205,12 +205,21 @@ def test_lightning_extras_become_inert(tmp_path):
     import numpy as np
 
     path = tmp_path / "extras.ckpt"
-    torch.save({"state_dict": {"w": torch.arange(6.0).view(2, 3).t()}, "score": np.float64(0.5),
-                "dtype": torch.float16, "loader": torch.load}, path)
+    torch.save(
+        {
+            "state_dict": {"w": torch.arange(6.0).view(2, 3).t()},
+            "score": np.float64(0.5),
+            "dtype": torch.float16,
+            "loader": torch.load,
+        },
+        path,
+    )
     obj = read_lightning_checkpoint(path)
     assert torch.equal(obj["state_dict"]["w"], torch.arange(6.0).view(2, 3).t())
     assert isinstance(obj["score"], InertObject) and issubclass(obj["dtype"], InertObject)
-    assert isinstance(obj["loader"], type) and issubclass(obj["loader"], InertObject)  # never torch.load itself
+    assert isinstance(obj["loader"], type) and issubclass(
+        obj["loader"], InertObject
+    )  # never torch.load itself
 
 
 def test_raw_pickle_and_getattr_gadget_refused(tmp_path):

@@ -30,7 +30,7 @@ def test_released_layout_loads(shared_testdata, grid):
     with torch.device("meta"):
         model = STGModel(cfg)
     expected = model.state_dict()
-    assert sorted(expected) == sorted(mapped), (set(expected) ^ set(mapped))
+    assert sorted(expected) == sorted(mapped), set(expected) ^ set(mapped)
     for k, t in expected.items():
         assert tuple(t.shape) == tuple(mapped[k].shape), k
         assert t.dtype == mapped[k].dtype, k

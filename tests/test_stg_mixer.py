@@ -105,8 +105,13 @@ def test_grid_policy_mpie():
     assert len(picks) == 364
     assert all(bank.tags[p.bank_index]["yaw"] == p.cell[0] for p in picks)
     with pytest.raises(InputError, match="grid cells"):
-        pick_styles(ReferenceBank.from_images(images[:10], tags=tags[:10]), [0], policy="grid",
-                    images_per_identity=0, run_seed=0)
+        pick_styles(
+            ReferenceBank.from_images(images[:10], tags=tags[:10]),
+            [0],
+            policy="grid",
+            images_per_identity=0,
+            run_seed=0,
+        )
 
 
 def test_sampler_batching_does_not_change_images(sampler):
@@ -136,9 +141,13 @@ def test_progress_exception_propagates(sampler):
 
 def test_mix_provenance_and_sheet(sampler):
     src_imgs = _faces(2, 7)
-    source = FaceSet.from_sources(src_imgs, [Provenance(identity=10, history=["acg"]), Provenance(identity=11, history=["acg"])])
+    source = FaceSet.from_sources(
+        src_imgs, [Provenance(identity=10, history=["acg"]), Provenance(identity=11, history=["acg"])]
+    )
     bank = ReferenceBank.from_images(_faces(4, 8), subjects=["s0", "s0", "s1", "s1"])
-    res = mix(sampler, source, bank, policy="subject", images_per_identity=2, run_seed=9, steps=2, batch_size=4)
+    res = mix(
+        sampler, source, bank, policy="subject", images_per_identity=2, run_seed=9, steps=2, batch_size=4
+    )
     fs = res.faceset
     assert len(fs) == 4 and fs.labels.tolist() == [10, 10, 11, 11]
     assert set(fs.sources) == {10, 11} and np.array_equal(fs.sources[10], src_imgs[0])
@@ -146,7 +155,10 @@ def test_mix_provenance_and_sheet(sampler):
     assert p.history == ["acg", "stg"]
     assert p.reference_key.startswith("image:") and p.extra["stg_style_index"] == 1
     assert p.seeds["stg"] == image_seed(9, 10, 1)
-    assert {fs.provenance[0].extra["stg_reference_subject"], fs.provenance[1].extra["stg_reference_subject"]} == {p.extra["stg_reference_subject"]}
+    assert {
+        fs.provenance[0].extra["stg_reference_subject"],
+        fs.provenance[1].extra["stg_reference_subject"],
+    } == {p.extra["stg_reference_subject"]}
     assert res.contact_sheet.shape == (4 * 116 + 4, 3 * 116 + 4, 3)
 
 
@@ -175,7 +187,9 @@ def test_align_with_face_models_adapter():
         def align_batch(self, images, *, assume_aligned=True):
             self.calls.append((images[0].shape, assume_aligned))
             found = images[0].mean() > 0
-            return FakeResult(np.full((1, 112, 112, 3), 9, np.uint8) if found else np.zeros((0, 112, 112, 3), np.uint8))
+            return FakeResult(
+                np.full((1, 112, 112, 3), 9, np.uint8) if found else np.zeros((0, 112, 112, 3), np.uint8)
+            )
 
     fm = FakeModels()
     align = align_with_face_models(fm)

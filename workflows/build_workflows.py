@@ -44,17 +44,34 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": EDGE_IMAGE}, "_meta": {"title": "Control image (edge map)"}},
+        "3": {
+            "class_type": "LoadImage",
+            "inputs": {"image": EDGE_IMAGE},
+            "_meta": {"title": "Control image (edge map)"},
+        },
         "4": {
             "class_type": "FDTAAttributeSpec",
-            "inputs": {"spec": default_spec_text(), "identity_start": 0, "identity_count": CHUNK, "seed": RUN_SEED},
+            "inputs": {
+                "spec": default_spec_text(),
+                "identity_start": 0,
+                "identity_count": CHUNK,
+                "seed": RUN_SEED,
+            },
             "_meta": {"title": f"{title}: attributes of identities [start, start+count)"},
         },
         "5": {
             "class_type": "FDTAAttributePrompt",
             "inputs": {
-                "plan": ["4", 0], "use_llm": False, "base_url": "", "model": "gpt-4o-mini", "temperature": 0.7,
-                "batch_size": 8, "failure_policy": "fallback", "use_cache": True, "api_key_env": "OPENAI_API_KEY",
+                "plan": ["4", 0],
+                "use_llm": False,
+                "base_url": "",
+                "model": "gpt-4o-mini",
+                "temperature": 0.7,
+                "batch_size": 8,
+                "concurrency": 1,
+                "failure_policy": "fallback",
+                "use_cache": True,
+                "api_key_env": "OPENAI_API_KEY",
             },
         },  # fmt: skip
         "6": {
@@ -64,19 +81,47 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
         "7": {
             "class_type": "FDTAACGSampler",
             "inputs": {
-                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "control_net": ["2", 0], "plan": ["5", 0],
-                "control_images": ["3", 0], "face_models": ["6", 0],
-                "control_preprocess": "none", "canny_low": 100, "canny_high": 200, "edge_blur": 3,
-                "control_assignment": "random", "strength": 0.8, "start_percent": 0.0, "end_percent": 0.8,
-                "candidates": 4, "batch_size": 8, "seed": RUN_SEED, "steps": 25, "cfg": 7.0,
-                "sampler_name": "dpmpp_2m", "scheduler": "karras", "width": 512, "height": 512, "retries": 2,
-                "on_failure": "skip", "min_det_score": 0.5, "check_gender": True, "check_age": True,
-                "age_tolerance": 10.0, "uniqueness_threshold": 0.3, "real_person_threshold": 0.3,
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "control_net": ["2", 0],
+                "plan": ["5", 0],
+                "control_images": ["3", 0],
+                "face_models": ["6", 0],
+                "control_preprocess": "none",
+                "canny_low": 100,
+                "canny_high": 200,
+                "edge_blur": 3,
+                "control_assignment": "random",
+                "strength": 0.8,
+                "start_percent": 0.0,
+                "end_percent": 0.8,
+                "candidates": 4,
+                "batch_size": 8,
+                "seed": RUN_SEED,
+                "steps": 25,
+                "cfg": 7.0,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "karras",
+                "width": 512,
+                "height": 512,
+                "retries": 2,
+                "on_failure": "skip",
+                "min_det_score": 0.5,
+                "check_gender": True,
+                "check_age": True,
+                "age_tolerance": 10.0,
+                "uniqueness_threshold": 0.3,
+                "real_person_threshold": 0.3,
             },
             "_meta": {"title": "ACG: one source face per identity"},
         },  # fmt: skip
         "8": {"class_type": "FDTASTGLoader", "inputs": {"checkpoint": STG}},
-        "20": {"class_type": "PreviewImage", "inputs": {"images": ["7", 2]}, "_meta": {"title": "ACG candidates"}},
+        "20": {
+            "class_type": "PreviewImage",
+            "inputs": {"images": ["7", 2]},
+            "_meta": {"title": "ACG candidates"},
+        },
     }
 
 
@@ -88,36 +133,81 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
         {
             "9": {
                 "class_type": "FDTAReferenceBank",
-                "inputs": {"source": "folder", "path": "fdta/ms1m_references", "max_subjects": 0,
-                           "max_per_subject": 0, "first_subject": 0, "tags_csv": "", "face_models": ["6", 0]},
+                "inputs": {
+                    "source": "folder",
+                    "path": "fdta/ms1m_references",
+                    "max_subjects": 0,
+                    "max_per_subject": 0,
+                    "first_subject": 0,
+                    "tags_csv": "",
+                    "face_models": ["6", 0],
+                },
                 "_meta": {"title": "Real reference faces (one sub-folder per subject)"},
             },  # fmt: skip
             "10": {
                 "class_type": "FDTASTGMixer",
-                "inputs": {"stg_model": ["8", 0], "source_faces": ["7", 0], "reference_bank": ["9", 0],
-                           "style_policy": "subject", "images_per_identity": 50, "seed": RUN_SEED, "steps": 50,
-                           "eta": 1.0, "batch_size": 16, "precision": "auto"},
+                "inputs": {
+                    "stg_model": ["8", 0],
+                    "source_faces": ["7", 0],
+                    "reference_bank": ["9", 0],
+                    "style_policy": "subject",
+                    "images_per_identity": 50,
+                    "seed": RUN_SEED,
+                    "steps": 50,
+                    "eta": 1.0,
+                    "batch_size": 16,
+                    "precision": "auto",
+                },
                 "_meta": {"title": "STG: identity of the ACG face, style of a real face"},
             },  # fmt: skip
-            "11": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"}},
+            "11": {
+                "class_type": "FDTAAgeLoader",
+                "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
+            },
             "12": {
                 "class_type": "FDTAAgeShifter",
-                "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "20, 45, 70",
-                           "age_low": 20, "age_high": 70, "count": 1, "sampling": "random", "seed": RUN_SEED,
-                           "base_age": 30, "keep_originals": True, "batch_size": 0},
+                "inputs": {
+                    "faceset": ["10", 0],
+                    "age_model": ["11", 0],
+                    "mode": "range",
+                    "ages": "20, 45, 70",
+                    "age_low": 20,
+                    "age_high": 70,
+                    "count": 1,
+                    "sampling": "random",
+                    "seed": RUN_SEED,
+                    "base_age": 30,
+                    "keep_originals": True,
+                    "batch_size": 0,
+                },
             },  # fmt: skip
             "13": {
                 "class_type": "FDTACSIMFilter",
-                "inputs": {"faceset": ["12", 0], "face_models": ["6", 0], "threshold": 0.3, "reference": "source",
-                           "min_images_per_identity": 10, "batch_size": 64, "sheet_identities": 8},
+                "inputs": {
+                    "faceset": ["12", 0],
+                    "face_models": ["6", 0],
+                    "threshold": 0.3,
+                    "reference": "source",
+                    "min_images_per_identity": 10,
+                    "batch_size": 64,
+                    "sheet_identities": 8,
+                },
                 "_meta": {"title": "CSIM filter: drop images that lost the identity"},
             },  # fmt: skip
             "14": {
                 "class_type": "FDTADatasetWriter",
-                "inputs": {"faceset": ["13", 0], "output_name": "fdta/syn_ms1m", "identity_start": 0,
-                           "identity_count": CHUNK},
+                "inputs": {
+                    "faceset": ["13", 0],
+                    "output_name": "fdta/syn_ms1m",
+                    "identity_start": 0,
+                    "identity_count": CHUNK,
+                },
             },  # fmt: skip
-            "21": {"class_type": "PreviewImage", "inputs": {"images": ["10", 1]}, "_meta": {"title": "STG styles"}},
+            "21": {
+                "class_type": "PreviewImage",
+                "inputs": {"images": ["10", 1]},
+                "_meta": {"title": "STG styles"},
+            },
             "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
         }
     )
@@ -132,29 +222,59 @@ def syn_mpie() -> dict[str, dict[str, Any]]:
         {
             "9": {
                 "class_type": "FDTAReferenceBank",
-                "inputs": {"source": "folder", "path": "fdta/multipie_references", "max_subjects": 0,
-                           "max_per_subject": 0, "first_subject": 0,
-                           "tags_csv": "fdta/multipie_references/tags.csv", "face_models": ["6", 0]},
+                "inputs": {
+                    "source": "folder",
+                    "path": "fdta/multipie_references",
+                    "max_subjects": 0,
+                    "max_per_subject": 0,
+                    "first_subject": 0,
+                    "tags_csv": "fdta/multipie_references/tags.csv",
+                    "face_models": ["6", 0],
+                },
                 "_meta": {"title": "Tagged references (subject, yaw, lighting, expression)"},
             },  # fmt: skip
             "10": {
                 "class_type": "FDTASTGMixer",
-                "inputs": {"stg_model": ["8", 0], "source_faces": ["7", 0], "reference_bank": ["9", 0],
-                           "style_policy": "grid", "images_per_identity": 0, "seed": RUN_SEED, "steps": 50,
-                           "eta": 1.0, "batch_size": 16, "precision": "auto"},
+                "inputs": {
+                    "stg_model": ["8", 0],
+                    "source_faces": ["7", 0],
+                    "reference_bank": ["9", 0],
+                    "style_policy": "grid",
+                    "images_per_identity": 0,
+                    "seed": RUN_SEED,
+                    "steps": 50,
+                    "eta": 1.0,
+                    "batch_size": 16,
+                    "precision": "auto",
+                },
                 "_meta": {"title": "STG: 13 yaws x 7 lightings x 2 expressions"},
             },  # fmt: skip
             "13": {
                 "class_type": "FDTACSIMFilter",
-                "inputs": {"faceset": ["10", 0], "face_models": ["6", 0], "threshold": 0.3, "reference": "source",
-                           "min_images_per_identity": 20, "batch_size": 64, "sheet_identities": 8},
+                "inputs": {
+                    "faceset": ["10", 0],
+                    "face_models": ["6", 0],
+                    "threshold": 0.3,
+                    "reference": "source",
+                    "min_images_per_identity": 20,
+                    "batch_size": 64,
+                    "sheet_identities": 8,
+                },
             },  # fmt: skip
             "14": {
                 "class_type": "FDTADatasetWriter",
-                "inputs": {"faceset": ["13", 0], "output_name": "fdta/syn_mpie", "identity_start": 0,
-                           "identity_count": CHUNK},
+                "inputs": {
+                    "faceset": ["13", 0],
+                    "output_name": "fdta/syn_mpie",
+                    "identity_start": 0,
+                    "identity_count": CHUNK,
+                },
             },  # fmt: skip
-            "21": {"class_type": "PreviewImage", "inputs": {"images": ["10", 1]}, "_meta": {"title": "STG styles"}},
+            "21": {
+                "class_type": "PreviewImage",
+                "inputs": {"images": ["10", 1]},
+                "_meta": {"title": "STG styles"},
+            },
             "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
         }
     )
@@ -202,7 +322,9 @@ def _load_object_info(src: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--object-info", required=True, help="URL of a ComfyUI with this pack, or an object_info JSON")
+    ap.add_argument(
+        "--object-info", required=True, help="URL of a ComfyUI with this pack, or an object_info JSON"
+    )
     args = ap.parse_args(argv)
     info = _load_object_info(args.object_info)
     (HERE / "api").mkdir(exist_ok=True)

@@ -24,16 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("ckpt", type=Path, help="dcface_5x5.ckpt / dcface_3x3.ckpt (or a safetensors file)")
     c.add_argument("out", type=Path, help="output .safetensors")
-    c.add_argument("--style-backbone", type=Path, help="AdaFace IR-50 checkpoint (adaface_ir50_casia.ckpt) "
-                   "when the mixer checkpoint lacks recognition_model.backbone.*")
-    c.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="storage precision (default fp32)")
-    c.add_argument("--num-head-channels", type=int, default=None,
-                   help="attention head width (DCFace: 64, the default; tiny test models differ)")
-    c.add_argument("--no-ema", action="store_true", help="use the training UNet model.* instead of the EMA copy")
+    c.add_argument(
+        "--style-backbone",
+        type=Path,
+        help="AdaFace IR-50 checkpoint (adaface_ir50_casia.ckpt) "
+        "when the mixer checkpoint lacks recognition_model.backbone.*",
+    )
+    c.add_argument(
+        "--dtype", choices=sorted(_DTYPES), default="fp32", help="storage precision (default fp32)"
+    )
+    c.add_argument(
+        "--num-head-channels",
+        type=int,
+        default=None,
+        help="attention head width (DCFace: 64, the default; tiny test models differ)",
+    )
+    c.add_argument(
+        "--no-ema", action="store_true", help="use the training UNet model.* instead of the EMA copy"
+    )
     c.add_argument("--json", action="store_true", help="print the load report as JSON")
     c.set_defaults(func=_convert)
 
-    i = sub.add_parser("inspect", help="print the settings and key report of a checkpoint (nothing is executed)")
+    i = sub.add_parser(
+        "inspect", help="print the settings and key report of a checkpoint (nothing is executed)"
+    )
     i.add_argument("ckpt", type=Path)
     i.add_argument("--num-head-channels", type=int, default=None)
     i.set_defaults(func=_inspect)

@@ -29,7 +29,13 @@ AlignFn = Callable[[np.ndarray], "np.ndarray | None"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TAG_NAMES = ("subject", "yaw", "lighting", "expression")
-_TAG_ALIASES = {"light": "lighting", "illumination": "lighting", "expr": "expression", "pose": "yaw", "id": "subject"}
+_TAG_ALIASES = {
+    "light": "lighting",
+    "illumination": "lighting",
+    "expr": "expression",
+    "pose": "yaw",
+    "id": "subject",
+}
 _TAG_RE = re.compile(r"([A-Za-z]+)=([^_,=/]+)")
 
 
@@ -83,7 +89,9 @@ class ReferenceBank:
         """An IMAGE batch as a bank; without subjects every image is its own subject."""
         arr = np.asarray(images)
         if arr.ndim != 4:
-            raise InputError(f"expected [N,H,W,3] images, got {list(arr.shape)}", where="ReferenceBank.images")
+            raise InputError(
+                f"expected [N,H,W,3] images, got {list(arr.shape)}", where="ReferenceBank.images"
+            )
         out, keys, subs, tg = [], [], [], []
         for i in range(arr.shape[0]):
             face = _ensure_aligned(arr[i], align, f"{source}[{i}]")
@@ -268,7 +276,9 @@ def _decode(payload: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(payload)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except OSError as exc:
-        raise DatasetError(f"{where}: record payload is not an image ({exc})", where="ReferenceBank.rec") from None
+        raise DatasetError(
+            f"{where}: record payload is not an image ({exc})", where="ReferenceBank.rec"
+        ) from None
 
 
 def _ensure_aligned(img: np.ndarray, align: AlignFn | None, where: str) -> np.ndarray | None:

@@ -135,7 +135,9 @@ def map_dcface_state_dict(
     unet_prefix = "ema_model.averaged_model." if (use_ema and has_ema) else "model."
     report.unet_from = unet_prefix
     if unet_prefix == "model." and use_ema:
-        log.warning("%s has no EMA UNet (ema_model.averaged_model.*); using the training weights model.*", source)
+        log.warning(
+            "%s has no EMA UNet (ema_model.averaged_model.*); using the training weights model.*", source
+        )
     prefixes = [(unet_prefix, "unet.")] + [(p, q) for p, q in SAMPLING_PREFIXES if q != "unet."]
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
@@ -231,7 +233,9 @@ INERT_MODULE_PREFIXES: tuple[str, ...] = (
     "torch",
 )
 #: Single globals that become inert stand-ins.
-INERT_GLOBALS: frozenset[str] = frozenset({"functools.partial", "collections.defaultdict", "_operator.attrgetter_disabled"})
+INERT_GLOBALS: frozenset[str] = frozenset(
+    {"functools.partial", "collections.defaultdict", "_operator.attrgetter_disabled"}
+)
 #: Builtins whose call is harmless (type constructors only; never getattr/eval/exec/__import__/open).
 SAFE_BUILTINS: dict[tuple[str, str], Any] = {
     ("builtins", "dict"): dict,
@@ -251,14 +255,25 @@ SAFE_BUILTINS: dict[tuple[str, str], Any] = {
     ("builtins", "NoneType"): type(None),
     ("collections", "OrderedDict"): OrderedDict,
     ("__builtin__", "set"): set,
-    ("_codecs", "encode"): None,  # filled below: protocol-2 pickles store bytes as _codecs.encode(str, "latin1")
+    (
+        "_codecs",
+        "encode",
+    ): None,  # filled below: protocol-2 pickles store bytes as _codecs.encode(str, "latin1")
 }
 
 
 def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """The only use of ``_codecs.encode`` in data pickles: ``str -> bytes`` in latin-1 / utf-8."""
-    if not isinstance(text, str) or encoding.lower() not in ("latin1", "latin-1", "iso-8859-1", "utf-8", "utf8"):
-        raise UnsafeFileError("_codecs.encode used for something other than text -> bytes", where="checkpoint")
+    if not isinstance(text, str) or encoding.lower() not in (
+        "latin1",
+        "latin-1",
+        "iso-8859-1",
+        "utf-8",
+        "utf8",
+    ):
+        raise UnsafeFileError(
+            "_codecs.encode used for something other than text -> bytes", where="checkpoint"
+        )
     return text.encode(encoding, errors)
 
 
@@ -329,7 +344,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if key in SAFE_BUILTINS:
             return SAFE_BUILTINS[key]
         full = f"{module}.{name}"
-        if full in INERT_GLOBALS or any(module == p or module.startswith(p + ".") for p in INERT_MODULE_PREFIXES):
+        if full in INERT_GLOBALS or any(
+            module == p or module.startswith(p + ".") for p in INERT_MODULE_PREFIXES
+        ):
             self.inert_globals.add(full)
             return _inert_class(module, name)
         raise UnsafeFileError(
@@ -352,7 +369,11 @@ class RestrictedUnpickler(pickle.Unpickler):
             if raw is None:
                 raise ModelFormatError(f"storage '{key}' is missing from the archive", where=self._where)
             dtype = stype.dtype
-            t = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+            t = (
+                torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                if raw
+                else torch.empty(0, dtype=torch.uint8)
+            )
             t = t.view(dtype) if raw else torch.empty(0, dtype=dtype)
             if t.numel() != int(numel) and int(numel) * t.element_size() != len(raw):
                 # numel may count bytes (untyped storages) or elements (typed storages)
@@ -573,7 +594,11 @@ def build_model(weights: STGWeights, *, strict: bool = True):  # -> STGModel
     model.load_state_dict(weights.state_dict, strict=False)
     model.eval()
     if weights.report.unexpected:
-        log.warning("STG checkpoint: ignoring %d unexpected keys: %s", len(weights.report.unexpected), weights.report.unexpected[:10])
+        log.warning(
+            "STG checkpoint: ignoring %d unexpected keys: %s",
+            len(weights.report.unexpected),
+            weights.report.unexpected[:10],
+        )
     return model
 
 

@@ -50,7 +50,9 @@ class Schedule:
 def ddim_timesteps(steps: int) -> list[int]:
     """``[(n-1) r, ..., r, 0]`` with ``r = 1000 // n``."""
     if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
-        raise InputError(f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {steps}", where="ddim.steps")
+        raise InputError(
+            f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {steps}", where="ddim.steps"
+        )
     r = NUM_TRAIN_TIMESTEPS // steps
     return [int(i * r) for i in range(steps)][::-1]
 

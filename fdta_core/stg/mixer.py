@@ -72,7 +72,9 @@ def mix(
     req = GenerationRequest(
         id_images=id_images,
         id_index=np.array([pos[p.identity] for p in picks], np.int64),
-        style_images=bank.images[[p.bank_index for p in picks]] if picks else np.zeros((0, 112, 112, 3), np.uint8),
+        style_images=bank.images[[p.bank_index for p in picks]]
+        if picks
+        else np.zeros((0, 112, 112, 3), np.uint8),
         seeds=seeds,
     )
     images = sampler.generate(req, steps=steps, eta=eta, batch_size=batch_size, progress=progress)
@@ -101,7 +103,12 @@ def mix(
 
 
 def contact_sheet(
-    styled: FaceSet, bank: ReferenceBank, picks: Sequence[StylePick], *, max_identities: int = 8, max_styles: int = 8
+    styled: FaceSet,
+    bank: ReferenceBank,
+    picks: Sequence[StylePick],
+    *,
+    max_identities: int = 8,
+    max_styles: int = 8,
 ) -> np.ndarray:
     """The paper's figure layout: per identity one row of [source | references] above one row of
     [blank | generated images]; at most ``max_identities`` x ``max_styles``."""

@@ -123,7 +123,11 @@ class STGModel(nn.Module):
         return self.style_head(self.style_map(style_rgb))
 
     def condition(
-        self, id_rgb: torch.Tensor, style_rgb: torch.Tensor, *, id_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        id_rgb: torch.Tensor,
+        style_rgb: torch.Tensor,
+        *,
+        id_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Condition:
         """Build the condition for pairs (``id_rgb[i]``, ``style_rgb[i]``)."""
         id_vector, id_tokens = id_cache if id_cache is not None else self.id_encoder(id_rgb)

@@ -50,13 +50,17 @@ def pick_styles(
     """Assign reference images to ``images_per_identity`` styles of each identity (grid: one per cell,
     ``images_per_identity`` 0 means all cells)."""
     if policy not in POLICIES:
-        raise InputError(f"unknown style policy '{policy}'", where="style_policy", fix=f"use one of {POLICIES}.")
+        raise InputError(
+            f"unknown style policy '{policy}'", where="style_policy", fix=f"use one of {POLICIES}."
+        )
     if len(bank) == 0:
         raise InputError("the reference bank is empty", where="reference_bank")
     if policy == "grid":
         return _grid(bank, identities, images_per_identity, run_seed, grid_axes)
     if images_per_identity < 1:
-        raise InputError(f"images per identity must be >= 1, got {images_per_identity}", where="images_per_identity")
+        raise InputError(
+            f"images per identity must be >= 1, got {images_per_identity}", where="images_per_identity"
+        )
     picks: list[StylePick] = []
     if policy == "random":
         for ident in identities:

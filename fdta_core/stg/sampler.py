@@ -34,7 +34,9 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     elif name in _DTYPES:
         dtype = _DTYPES[name]
     else:
-        raise InputError(f"unknown precision '{name}'", where="STG precision", fix="use auto, fp32, fp16 or bf16.")
+        raise InputError(
+            f"unknown precision '{name}'", where="STG precision", fix="use auto, fp32, fp16 or bf16."
+        )
     if device.type == "cpu" and dtype == torch.float16:
         log.info("fp16 is slow or unsupported on CPU; using fp32")
         dtype = torch.float32
@@ -59,7 +61,10 @@ class GenerationRequest:
             )
         for name, arr in (("id_images", self.id_images), ("style_images", self.style_images)):
             if arr.ndim != 4 or arr.shape[1:] != (112, 112, 3) or arr.dtype != np.uint8:
-                raise InputError(f"{name} must be uint8 [N,112,112,3], got {arr.dtype} {list(arr.shape)}", where="STG generation")
+                raise InputError(
+                    f"{name} must be uint8 [N,112,112,3], got {arr.dtype} {list(arr.shape)}",
+                    where="STG generation",
+                )
         if n and (int(np.min(self.id_index)) < 0 or int(np.max(self.id_index)) >= len(self.id_images)):
             raise InputError("identity index out of range", where="STG generation")
 

@@ -33,7 +33,9 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return super().forward(x)
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -171,7 +173,9 @@ class STGUNet(nn.Module):
                     layers.append(ResBlock(ch, emb_dim, ch, up=level != cfg.skip_downsample_level + 1))
                     ds //= 2
                 self.output_blocks.append(Stage(layers))
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, cfg.out_channels, 3, padding=1)
+        )
 
     def forward(
         self,
@@ -190,7 +194,9 @@ class STGUNet(nn.Module):
         elif t.ndim == 0:
             t = t[None]
         t = t.to(x.device)
-        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(self.time_embed[0].weight.dtype))
+        emb = self.time_embed(
+            timestep_embedding(t, self.cfg.model_channels).to(self.time_embed[0].weight.dtype)
+        )
         emb = emb + id_vector.to(emb.dtype)
         h = x.to(self.time_embed[0].weight.dtype)
         skips = []

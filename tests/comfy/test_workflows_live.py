@@ -63,7 +63,9 @@ def tiny_models(comfy: ComfyServer):
     from fdta_core.testing.sd import write_random_sd_models
     from fdta_core.testing.stg import tiny_model
 
-    sd = write_random_sd_models(comfy.models, seed=7, checkpoint_name=MODELS["ckpt"], controlnet_name=MODELS["cnet"])
+    sd = write_random_sd_models(
+        comfy.models, seed=7, checkpoint_name=MODELS["ckpt"], controlnet_name=MODELS["cnet"]
+    )
     make_tiny_face_pack(comfy.models / "insightface", "buffalo_l")
     stg = tiny_model(seed=3)
     settings = {"format": FORMAT, "grid": stg.cfg.grid, "config": stg.cfg.to_dict(), "source": "tiny"}
@@ -83,7 +85,9 @@ def tiny_models(comfy: ComfyServer):
     for s in range(3):
         (refs / f"subject{s}").mkdir(parents=True, exist_ok=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(refs / f"subject{s}" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(
+                refs / f"subject{s}" / f"{i}.png"
+            )
     Image.open(WORKFLOWS / "inputs" / "fdta_face_edges.png").save(comfy.input_dir / "fdta_face_edges.png")
     yield
     for p in (sd.checkpoint, sd.controlnet):
@@ -123,7 +127,10 @@ def test_syn_ms1m_runs_headless_resumes_and_merges(comfy: ComfyServer, tiny_mode
     assert len(comfy.get("/history")) == before
 
     chunks = sorted((comfy.output_dir / "fdta" / "syn_ms1m_test" / "chunks").iterdir())
-    assert [c.name for c in chunks if not c.name.startswith(".")] == ["000000000-000000002", "000000002-000000004"]
+    assert [c.name for c in chunks if not c.name.startswith(".")] == [
+        "000000000-000000002",
+        "000000002-000000004",
+    ]
     merged = tmp_path / "merged"
     assert fdta(["rec", "merge", str(merged), str(comfy.output_dir / "fdta" / "syn_ms1m_test")]) == 0
     capsys.readouterr()

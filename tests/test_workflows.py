@@ -1,0 +1,80 @@
+"""The shipped workflows: UI files and API twins agree, match the builder, and are safe to share."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fdta_core.runner import patch_workflow, plan_chunks
+from fdta_core.runner.patch import load_api_workflow
+from fdta_core.workflow import ui_to_api
+from tests.node_registry import declared_node_ids
+
+REPO = Path(__file__).resolve().parents[1]
+WF = REPO / "workflows"
+NAMES = ["syn_ms1m", "syn_mpie"]
+SCHEMAS = json.loads((REPO / "tests" / "data" / "workflow_object_info.json").read_text())
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_workflows", WF / "build_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_file_and_api_twin_agree(name):
+    ui = json.loads((WF / f"{name}.json").read_text())
+    api = load_api_workflow(json.loads((WF / "api" / f"{name}.json").read_text()))
+    assert ui_to_api(ui, SCHEMAS) == api
+    # the committed files are what the builder makes (no hand edits that drift from it)
+    assert _builder().WORKFLOWS[name]() == api
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_node_is_known_and_every_seed_is_fixed(name):
+    ui = json.loads((WF / f"{name}.json").read_text())
+    fdta = set(declared_node_ids())
+    for node in ui["nodes"]:
+        assert node["type"] in SCHEMAS
+        if node["type"].startswith("FDTA"):
+            assert node["type"] in fdta
+        # the editor's "control after generate" value, when present, never randomises
+        assert "randomize" not in node.get("widgets_values", [])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_secret_and_no_absolute_path_in_shipped_files(name):
+    for path in (WF / f"{name}.json", WF / "api" / f"{name}.json"):
+        text = path.read_text()
+        assert not re.search(r"sk-[A-Za-z0-9]{8,}", text), path
+        assert not re.search(r'"(/home|/root|/Users|[A-Z]:\\\\)', text), path
+        assert '"api_key"' not in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runner_patches_the_shipped_graph(name):
+    api = json.loads((WF / "api" / f"{name}.json").read_text())
+    chunk = plan_chunks(10_000, 100)[37]
+    p = patch_workflow(api, chunk, 5)
+    spec = next(n for n in p.values() if n["class_type"] == "FDTAAttributeSpec")["inputs"]
+    writer = next(n for n in p.values() if n["class_type"] == "FDTADatasetWriter")["inputs"]
+    assert (spec["identity_start"], spec["identity_count"], spec["seed"]) == (3700, 100, 5)
+    assert (writer["identity_start"], writer["identity_count"]) == (3700, 100)
+    assert all(
+        n["inputs"]["seed"] == 5
+        for n in p.values()
+        if n["class_type"].startswith("FDTA") and "seed" in n["inputs"]
+    )
+
+
+def test_control_image_is_shipped():
+    from PIL import Image
+
+    img = Image.open(WF / "inputs" / "fdta_face_edges.png")
+    assert img.size == (512, 512) and img.mode == "RGB"

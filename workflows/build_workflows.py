@@ -125,24 +125,34 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def syn_ms1m() -> dict[str, dict[str, Any]]:
-    """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
-    (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
-    g = _acg_front("Syn-MS1M")
+def _style_filter_write(
+    g: dict[str, dict[str, Any]],
+    *,
+    bank_path: str,
+    tags_csv: str,
+    bank_title: str,
+    policy: str,
+    images_per_identity: int,
+    stg_title: str,
+    csim_input: list[Any],
+    min_images: int,
+    output_name: str,
+) -> dict[str, dict[str, Any]]:
+    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets."""
     g.update(
         {
             "9": {
                 "class_type": "FDTAReferenceBank",
                 "inputs": {
                     "source": "folder",
-                    "path": "fdta/ms1m_references",
+                    "path": bank_path,
                     "max_subjects": 0,
                     "max_per_subject": 0,
                     "first_subject": 0,
-                    "tags_csv": "",
+                    "tags_csv": tags_csv,
                     "face_models": ["6", 0],
                 },
-                "_meta": {"title": "Real reference faces (one sub-folder per subject)"},
+                "_meta": {"title": bank_title},
             },  # fmt: skip
             "10": {
                 "class_type": "FDTASTGMixer",
@@ -150,45 +160,24 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
                     "stg_model": ["8", 0],
                     "source_faces": ["7", 0],
                     "reference_bank": ["9", 0],
-                    "style_policy": "subject",
-                    "images_per_identity": 50,
+                    "style_policy": policy,
+                    "images_per_identity": images_per_identity,
                     "seed": RUN_SEED,
                     "steps": 50,
                     "eta": 1.0,
                     "batch_size": 16,
                     "precision": "auto",
                 },
-                "_meta": {"title": "STG: identity of the ACG face, style of a real face"},
-            },  # fmt: skip
-            "11": {
-                "class_type": "FDTAAgeLoader",
-                "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
-            },
-            "12": {
-                "class_type": "FDTAAgeShifter",
-                "inputs": {
-                    "faceset": ["10", 0],
-                    "age_model": ["11", 0],
-                    "mode": "range",
-                    "ages": "20, 45, 70",
-                    "age_low": 20,
-                    "age_high": 70,
-                    "count": 1,
-                    "sampling": "random",
-                    "seed": RUN_SEED,
-                    "base_age": 30,
-                    "keep_originals": True,
-                    "batch_size": 0,
-                },
+                "_meta": {"title": stg_title},
             },  # fmt: skip
             "13": {
                 "class_type": "FDTACSIMFilter",
                 "inputs": {
-                    "faceset": ["12", 0],
+                    "faceset": csim_input,
                     "face_models": ["6", 0],
                     "threshold": 0.3,
                     "reference": "source",
-                    "min_images_per_identity": 10,
+                    "min_images_per_identity": min_images,
                     "batch_size": 64,
                     "sheet_identities": 8,
                 },
@@ -198,7 +187,7 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
                 "class_type": "FDTADatasetWriter",
                 "inputs": {
                     "faceset": ["13", 0],
-                    "output_name": "fdta/syn_ms1m",
+                    "output_name": output_name,
                     "identity_start": 0,
                     "identity_count": CHUNK,
                 },
@@ -211,74 +200,52 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
             "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
         }
     )
+    return g
+
+
+def syn_ms1m() -> dict[str, dict[str, Any]]:
+    """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
+    (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
+    g = _style_filter_write(
+        _acg_front("Syn-MS1M"),
+        bank_path="fdta/ms1m_references",
+        tags_csv="",
+        bank_title="Real reference faces (one sub-folder per subject)",
+        policy="subject",
+        images_per_identity=50,
+        stg_title="STG: identity of the ACG face, style of a real face",
+        csim_input=["12", 0],
+        min_images=10,
+        output_name="fdta/syn_ms1m",
+    )
+    g["11"] = {
+        "class_type": "FDTAAgeLoader",
+        "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
+    }
+    g["12"] = {
+        "class_type": "FDTAAgeShifter",
+        "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "20, 45, 70",
+                   "age_low": 20, "age_high": 70, "count": 1, "sampling": "random", "seed": RUN_SEED,
+                   "base_age": 30, "keep_originals": True, "batch_size": 0},
+    }  # fmt: skip
     return g
 
 
 def syn_mpie() -> dict[str, dict[str, Any]]:
     """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles of tagged
     Multi-PIE references (tags from a CSV or folder names)."""
-    g = _acg_front("Syn-MPIE")
-    g.update(
-        {
-            "9": {
-                "class_type": "FDTAReferenceBank",
-                "inputs": {
-                    "source": "folder",
-                    "path": "fdta/multipie_references",
-                    "max_subjects": 0,
-                    "max_per_subject": 0,
-                    "first_subject": 0,
-                    "tags_csv": "fdta/multipie_references/tags.csv",
-                    "face_models": ["6", 0],
-                },
-                "_meta": {"title": "Tagged references (subject, yaw, lighting, expression)"},
-            },  # fmt: skip
-            "10": {
-                "class_type": "FDTASTGMixer",
-                "inputs": {
-                    "stg_model": ["8", 0],
-                    "source_faces": ["7", 0],
-                    "reference_bank": ["9", 0],
-                    "style_policy": "grid",
-                    "images_per_identity": 0,
-                    "seed": RUN_SEED,
-                    "steps": 50,
-                    "eta": 1.0,
-                    "batch_size": 16,
-                    "precision": "auto",
-                },
-                "_meta": {"title": "STG: 13 yaws x 7 lightings x 2 expressions"},
-            },  # fmt: skip
-            "13": {
-                "class_type": "FDTACSIMFilter",
-                "inputs": {
-                    "faceset": ["10", 0],
-                    "face_models": ["6", 0],
-                    "threshold": 0.3,
-                    "reference": "source",
-                    "min_images_per_identity": 20,
-                    "batch_size": 64,
-                    "sheet_identities": 8,
-                },
-            },  # fmt: skip
-            "14": {
-                "class_type": "FDTADatasetWriter",
-                "inputs": {
-                    "faceset": ["13", 0],
-                    "output_name": "fdta/syn_mpie",
-                    "identity_start": 0,
-                    "identity_count": CHUNK,
-                },
-            },  # fmt: skip
-            "21": {
-                "class_type": "PreviewImage",
-                "inputs": {"images": ["10", 1]},
-                "_meta": {"title": "STG styles"},
-            },
-            "22": {"class_type": "PreviewImage", "inputs": {"images": ["13", 1]}, "_meta": {"title": "CSIM"}},
-        }
+    return _style_filter_write(
+        _acg_front("Syn-MPIE"),
+        bank_path="fdta/multipie_references",
+        tags_csv="fdta/multipie_references/tags.csv",
+        bank_title="Tagged references (subject, yaw, lighting, expression)",
+        policy="grid",
+        images_per_identity=0,
+        stg_title="STG: 13 yaws x 7 lightings x 2 expressions",
+        csim_input=["10", 0],
+        min_images=20,
+        output_name="fdta/syn_mpie",
     )
-    return g
 
 
 WORKFLOWS = {"syn_ms1m": syn_ms1m, "syn_mpie": syn_mpie}

@@ -74,6 +74,8 @@ class ComfyServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: extra environment variables of the server process (e.g. an API key a test must not see leak)
+    env: dict[str, str] = field(default_factory=dict)
 
     # -------------------------------------------------------------- lifecycle
     @property
@@ -96,6 +98,14 @@ class ComfyServer:
     def output_dir(self) -> Path:
         return self.base / "output"
 
+    @property
+    def temp_dir(self) -> Path:
+        return self.base / "temp"
+
+    @property
+    def user_dir(self) -> Path:
+        return self.base / "user"
+
     def prepare(self) -> None:
         for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
@@ -115,6 +125,7 @@ class ComfyServer:
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # the pack must import the way ComfyUI imports it, nothing else
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd,

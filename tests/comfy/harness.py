@@ -100,7 +100,8 @@ class ComfyServer:
 
     @property
     def temp_dir(self) -> Path:
-        return self.base / "temp"
+        """Where ComfyUI writes temp files: it appends ``temp`` to ``--temp-directory``."""
+        return self.base / "temp" / "temp"
 
     @property
     def user_dir(self) -> Path:

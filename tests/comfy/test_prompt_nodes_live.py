@@ -104,7 +104,9 @@ def test_llm_prompts_with_key_from_environment(comfy: ComfyServer) -> None:
         assert _text(again, "3") == text
         assert len(chat.requests) == n_requests
         # the widget holds a variable NAME; a pasted key is refused with a message naming the input
-        err = _error(comfy.run_error(_graph(use_llm=True, base_url=chat.base_url, api_key_env="sk-pasted-1234")))
+        err = _error(
+            comfy.run_error(_graph(use_llm=True, base_url=chat.base_url, api_key_env="sk-pasted-1234"))
+        )
         assert err["exception_message"].startswith("FDTAAttributePrompt.api_key_env:"), err
     needle = key.encode()
     for sub in ("output", "user", "temp", "input"):

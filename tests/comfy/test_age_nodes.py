@@ -28,3 +28,56 @@ def test_age_loader_lists_checkpoints(comfy: ComfyServer) -> None:
     assert "notes.txt" not in options
     shifter = info["FDTAAgeShifter"]["input"]["required"]
     assert _combo_options(shifter["mode"]) == ["list", "range", "relative"]
+
+
+def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
+    """LoadImage x2 -> FDTAAlignFaces -> FDTAAgeShifter (tiny SAM, list mode): 2 faces x (1 + 2 ages);
+    the preview is saved and the provenance (shown by PreviewAny) carries the age targets."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from fdta_core.testing.age import save_sam_checkpoint, tiny_sam
+    from fdta_core.testing.faces import make_tiny_face_pack, tiny_face_image
+    from tests.comfy.harness import node_outputs
+
+    folder = comfy.models / "fdta" / "age"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_sam_checkpoint(tiny_sam(1), folder / "sam_live_graph.pt", cuda_tagged=True)
+    make_tiny_face_pack(comfy.models / "insightface", "age_live_pack")
+    for i, anchor in enumerate([(128, 96), (96, 128)]):
+        img, _, _ = tiny_face_image(256, 256, anchor, background=30)
+        Image.fromarray(img).save(comfy.input_dir / f"age_live_{i}.png")
+    graph = {
+        "L0": {"class_type": "LoadImage", "inputs": {"image": "age_live_0.png"}},
+        "L1": {"class_type": "LoadImage", "inputs": {"image": "age_live_1.png"}},
+        "B": {"class_type": "ImageBatch", "inputs": {"image1": ["L0", 0], "image2": ["L1", 0]}},
+        "M": {"class_type": "FDTAFaceModelLoader",
+              "inputs": {"pack": "age_live_pack", "provider": "cpu", "det_size": 256, "det_threshold": 0.5}},
+        "A": {"class_type": "FDTAAlignFaces",
+              "inputs": {"image": ["B", 0], "face_models": ["M", 0], "min_face_size": 0,
+                         "assume_aligned_112": True, "identity_start": 0, "one_identity": False}},
+        "G": {"class_type": "FDTAAgeLoader",
+              "inputs": {"model_name": "sam_live_graph.pt", "device": "auto", "dtype": "auto"}},
+        "S": {"class_type": "FDTAAgeShifter",
+              "inputs": {"faceset": ["A", 0], "age_model": ["G", 0], "mode": "list", "ages": "20, 65",
+                         "age_low": 20, "age_high": 70, "count": 3, "sampling": "even", "seed": 0,
+                         "base_age": 30, "keep_originals": True, "batch_size": 0}},
+        "P": {"class_type": "PreviewImage", "inputs": {"images": ["S", 1]}},
+        "T": {"class_type": "PreviewAny", "inputs": {"source": ["S", 0]}},
+    }  # fmt: skip
+    entry = comfy.run(graph, timeout=300)
+    images = node_outputs(entry, "P")["images"]
+    assert len(images) == 6  # 2 originals + 2 x 2 aged
+    sizes = {Image.open(comfy.temp_dir / im.get("subfolder", "") / im["filename"]).size for im in images}
+    assert sizes == {(112, 112)}
+    text = node_outputs(entry, "T")["text"][0]
+    targets = re.findall(r"age_target=([0-9.]+|None)", text)
+    assert targets == ["None", "20.0", "65.0"] * 2, targets
+    assert re.findall(r"identity=(\d+)", text) == ["0"] * 3 + ["1"] * 3
+    histories = re.findall(r"history=\[([^\]]*)\]", text)
+    assert histories[1].endswith("'age'") and "'age'" not in histories[0]
+    aged = np.asarray(Image.open(comfy.temp_dir / images[1].get("subfolder", "") / images[1]["filename"]))
+    orig = np.asarray(Image.open(comfy.temp_dir / images[0].get("subfolder", "") / images[0]["filename"]))
+    assert np.abs(aged.astype(int) - orig.astype(int)).mean() > 1  # the model really changed the face

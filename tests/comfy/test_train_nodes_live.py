@@ -148,3 +148,35 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_two_process_run_through_torchrun(comfy: ComfyServer) -> None:
+    """gpus=2 on the CPU: the launcher runs ``python -m torch.distributed.run`` with ComfyUI's
+    interpreter (gloo); the run finishes with world size 2."""
+    from fdta_core.testing.train import write_synthetic_rec
+
+    data = comfy.output_dir / "live_train" / "data_ddp"
+    write_synthetic_rec(data, num_classes=4, per_class=8, seed=1)
+    graph = _launcher("start_or_resume", run_name="live_train/ddp", max_steps=4, save_every=2)
+    graph["T"]["inputs"].update(gpus=2, dataset_dir="live_train/data_ddp", batch_size=4)
+    run_dir = (comfy.output_dir / "live_train" / "ddp").resolve()
+    try:
+        entry = comfy.run(graph, timeout=120)
+        text = node_outputs(entry, "T")["text"][0]
+        assert "(alive)" in text, text
+        cmd = json.loads((run_dir / "launcher.json").read_text())["cmd"]
+        assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
+        assert Path(cmd[0]).resolve() == comfy.python.resolve()
+        status_graph = {"T": {**graph["T"], "inputs": {**graph["T"]["inputs"], "action": "status"}}}
+        deadline, status = time.monotonic() + 240, ""
+        while time.monotonic() < deadline:
+            text = node_outputs(comfy.run(status_graph, timeout=120), "T")["text"][0]
+            status = re.search(r"^status: (\S+)", text, re.M).group(1)
+            if (status == "finished" and "(exited)" in text) or status in ("failed", "dead"):
+                break
+            time.sleep(1.0)
+        assert status == "finished", f"{text}\n{(run_dir / 'stdout.log').read_text()[-3000:]}"
+        assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+        assert _step(text) == 4 and (run_dir / "model.pt").is_file()
+    finally:
+        _ensure_stopped(run_dir)

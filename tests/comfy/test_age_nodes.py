@@ -81,3 +81,20 @@ def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
     aged = np.asarray(Image.open(comfy.temp_dir / images[1].get("subfolder", "") / images[1]["filename"]))
     orig = np.asarray(Image.open(comfy.temp_dir / images[0].get("subfolder", "") / images[0]["filename"]))
     assert np.abs(aged.astype(int) - orig.astype(int)).mean() > 1  # the model really changed the face
+
+
+def test_age_loader_reads_extra_model_paths_folder(comfy: ComfyServer) -> None:
+    """A SAM file in a folder registered as fdta_age in extra_model_paths.yaml is listed and loads."""
+    from fdta_core.testing.age import save_sam_checkpoint, tiny_sam
+    from tests.comfy.conftest import EXTRA_MODELS
+
+    save_sam_checkpoint(tiny_sam(2), comfy.base / EXTRA_MODELS / "fdta_age" / "sam_extra_live.pt")
+    options = _combo_options(comfy.object_info()["FDTAAgeLoader"]["input"]["required"]["model_name"])
+    assert "sam_extra_live.pt" in options
+    graph = {
+        "G": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": "sam_extra_live.pt", "device": "cpu",
+                                                         "dtype": "fp32"}},
+        "P": {"class_type": "PreviewAny", "inputs": {"source": ["G", 0]}},
+    }  # fmt: skip
+    text = comfy.run(graph, timeout=120)["outputs"]["P"]["text"][0]
+    assert "sam_extra_live.pt" in text  # the handle's repr names the file it loaded

@@ -5,6 +5,7 @@ path against a local fake chat-completions server with the key taken from the se
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.comfy.conftest import LIVE_KEY_ENV
@@ -108,6 +109,8 @@ def test_llm_prompts_with_key_from_environment(comfy: ComfyServer) -> None:
             comfy.run_error(_graph(use_llm=True, base_url=chat.base_url, api_key_env="sk-pasted-1234"))
         )
         assert err["exception_message"].startswith("FDTAAttributePrompt.api_key_env:"), err
+    if not os.environ.get("FDTA_CACHE_DIR"):  # the cache is inside the base dir, so the scan covers it
+        assert any(p.is_file() for p in (comfy.user_dir / "fdta_cache" / "llm").rglob("*"))
     needle = key.encode()
     for sub in ("output", "user", "temp", "input"):
         assert not _files_containing(comfy.base / sub, needle), f"key leaked into {sub}/"

@@ -115,6 +115,17 @@ def _temp_and_old(out: Path) -> tuple[Path, Path]:
     return (out.with_name(f".{out.name}.tmp-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}"))
 
 
+def fresh_temp_folder(out: Path) -> Path:
+    """An empty temporary sibling of ``out`` (a leftover of this pid is removed) to build into, so
+    that ``out`` only ever appears complete, through :func:`replace_folder`."""
+    tmp, _ = _temp_and_old(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
 def replace_folder(tmp: Path, out: Path) -> None:
     """Put the finished folder ``tmp`` at ``out``; an existing record folder there is replaced."""
     _, old = _temp_and_old(out)
@@ -173,11 +184,7 @@ def merge(
             raise DatasetError("the inputs hold no images")
         if n + c + 1 >= 1 << 24:
             log.warning("%d records: keys beyond 2^24 are no longer exact as float32 labels", n + c + 1)
-        tmp, _ = _temp_and_old(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = fresh_temp_folder(out)
         try:
             _write_merged(tmp, sources, idents, n, c, progress)
             size = next(iter(sizes))

@@ -16,7 +16,7 @@ from ..errors import DatasetError
 from ..fsutil import fsync_dir
 from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, unpack
 from .info import resolve_rec
-from .merge import _temp_and_old, replace_folder
+from .merge import fresh_temp_folder, replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ def shuffle(
         layout = read_layout(reader)
         keys = np.asarray(layout.image_keys, dtype=np.int64)
         np.random.RandomState(int(seed)).shuffle(keys)
-        tmp, _ = _temp_and_old(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = fresh_temp_folder(out)
         try:
             with RecordWriter(tmp / "train.rec", tmp / "train.idx") as w:
                 for new_key, key in enumerate(keys.tolist()):
@@ -78,11 +74,7 @@ def rec2image(
     folder per identity as insightface's ``rec2image`` does."""
     rec, idx = resolve_rec(path)
     out = Path(out)
-    tmp, _ = _temp_and_old(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = fresh_temp_folder(out)
     made: set[int] = set()
     try:
         with RecordReader(rec, idx if idx.is_file() else None) as reader:

@@ -214,17 +214,22 @@ print("\n".join(missing))
 """
 
 
+def missing_requirements(python: Path, requirements: Path) -> list[str]:
+    """Lines of ``requirements`` that the interpreter ``python`` does not satisfy (markers honoured)."""
+    out = subprocess.run([str(python), "-c", _REQ_CHECK, str(requirements)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DemoError(
+            f"could not check {requirements} with {python}: {out.stderr.strip()[-800:]}",
+            fix="check that COMFYUI_PYTHON runs.",
+        )
+    return [m for m in out.stdout.splitlines() if m.strip()]
+
+
 def ensure_pack_requirements(python: Path, pack: Path, say: Say) -> list[str]:
     """Install the pack's ``requirements.txt`` into ComfyUI's Python when something is missing (the
     README's install step); returns what was missing. ``onnxruntime`` and ``onnxruntime-gpu`` count as one."""
     req = pack / "requirements.txt"
-    out = subprocess.run([str(python), "-c", _REQ_CHECK, str(req)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise DemoError(
-            f"could not check the pack's requirements with {python}: {out.stderr.strip()[-800:]}",
-            fix="check that COMFYUI_PYTHON runs.",
-        )
-    missing = [m for m in out.stdout.splitlines() if m.strip()]
+    missing = missing_requirements(python, req)
     if missing:
         say(
             f"the pack's requirements are missing in ComfyUI's Python ({', '.join(missing)}): installing them"

@@ -412,43 +412,64 @@ def download_missing(
         ) from None
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     staging = folders.models_dir / ".fdta_download"
-    written = []
+    written: list[Path] = []
+    failures: list[DownloadError] = []
     for r in todo:
-        assert r.hf_repo is not None and r.hf_filename is not None
-        dest = folders.default(r.folder) / r.filename
-        url = hf_hub_url(r.hf_repo, r.hf_filename, endpoint=endpoint)
         try:
-            meta = get_hf_file_metadata(url, token=token)
-            local = Path(
-                hf_hub_download(r.hf_repo, r.hf_filename, local_dir=staging, endpoint=endpoint, token=token)
+            dest = _download_one(
+                r, folders, staging, endpoint, token, hf_hub_download, get_hf_file_metadata, hf_hub_url
             )
-        except Exception as exc:  # network, 404, auth: name the file and the mirror
-            raise DownloadError(
-                f"could not download {r.hf_repo}/{r.hf_filename} from {endpoint or 'huggingface.co'}: "
-                f"{type(exc).__name__}: {exc}",
-                where=f"{r.folder}/{r.filename}",
-                fix=f"check the network (or HF_ENDPOINT), or download it by hand from {r.url} into {dest.parent}.",
-            ) from exc
-        digest = sha256_file(local)
-        expected = [
-            (what, v.lower()) for what, v in (("catalog", r.expected_sha256), ("hub", _lfs_sha(meta))) if v
-        ]
-        for what, want in expected:
-            if digest != want:
-                local.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"{r.hf_repo}/{r.hf_filename} has SHA-256 {digest}, the {what} says {want}; the file was deleted",
-                    where=f"{r.folder}/{r.filename}",
-                    fix="run the download again; if it repeats, the mirror serves another file.",
-                )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(local), str(dest))
-        r.present, r.path, r.size, r.sha256 = True, str(dest), dest.stat().st_size, digest
-        log.info("downloaded %s (%d bytes, sha256 %s)", dest, r.size, digest)
+        except DownloadError as exc:  # the others may still come: report every failure at the end
+            log.error("%s", exc)
+            failures.append(exc)
+            continue
         if on_file is not None:
             on_file(r, dest)
         written.append(dest)
+    if failures:
+        if len(failures) == 1:
+            raise failures[0]
+        raise DownloadError(
+            f"{len(failures)} download(s) failed ({len(written)} succeeded):\n"
+            + "\n".join(str(f) for f in failures)
+        )
     return written
+
+
+def _download_one(r: ModelStatus, folders: ModelFolders, staging: Path, endpoint, token, hf_hub_download,
+                  get_hf_file_metadata, hf_hub_url) -> Path:  # fmt: skip
+    assert r.hf_repo is not None and r.hf_filename is not None
+    dest = folders.default(r.folder) / r.filename
+    url = hf_hub_url(r.hf_repo, r.hf_filename, endpoint=endpoint)
+    try:
+        meta = get_hf_file_metadata(url, token=token)
+        local = Path(
+            hf_hub_download(r.hf_repo, r.hf_filename, local_dir=staging, endpoint=endpoint, token=token)
+        )
+    except Exception as exc:  # network, 404, auth: name the file and the mirror
+        raise DownloadError(
+            f"could not download {r.hf_repo}/{r.hf_filename} from {endpoint or 'huggingface.co'}: "
+            f"{type(exc).__name__}: {exc}",
+            where=f"{r.folder}/{r.filename}",
+            fix=f"check the network (or HF_ENDPOINT), or download it by hand from {r.url} into {dest.parent}.",
+        ) from exc
+    digest = sha256_file(local)
+    expected = [
+        (what, v.lower()) for what, v in (("catalog", r.expected_sha256), ("hub", _lfs_sha(meta))) if v
+    ]
+    for what, want in expected:
+        if digest != want:
+            local.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{r.hf_repo}/{r.hf_filename} has SHA-256 {digest}, the {what} says {want}; the file was deleted",
+                where=f"{r.folder}/{r.filename}",
+                fix="run the download again; if it repeats, the mirror serves another file.",
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(local), str(dest))
+    r.present, r.path, r.size, r.sha256 = True, str(dest), dest.stat().st_size, digest
+    log.info("downloaded %s (%d bytes, sha256 %s)", dest, r.size, digest)
+    return dest
 
 
 def _lfs_sha(meta: Any) -> str | None:

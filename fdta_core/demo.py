@@ -444,6 +444,8 @@ def _cli(argv: list[str], step: str) -> None:
     from .cli import main as fdta
 
     rc = fdta(argv)
+    if rc == 130:  # the inner command caught a Ctrl-C: pass it on, so every step stops
+        raise KeyboardInterrupt
     if rc != 0:
         raise DemoError(
             f"{step} failed: 'fdta {' '.join(argv)}' exited with {rc}", fix="read the messages above."

@@ -26,12 +26,26 @@ from fdta_core.comfy_server import (  # noqa: E402  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 
+
+def comfy_or_skip() -> tuple[Path, Path]:
+    """``(comfyui_dir, python)`` for a test, else skip saying why, or fail under ``FDTA_REQUIRE_COMFYUI=1``
+    (``.ci/run`` sets it: in CI a live test that skips proves nothing)."""
+    import pytest
+
+    root, python, reason = comfy_checkout()
+    if root is None or python is None:
+        if os.environ.get("FDTA_REQUIRE_COMFYUI") == "1":
+            pytest.fail(f"FDTA_REQUIRE_COMFYUI=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return root, python
+
 __all__ = [
     "PACK_NAME",
     "REPO",
     "ComfyServer",
     "PromptFailed",
     "comfy_checkout",
+    "comfy_or_skip",
     "copy_into",
     "free_port",
     "node_outputs",

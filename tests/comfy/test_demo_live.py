@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fdta_core.comfy_server import comfy_checkout
+from tests.comfy.harness import comfy_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.comfy]
@@ -23,9 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.comfy]
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root, _, reason = comfy_checkout()
-    if root is None:
-        pytest.skip(reason)
+    comfy_or_skip()
     return tmp_path_factory.mktemp("demo_workdir")
 
 

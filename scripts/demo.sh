@@ -16,7 +16,7 @@ if [ ! -f "$marker" ]; then
     .venv/bin/python -m pip install --quiet --upgrade "pip>=23"
     # The CPU build first and pinned: a plain `torch` would pull a multi-GB CUDA build.
     .venv/bin/python -m pip install --quiet torch==2.13.0
-    .venv/bin/python -m pip install --quiet -c .ci/constraints.txt -e ".[faces,train]"
+    .venv/bin/python -m pip install --quiet -c .ci/constraints.txt -e ".[faces,train,hub]"
   } >&2
   rm -f .venv/.fdta_demo_*
   touch "$marker"

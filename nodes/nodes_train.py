@@ -24,17 +24,15 @@ AREA = f"{CATEGORY}/training"
 def _dataset_path(dataset, dataset_dir: str) -> str:
     """The folder to train on: from a connected FDTA_DATASET or the typed path.
 
-    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <dataset root>, ...}``; the root is
-    used when it holds a merged ``train.rec``, else the chunk itself.
+    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <data-set root>, ...}``: the root is
+    trained on (its merged ``train.rec``, else all its committed chunks, labelled as merge would), never
+    the one chunk this prompt wrote. FDTADatasetMerge returns the merged folder as both.
     """
     if dataset is not None:
         if isinstance(dataset, str | os.PathLike):
             return str(dataset)
         get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
-        root = get("dataset")
-        if root and (Path(root) / "train.rec").is_file():
-            return str(root)
-        for key in ("path", "folder", "root", "dir"):
+        for key in ("dataset", "path", "folder", "root", "dir"):
             if get(key):
                 return str(get(key))
         raise InputError("the connected dataset does not say where it is on disk", where="dataset")

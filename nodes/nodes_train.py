@@ -62,6 +62,15 @@ def _find_file(name: str, folders: list[str], where: str) -> str:
     )
 
 
+def _run_folder(name: str) -> Path | None:
+    """``name`` as a training run folder (absolute, or under the output folder), else ``None``."""
+    p = Path(os.path.expanduser(name.strip()))
+    for cand in [p] if p.is_absolute() else [Path(r) / p for r in output_roots()]:
+        if cand.is_dir() and ((cand / "recipe.json").is_file() or (cand / "model.pt").is_file()):
+            return cand
+    return None
+
+
 def _bin_folders() -> list[str]:
     import folder_paths
 
@@ -241,8 +250,8 @@ class FDTAVerify(io.ComfyNode):
                 io.String.Input(
                     "model",
                     default="",
-                    tooltip="model.pt of a run, an arcface_torch backbone.pth, or an .onnx (absolute, or "
-                    "in models/fdta/fr or the output folder)",
+                    tooltip="model.pt of a run, an arcface_torch backbone.pth, an .onnx, or a run folder "
+                    "(connect the launcher's run_dir) (absolute, or in models/fdta/fr or the output folder)",
                 ),
                 io.String.Input(
                     "bins",
@@ -253,7 +262,12 @@ class FDTAVerify(io.ComfyNode):
                 io.Int.Input("batch_size", default=64, min=1, max=1024, tooltip="images per forward pass"),
             ],
             outputs=[
-                io.String.Output("table", tooltip="accuracy table (percent, mean and std of 10 folds)"),
+                io.String.Output(
+                    "table",
+                    tooltip="FDTA Table 1's layout (LFW, CFP-FP, CPLFW, AgeDB, CALFW, average; a .bin goes "
+                    "into its column by file name) with the published rows beside this model's, then the "
+                    "per-benchmark accuracy (percent, mean and std of 10 folds)",
+                ),
                 io.String.Output(
                     "json", tooltip="the same as JSON: {benchmark: {accuracy_mean, accuracy_std, pairs}}"
                 ),
@@ -267,6 +281,7 @@ class FDTAVerify(io.ComfyNode):
         import comfy.model_patcher
 
         from ..fdta_core.eval.models import load_state, onnx_embedder, torch_embedder
+        from ..fdta_core.eval.table import format_paper_table, paper_table
         from ..fdta_core.eval.verification import format_table, verify
         from ..fdta_core.train.iresnet import backbone_from_state_dict
 
@@ -275,7 +290,21 @@ class FDTAVerify(io.ComfyNode):
                 raise InputError(
                     "no model given", where="model", fix="give the path of model.pt or an .onnx file."
                 )
-            path = _find_file(model, [*model_folders("fdta_fr"), *output_roots()], "model")
+            run_dir = _run_folder(model)
+            if run_dir is not None and not (run_dir / "model.pt").is_file():
+                from ..fdta_core.train import launch
+
+                text = (
+                    "no model.pt yet: the run has not finished. Queue again when it has "
+                    "(the launcher with action=status shows its progress).\n"
+                    + launch.format_state(launch.run_state(run_dir))
+                )
+                return io.NodeOutput(text, "{}", ui=ui.PreviewText(text))
+            path = (
+                str(run_dir / "model.pt")
+                if run_dir is not None
+                else _find_file(model, [*model_folders("fdta_fr"), *output_roots()], "model")
+            )
             files = _bins(bins, "bins")
             if not files:
                 raise InputError(
@@ -300,7 +329,8 @@ class FDTAVerify(io.ComfyNode):
                 embed, size = torch_embedder(patcher.model, str(device)), net.input_size
             progress = progress_callback(1)
             results = verify(embed, files, batch_size=int(batch_size), size=size, progress=progress)
-            table = format_table(results)
+            label = Path(path).parent.name if Path(path).name == "model.pt" else Path(path).name
+            table = format_paper_table(paper_table(results, label)) + "\n\n" + format_table(results)
             data = json.dumps(
                 {
                     r.name: {

@@ -69,7 +69,13 @@ def pack(header: IRHeader, payload: bytes = b"") -> bytes:
         values = np.asarray(label, dtype="<f4").ravel()
         head = _IR.pack(len(values), 0.0, header.id, header.id2)
         return head + values.tobytes() + bytes(payload)
-    return _IR.pack(0, float(label), header.id, header.id2) + bytes(payload)
+    return pack_scalar(float(label), header.id, payload, header.id2)
+
+
+def pack_scalar(label: float, id: int, payload: bytes = b"", id2: int = 0) -> bytes:
+    """``pack(IRHeader(0, label, id, id2), payload)`` without building the dataclass: the data-set
+    writer packs one per face, so this is the hot path of the one header struct."""
+    return _IR.pack(0, label, id, id2) + bytes(payload)
 
 
 def unpack(record: bytes) -> tuple[IRHeader, bytes]:

@@ -39,12 +39,12 @@ from ..fdta_core.acg.faces_adapter import as_analyzer
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.seeds import SEED_MAX
 from ._common import CATEGORY, FaceModels, Faceset, IdentityPlan, node_errors, progress_callback
 
 log = logging.getLogger("FDTA")
 
 NODE_ID = "FDTAACGSampler"
-SEED_MAX = (1 << 63) - 1
 
 
 def _as_plan(plan: Any) -> PlanRecord:

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 from ..fdta_core.errors import InputError, ModelNotFoundError
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
+from ..fdta_core.seeds import SEED_MAX
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
 from ..fdta_core.stg.checkpoint import ADAFACE_STYLE_FILE
 from ._common import (
@@ -259,7 +260,7 @@ class FDTASTGMixer(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=2**63 - 1,
+                    max=SEED_MAX,
                     control_after_generate=False,
                     tooltip="run seed; style choices and noise derive from it and the identity",
                 ),

@@ -102,7 +102,7 @@ def test_nodes_in_comfyui_interpreter(comfy_python, tmp_path):
         assert all(node["output_tooltips"])
     assert out["FDTAAttributeSpec"]["inputs"]["spec"][1]["dynamicPrompts"] is False
     seed = out["FDTAAttributeSpec"]["inputs"]["seed"][1]
-    assert seed["control_after_generate"] is False and seed["max"] == 2**64 - 1
+    assert seed["control_after_generate"] is False and seed["max"] == 2**63 - 1
     assert "api_key" not in json.dumps(out["FDTAAttributePrompt"]["inputs"]).replace("api_key_env", "")
     plan = out["spec_plan"]
     assert [i["index"] for i in plan["identities"]] == [2, 3, 4, 5]

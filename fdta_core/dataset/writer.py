@@ -110,6 +110,25 @@ class ChunkInfo:
         return info
 
 
+@dataclass(frozen=True)
+class DatasetChunk:
+    """``FDTA_DATASET``: what the dataset writer hands on, the data set root and the chunk it committed."""
+
+    dataset: str
+    chunk: ChunkInfo
+
+    @property
+    def path(self) -> str:
+        """The committed chunk folder (holds its own ``train.rec``)."""
+        return self.chunk.path
+
+    def train_folder(self) -> str:
+        """What to train on: the data set root once it holds a merged ``train.rec``, else the chunk."""
+        if (Path(self.dataset) / "train.rec").is_file():
+            return self.dataset
+        return self.chunk.path
+
+
 # ---------------------------------------------------------------------------- dataset folder
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():

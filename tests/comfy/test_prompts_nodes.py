@@ -1,7 +1,7 @@
 """The attribute nodes inside ComfyUI's own interpreter (no server): import as part of the pack, schema
 facts (seed never randomised, tooltips), execution with and without the LLM, errors, key hygiene.
 
-Skips unless ``COMFYUI_DIR`` points at a ComfyUI checkout with an interpreter (as ``tests/comfy``).
+Skips unless ``COMFYUI_DIR`` points at a ComfyUI checkout with an interpreter, as all of ``tests/comfy``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.chat_server import KEY, ChatServer
 from tests.comfy.harness import REPO, comfy_checkout
-from tests.test_prompts_llm import KEY, ChatServer
 
 SCRIPT = textwrap.dedent(
     r"""

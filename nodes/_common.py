@@ -16,6 +16,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..fdta_core.errors import FDTAError, ModelNotFoundError
+from ..fdta_core.seeds import SEED_MAX
 
 T = TypeVar("T")
 
@@ -38,6 +39,13 @@ AgeModel = io.Custom("FDTA_AGE_MODEL")
 Dataset = io.Custom("FDTA_DATASET")
 
 CATEGORY = "FDTA"
+
+
+def seed_input(tooltip: str) -> io.Int.Input:
+    """The one seed widget of every FDTA node: 0..SEED_MAX (a range ComfyUI's own seed widgets accept
+    too, so one run seed passes every node), never randomised by ComfyUI after a run."""
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=False, tooltip=tooltip)
+
 
 # ---------------------------------------------------------------------------- model folders
 #: ComfyUI folder name -> default sub-folder of ``models/`` (DESIGN section 4).

@@ -28,8 +28,16 @@ from ..fdta_core.age.shift import (
 )
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet, faceset_to_image
-from ..fdta_core.seeds import SEED_MAX
-from ._common import CATEGORY, AgeModel, Faceset, ModelFiles, load_patched, node_errors, progress_callback
+from ._common import (
+    CATEGORY,
+    AgeModel,
+    Faceset,
+    ModelFiles,
+    load_patched,
+    node_errors,
+    progress_callback,
+    seed_input,
+)
 
 log = logging.getLogger("FDTA")
 
@@ -175,13 +183,8 @@ class FDTAAgeShifter(io.ComfyNode):
                     default="even",
                     tooltip="range mode: 'even' spaces the ages evenly; 'random' draws them per image from the seed.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="range mode with random sampling: run seed; each image's ages derive from it, its "
+                seed_input(
+                    "range mode with random sampling: run seed; each image's ages derive from it, its "
                     "identity and its position, so chunks reproduce the same ages.",
                 ),
                 io.Int.Input(

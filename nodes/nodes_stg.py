@@ -11,7 +11,6 @@ from comfy_api.latest import io
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
-from ..fdta_core.seeds import SEED_MAX
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
 from ..fdta_core.stg.checkpoint import ADAFACE_STYLE_FILE
 from ._common import (
@@ -23,6 +22,7 @@ from ._common import (
     load_patched,
     node_errors,
     progress_callback,
+    seed_input,
 )
 from ._common import ReferenceBank as ReferenceBankType
 
@@ -243,13 +243,8 @@ class FDTASTGMixer(io.ComfyNode):
                     max=10_000,
                     tooltip="styled images per identity (grid: 0 = every cell)",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="run seed; style choices and noise derive from it and the identity",
+                seed_input(
+                    "run seed; style choices and noise derive from it and the identity",
                 ),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (DCFace: 50)"),
                 io.Float.Input(

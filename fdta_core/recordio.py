@@ -153,13 +153,7 @@ class RecordWriter:
         return self._offset
 
     def write(self, key: int, record: bytes) -> int:
-        data = encode_record(record)
-        offset = self._offset
-        self._rec.write(data)
-        self._idx.write(f"{int(key)}\t{offset}\n")
-        self._offset += len(data)
-        self.count += 1
-        return offset
+        return self.write_encoded(key, encode_record(record))
 
     def write_encoded(self, key: int, encoded: bytes) -> int:
         """Append bytes already produced by :func:`encode_record` (used by parallel encoders)."""

@@ -110,22 +110,30 @@ class ModelFiles:
         return path
 
 
-def load_patched(
-    files: ModelFiles, name: str, *, where: str, load: Callable[[str, Any], tuple[Any, T]], cpu: bool = False
-) -> tuple[Any, str, T]:
-    """The one loader path: resolve ``name`` (or raise naming the folders searched), build the torch
-    module with ``load(path, load_device) -> (module, extra)`` and wrap it in ComfyUI's ModelPatcher, so
-    ComfyUI's memory manager moves it. Returns ``(patcher, path, extra)``; ``cpu`` pins it to the CPU."""
+def patch_module(module: Any, *, cpu: bool = False) -> Any:
+    """Wrap a torch module in ComfyUI's ModelPatcher on ComfyUI's device (``cpu``: pinned to the CPU),
+    so ComfyUI's memory manager loads and offloads it with everything else."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import torch
 
-    path = files.resolve(name, where=where)
     load_device = torch.device("cpu") if cpu else mm.get_torch_device()
     offload = torch.device("cpu") if cpu else mm.unet_offload_device()
-    module, extra = load(path, load_device)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload)
-    return patcher, path, extra
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload)
+
+
+def load_patched(
+    files: ModelFiles, name: str, *, where: str, load: Callable[[str, Any], tuple[Any, T]], cpu: bool = False
+) -> tuple[Any, str, T]:
+    """The one loader path: resolve ``name`` (or raise naming the folders searched), build the torch
+    module with ``load(path, load_device) -> (module, extra)`` and wrap it with :func:`patch_module`.
+    Returns ``(patcher, path, extra)``."""
+    import comfy.model_management as mm
+    import torch
+
+    path = files.resolve(name, where=where)
+    module, extra = load(path, torch.device("cpu") if cpu else mm.get_torch_device())
+    return patch_module(module, cpu=cpu), path, extra
 
 
 def output_roots() -> list[str]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
-from ..fdta_core.dataset import chunk_range_of, merge, write_faceset
+from ..fdta_core.dataset import DatasetChunk, chunk_range_of, merge, write_faceset
+from ..fdta_core.dataset.merge import MergedDataset
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet
 from ..fdta_core.fsutil import resolve_inside
@@ -57,7 +58,7 @@ class FDTADatasetWriter(io.ComfyNode):
             outputs=[
                 Dataset.Output(
                     display_name="dataset",
-                    tooltip="The written chunk: a dict with 'path' (chunk folder holding train.rec), 'dataset', counts.",
+                    tooltip="The written chunk (its folder holds train.rec) and its data set, for the trainer.",
                 ),
             ],
         )
@@ -82,15 +83,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 progress=progress_callback(len(faceset)),
             )
-        result = {
-            "path": info.path,
-            "dataset": str(root),
-            "chunk": info.name,
-            "start": info.start,
-            "end": info.end,
-            "images": info.images,
-            "classes": info.classes,
-        }
+        result = DatasetChunk(dataset=str(root), chunk=info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"
@@ -102,12 +95,10 @@ def _dataset_root(dataset, where: str) -> str:
     """Where a connected FDTA_DATASET lives: the data-set root (all its chunks), or a merged folder."""
     if isinstance(dataset, str | Path):
         return str(dataset)
-    if isinstance(dataset, dict):
-        for key in ("dataset", "path"):
-            if dataset.get(key):
-                return str(dataset[key])
+    if isinstance(dataset, DatasetChunk | MergedDataset):
+        return dataset.train_folder()
     raise InputError(
-        "the connected dataset does not say where it is on disk",
+        f"expected an FDTA_DATASET, got {type(dataset).__name__}",
         where=where,
         fix="connect the dataset output of FDTADatasetWriter or FDTADatasetMerge.",
     )
@@ -154,7 +145,7 @@ class FDTADatasetMerge(io.ComfyNode):
             outputs=[
                 Dataset.Output(
                     display_name="dataset",
-                    tooltip="the merged set: a dict with 'path' and 'dataset' (the merged folder), counts",
+                    tooltip="the merged set (its folder holds one train.rec), for the trainer",
                 ),
             ],
         )
@@ -186,13 +177,7 @@ class FDTADatasetMerge(io.ComfyNode):
                     fix="choose a new output folder.",
                 )
             summary = merge(out, paths, renumber=bool(renumber), progress=progress_callback(1))
-        result = {
-            "path": str(out),
-            "dataset": str(out),
-            "images": summary["images"],
-            "classes": summary["classes"],
-            "renumbered": bool(renumber),
-        }
+        result = MergedDataset(str(out), int(summary["images"]), int(summary["classes"]), bool(renumber))
         text = (
             f"merged {len(paths)} input(s) ({len(summary['sources'])} chunk/record folder(s)) into {out}: "
             f"{summary['images']} images, {summary['classes']} identities"

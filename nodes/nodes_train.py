@@ -14,6 +14,8 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
+from ..fdta_core.dataset.merge import MergedDataset
+from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
 from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
@@ -24,18 +26,20 @@ AREA = f"{CATEGORY}/training"
 def _dataset_path(dataset, dataset_dir: str) -> str:
     """The folder to train on: from a connected FDTA_DATASET or the typed path.
 
-    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <data-set root>, ...}``: the root is
-    trained on (its merged ``train.rec``, else all its committed chunks, labelled as merge would), never
-    the one chunk this prompt wrote. FDTADatasetMerge returns the merged folder as both.
+    FDTADatasetWriter hands on a :class:`DatasetChunk`: its data-set root is trained on (its merged
+    ``train.rec``, else all its committed chunks, labelled as merge would), never the one chunk this
+    prompt wrote. FDTADatasetMerge hands on a :class:`MergedDataset` (the merged folder).
     """
     if dataset is not None:
         if isinstance(dataset, str | os.PathLike):
             return str(dataset)
-        get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
-        for key in ("dataset", "path", "folder", "root", "dir"):
-            if get(key):
-                return str(get(key))
-        raise InputError("the connected dataset does not say where it is on disk", where="dataset")
+        if isinstance(dataset, DatasetChunk | MergedDataset):
+            return dataset.train_folder()
+        raise InputError(
+            f"expected an FDTA_DATASET, got {type(dataset).__name__}",
+            where="dataset",
+            fix="connect the dataset output of FDTADatasetWriter or FDTADatasetMerge, or type the folder in dataset_dir.",
+        )
     if not dataset_dir.strip():
         raise InputError(
             "no training data: connect a dataset or type its folder",

@@ -47,7 +47,7 @@ def _report(args: argparse.Namespace) -> int:
 
     models = None
     if args.pack:
-        from ..faces.models import load_face_pack
+        from ..faces import load_face_pack
 
         dirs = list(args.insightface_dir)
         if not dirs:

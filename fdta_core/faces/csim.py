@@ -186,7 +186,7 @@ def csim_filter(
     The CSIM is written into each kept image's provenance (stage ``csim``). When
     ``min_images_per_identity`` > 0, an identity left with fewer kept images is dropped whole (a class
     with too few images hurts FR training more than it helps). ``models_or_fn`` is a
-    :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
+    :class:`~fdta_core.faces.pack.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
     """
     if reference not in REFERENCES:
         raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")

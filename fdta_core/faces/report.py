@@ -285,7 +285,7 @@ def load_dataset(
 ) -> ReportData:
     """Read a written dataset (``train.rec``/``.idx`` + optional ``manifest.sqlite``) into :class:`ReportData`.
 
-    With ``models`` (a :class:`~fdta_core.faces.models.FaceModels`) the images are embedded (uniqueness,
+    With ``models`` (a :class:`~fdta_core.faces.pack.FaceModels`) the images are embedded (uniqueness,
     consistency) and, when the pack has a gender/age model, gender and age are predicted per image
     (majority gender and median age per identity = *achieved*). *Requested* attributes come from the
     manifest. ``max_images`` > 0 reads only the first identities that fit.

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
+from ..imagecodec import decode_image, encode_png
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
 from .metrics import DatasetMetrics, age_bucket, compute_metrics
@@ -129,12 +130,7 @@ def sample_grid(
 
 
 def _png_data_uri(img: np.ndarray) -> str:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
-        raise RuntimeError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode("ascii")
 
 
 def _fmt(v: Any) -> str:
@@ -230,20 +226,6 @@ def write_report(
 
 
 # ----------------------------------------------------------------------------- dataset on disk
-def _decode(payload: bytes, key: int, where: str) -> np.ndarray:
-    import cv2
-
-    img = None
-    if payload:
-        try:
-            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            img = None
-    if img is None:
-        raise DatasetError(f"{where}: record {key} does not hold a decodable image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
     """``key -> {identity, attributes, csim, age_target}`` from a dataset's ``manifest.sqlite`` (read-only)."""
     try:
@@ -338,7 +320,7 @@ def load_dataset(
             ) < samples_per_identity
             if need_pixels or want_sample:
                 _h, payload = reader.read_unpacked(key)
-                img = _decode(payload, key, str(reader.rec_path))
+                img = decode_image(payload, where=f"{reader.rec_path}: record {key}")
                 if img.shape[:2] != (112, 112):
                     raise DatasetError(
                         f"{reader.rec_path}: record {key} is {img.shape[1]}x{img.shape[0]}, not 112x112"

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
+from ..grid import Cell, render_grid
 from ..imagecodec import decode_image, encode_png
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
@@ -115,18 +116,10 @@ def sample_grid(
     samples: dict[int, list[np.ndarray]], max_rows: int = 8, max_cols: int = 8, tile: int = 56
 ) -> np.ndarray:
     """One row of faces per identity (downscaled to ``tile`` pixels)."""
-    import cv2
-
-    rows = list(samples.items())[:max_rows]
+    rows = [[Cell(f) for f in faces[:max_cols]] for _ident, faces in list(samples.items())[:max_rows]]
     if not rows:
         return np.full((tile, tile, 3), 255, np.uint8)
-    cols = min(max_cols, max(len(v) for _, v in rows))
-    grid = np.full((len(rows) * (tile + 2), cols * (tile + 2), 3), 255, np.uint8)
-    for r, (_ident, faces) in enumerate(rows):
-        for c, f in enumerate(faces[:cols]):
-            small = cv2.resize(np.ascontiguousarray(f), (tile, tile), interpolation=cv2.INTER_AREA)
-            grid[r * (tile + 2) : r * (tile + 2) + tile, c * (tile + 2) : c * (tile + 2) + tile] = small
-    return grid
+    return render_grid(rows, tile=tile, gap=2, background=(255, 255, 255))
 
 
 def _png_data_uri(img: np.ndarray) -> str:

@@ -4,34 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ModelFormatError
 from .align import crop_transform
-from .providers import mxnet_normalisation, static_dims, to_blob
+from .providers import BatchedModel, mxnet_normalisation, static_dims
 
 #: Approximate face box of an aligned 112x112 crop (x1, y1, x2, y2), used to feed gender/age without
 #: running the detector on faces that are already aligned.
 ALIGNED_FACE_BOX = (16.0, 24.0, 96.0, 104.0)
 
 
-class GenderAgeModel:
+class GenderAgeModel(BatchedModel):
     """insightface's gender/age model (``genderage.onnx``): N x 3 x 96 x 96 -> N x 3
     (female / male logits, age / 100)."""
 
     role = "genderage"
 
-    def __init__(self, path: Path, session):
-        self.path = path
-        self.session = session
-        inp = session.get_inputs()[0]
-        self.input_name = inp.name
-        shape = static_dims(inp.shape)
-        outs = session.get_outputs()
+    def __init__(self, path: Path, session: Any) -> None:
+        super().__init__(path, session)
+        shape, outs = self.input_dims, self.outputs
         if len(shape) != 4 or shape[1] != 3 or not shape[2] or shape[2] != shape[3]:
             raise ModelFormatError(
-                f"{path.name}: gender/age input must be N x 3 x S x S, got {inp.shape}",
+                f"{path.name}: gender/age input must be N x 3 x S x S, got {self.input_shape}",
                 where="faces.genderage",
             )
         oshape = static_dims(outs[0].shape)
@@ -41,8 +38,6 @@ class GenderAgeModel:
                 where="faces.genderage",
             )
         self.size = int(shape[2])
-        self.output_name = outs[0].name
-        self.fixed_batch = shape[0]
         if mxnet_normalisation(path):
             self.mean, self.std = 0.0, 1.0
         else:
@@ -61,18 +56,7 @@ class GenderAgeModel:
         """Gender (``"female"``/``"male"``) and age in years for model-sized crops ``[N, S, S, 3]``."""
         if len(crops) == 0:
             return [], []
-        bs = self.fixed_batch or max(1, int(batch_size))
-        preds = []
-        for s in range(0, len(crops), bs):
-            chunk = crops[s : s + bs]
-            pad = (self.fixed_batch - len(chunk)) if self.fixed_batch else 0
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
-            p = self.session.run([self.output_name], {self.input_name: to_blob(chunk, self.mean, self.std)})[
-                0
-            ]
-            preds.append(p[: len(p) - pad] if pad else p)
-        pred = np.concatenate(preds)
+        pred = self.run_batches(crops, batch_size)
         genders = ["male" if int(np.argmax(p[:2])) == 1 else "female" for p in pred]
         ages = [int(np.round(float(p[2]) * 100)) for p in pred]
         return genders, ages

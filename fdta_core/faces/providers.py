@@ -144,3 +144,41 @@ def to_blob(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     if std != 1.0:
         x *= np.float32(1.0 / std)
     return x
+
+
+class BatchedModel:
+    """An onnxruntime session with one image input and one output, run over uint8 RGB images in
+    batches (a model exported with a fixed batch gets its last batch padded with zeros).
+
+    Subclasses set ``mean`` and ``std`` (see :func:`to_blob`) after checking the model's signature.
+    """
+
+    role = ""
+    mean: float = 127.5
+    std: float = 127.5
+
+    def __init__(self, path: Path, session: Any) -> None:
+        self.path = path
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = inp.shape
+        self.input_dims = static_dims(inp.shape)
+        self.outputs = session.get_outputs()
+        self.output_name = self.outputs[0].name
+        self.fixed_batch = self.input_dims[0] if self.input_dims else None  # None = dynamic
+
+    def run_batches(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The model's output for ``images`` [N, H, W, 3] uint8, ``batch_size`` at a time."""
+        bs = self.fixed_batch or max(1, int(batch_size))
+        out = []
+        for s in range(0, len(images), bs):
+            chunk = images[s : s + bs]
+            pad = (self.fixed_batch - len(chunk)) if self.fixed_batch else 0
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+            res = self.session.run(
+                [self.output_name], {self.input_name: to_blob(chunk, self.mean, self.std)}
+            )[0]
+            out.append(res[: len(res) - pad] if pad else res)
+        return np.concatenate(out)

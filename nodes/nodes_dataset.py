@@ -6,7 +6,7 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
-from ..fdta_core.dataset import chunk_range_of, write_faceset
+from ..fdta_core.dataset import DatasetChunk, chunk_range_of, write_faceset
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet
 from ..fdta_core.fsutil import resolve_inside
@@ -57,7 +57,7 @@ class FDTADatasetWriter(io.ComfyNode):
             outputs=[
                 Dataset.Output(
                     display_name="dataset",
-                    tooltip="The written chunk: a dict with 'path' (chunk folder holding train.rec), 'dataset', counts.",
+                    tooltip="The written chunk (its folder holds train.rec) and its data set, for the trainer.",
                 ),
             ],
         )
@@ -82,15 +82,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 progress=progress_callback(len(faceset)),
             )
-        result = {
-            "path": info.path,
-            "dataset": str(root),
-            "chunk": info.name,
-            "start": info.start,
-            "end": info.end,
-            "images": info.images,
-            "classes": info.classes,
-        }
+        result = DatasetChunk(dataset=str(root), chunk=info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"

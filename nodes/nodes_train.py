@@ -14,6 +14,7 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
+from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
 from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
@@ -24,20 +25,19 @@ AREA = f"{CATEGORY}/training"
 def _dataset_path(dataset, dataset_dir: str) -> str:
     """The folder to train on: from a connected FDTA_DATASET or the typed path.
 
-    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <dataset root>, ...}``; the root is
-    used when it holds a merged ``train.rec``, else the chunk itself.
+    FDTADatasetWriter hands on a :class:`DatasetChunk`: its data set root is used when it holds a merged
+    ``train.rec``, else the chunk itself.
     """
     if dataset is not None:
         if isinstance(dataset, str | os.PathLike):
             return str(dataset)
-        get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
-        root = get("dataset")
-        if root and (Path(root) / "train.rec").is_file():
-            return str(root)
-        for key in ("path", "folder", "root", "dir"):
-            if get(key):
-                return str(get(key))
-        raise InputError("the connected dataset does not say where it is on disk", where="dataset")
+        if isinstance(dataset, DatasetChunk):
+            return dataset.train_folder()
+        raise InputError(
+            f"expected an FDTA_DATASET, got {type(dataset).__name__}",
+            where="dataset",
+            fix="connect the dataset output of FDTADatasetWriter, or type the folder in dataset_dir.",
+        )
     if not dataset_dir.strip():
         raise InputError(
             "no training data: connect a dataset or type its folder",

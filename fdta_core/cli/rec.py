@@ -41,21 +41,21 @@ def _info(args: argparse.Namespace) -> int:
     finally:
         close()
     lines = [
-        f"path:     {report['path']}",
-        f"layout:   {report['layout']}",
-        f"images:   {report['images']}",
-        f"classes:  {report['classes']}",
-        f"records:  {report['records']}",
-        f"property: {report.get('property')}",
-        f"decoded:  {report['decoded']}",
+        f"path:     {report.path}",
+        f"layout:   {report.layout}",
+        f"images:   {report.images}",
+        f"classes:  {report.classes}",
+        f"records:  {report.records}",
+        f"property: {report.property}",
+        f"decoded:  {report.decoded}",
     ]
-    if "chunks" in report:
-        lines.append(f"chunks:   {len(report['chunks'])}")
-    lines += [f"warning:  {w}" for w in report["warnings"]]
-    lines += [f"ERROR:    {e}" for e in report["errors"]]
-    lines.append("status:   OK" if report["ok"] else f"status:   BROKEN ({len(report['errors'])} error(s))")
-    _print(report, args.json, lines)
-    return 0 if report["ok"] else 1
+    if report.chunks is not None:
+        lines.append(f"chunks:   {len(report.chunks)}")
+    lines += [f"warning:  {w}" for w in report.warnings]
+    lines += [f"ERROR:    {e}" for e in report.errors]
+    lines.append("status:   OK" if report.ok else f"status:   BROKEN ({len(report.errors)} error(s))")
+    _print(report.to_dict(), args.json, lines)
+    return 0 if report.ok else 1
 
 
 def _merge(args: argparse.Namespace) -> int:

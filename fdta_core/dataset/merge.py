@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
-from ..fsutil import atomic_write_text, fsync_dir
+from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, read_property, unpack
 from .manifest import IMAGE_COLUMNS, MANIFEST_NAME, ManifestWriter, image_row, read_identities
 from .writer import CHUNKS_DIR, list_chunks
@@ -127,27 +127,17 @@ def fresh_temp_folder(out: Path) -> Path:
 
 
 def replace_folder(tmp: Path, out: Path) -> None:
-    """Put the finished folder ``tmp`` at ``out``; an existing record folder there is replaced."""
-    _, old = _temp_and_old(out)
-    replaced = False
+    """Put the finished folder ``tmp`` at ``out`` (:func:`~fdta_core.fsutil.swap_folder`); only an
+    empty folder or an earlier output of these tools (``train.rec``/``rec2image.json``) is replaced."""
     if out.exists():
         if not out.is_dir():
             raise DatasetError(f"{out} exists and is not a folder")
-        entries = list(out.iterdir())
-        if entries and not (out / "train.rec").exists() and not (out / "rec2image.json").exists():
+        if any(out.iterdir()) and not (out / "train.rec").exists() and not (out / "rec2image.json").exists():
             raise DatasetError(
                 f"{out} exists and holds other files; refusing to replace it",
                 fix="choose a new output folder or remove it.",
             )
-        if entries:
-            os.replace(out, old)
-            replaced = True
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if replaced:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_folder(tmp, out, old=_temp_and_old(out)[1])
 
 
 def merge(

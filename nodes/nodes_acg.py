@@ -28,7 +28,7 @@ from ..fdta_core.acg import (
     ACGSettings,
     CandidateJob,
     EdgeSettings,
-    EmbeddingBank,
+    IdentityIndex,
     SelectionCriteria,
     contact_sheet,
     run_acg,
@@ -434,7 +434,7 @@ class FDTAACGSampler(io.ComfyNode):
                 if face_models is not None
                 else None
             )
-            real = EmbeddingBank()
+            real = IdentityIndex()
             if analyzer is not None:
                 if control_preprocess != "none":  # real photos: generated faces must not copy them
                     for k, a in enumerate(analyzer.analyze(photos)):

@@ -7,8 +7,8 @@ import pytest
 
 from fdta_core.acg import (
     ACGSettings,
-    EmbeddingBank,
     FaceAnalysis,
+    IdentityIndex,
     SelectionCriteria,
     SelectionFailedError,
     candidate_seed,
@@ -158,9 +158,9 @@ def test_duplicates_are_retried_not_merged():
 
 def test_prior_identities_and_real_faces_are_respected():
     plan = make_plan(2)
-    prior = EmbeddingBank()
+    prior = IdentityIndex()
     prior.add("identity 77 (earlier chunk)", embedding_for(0))
-    real = EmbeddingBank()
+    real = IdentityIndex()
     real.add("control photo 2", embedding_for(1))
     res, _ = run(plan, good, prior=prior, real=real, settings={"retries": 0})
     assert res.failed == [0, 1]

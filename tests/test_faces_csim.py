@@ -13,7 +13,13 @@ from fdta_core.faces.csim import (
     csim_filter,
     histogram_image,
 )
-from fdta_core.faces.identity import RealPersonCheck, UniquenessChecker, unique_identities
+from fdta_core.faces.identity import (
+    IdentityIndex,
+    check_threshold,
+    greedy_unique,
+    identity_violations,
+    range_pairs,
+)
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.testing.faces import synthetic_identity_faces
 
@@ -156,59 +162,65 @@ def test_contact_sheet_and_histogram():
     assert img.shape == (240, 480, 3) and (img[..., 0] > 200).any()
 
 
-def test_uniqueness_checker_against_numpy(rng):
+def test_greedy_unique_against_numpy(rng):
     base = rng.normal(size=(6, 16))
     emb = np.concatenate([base, base[:2] + rng.normal(0, 0.05, size=(2, 16))])  # 6, 7 repeat 0, 1
-    mask, results = unique_identities(emb, threshold=0.3)
-    # independent greedy pass
-    kept = []
+    mask = greedy_unique(emb, threshold=0.3)
+    kept = []  # independent greedy pass
     for i, e in enumerate(emb):
-        if all(_ref_cos(e, emb[j]) <= 0.3 for j in kept):
+        if all(_ref_cos(e, emb[j]) < 0.3 for j in kept):
             kept.append(i)
-    assert np.nonzero(mask)[0].tolist() == kept
-    assert not mask[6] and results[6].nearest == 0 and results[6].similarity > 0.9
-    chk = UniquenessChecker(0.3)
-    assert chk.add(10, emb[0]).accepted and not chk.check(emb[6]).accepted and len(chk) == 1
-    with pytest.raises(InputError):
-        UniquenessChecker(1.5)
+    assert np.nonzero(mask)[0].tolist() == kept and not mask[6] and not mask[7]
+    a, b, c, info = range_pairs(emb, None, 0.3)
+    ref = [(i, j) for i in range(8) for j in range(i + 1, 8) if _ref_cos(emb[i], emb[j]) >= 0.3]
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == ref and info.method == "exact"
+    np.testing.assert_allclose(c, [_ref_cos(emb[i], emb[j]) for i, j in ref], atol=1e-5)
 
 
-def test_real_person_check(rng):
-    real = rng.normal(size=(4, 16))
-    chk = RealPersonCheck(real, threshold=0.3, keys=["a", "b", "c", "d"])
-    r = chk.check(real[2] + rng.normal(0, 0.01, 16))
-    assert not r.accepted and r.nearest == "c" and "real subject c" in r.reason
+def test_identity_violations_real_then_duplicate(rng):
+    real = IdentityIndex()
+    real.extend(["subject a", "subject b", "subject c", "subject d"], rng.normal(size=(4, 16)))
+    acc = IdentityIndex()
+    e = real.vectors()[2] + rng.normal(0, 0.01, 16)
+    acc.add("identity 5", e, 5)
+    bad = identity_violations(e, accepted=acc, real=real)
+    assert [v.code for v in bad] == ["real_person", "duplicate"]
+    assert bad[0].label == "subject c" and "real subject c" in bad[0].detail and bad[1].label == "identity 5"
     far = rng.normal(size=16)
-    sims = [_ref_cos(far, x) for x in real]
-    assert chk.check(far).accepted == (max(sims) <= 0.3)
-    assert chk.check(far).similarity == pytest.approx(max(sims))
-    with pytest.raises(InputError, match="dims"):
-        chk.check(np.ones(8))
+    sims = [_ref_cos(far, x) for x in real.vectors()]
+    assert bool(identity_violations(far, accepted=None, real=real)) == (max(sims) >= 0.3)
+    assert real.most_similar(far)[0] == pytest.approx(max(sims), abs=1e-5)
+    with pytest.raises(InputError, match="size"):
+        real.most_similar(np.ones(8))
+    with pytest.raises(InputError, match="cosine similarity"):
+        check_threshold(1.5, "uniqueness_threshold")
 
 
 def test_filter_identities_drops_repeats_and_real_people(tmp_path):
-    from fdta_core.faces.identity import filter_identities, load_checker, save_checker
+    from fdta_core.faces.identity import filter_identities
 
     fs = _faceset(4, 2, noise=5)
     # identity 3 repeats identity 0 (same source face, different label)
     fs.sources[3] = fs.sources[0].copy()
     emb = LinearEmbedder(dim=64)
-    chk = UniquenessChecker(0.3)
-    kept, res = filter_identities(fs, emb, checker=chk)
+    acc = IdentityIndex()
+    kept, res = filter_identities(fs, emb, accepted=acc)
     e = emb(np.stack([fs.sources[i] for i in range(4)]))
     sims = [[_ref_cos(e[i], e[j]) for j in range(4)] for i in range(4)]
     expect = []
     for i in range(4):
-        if all(sims[i][j] <= 0.3 for j in expect):
+        if all(sims[i][j] < 0.3 for j in expect):
             expect.append(i)
     assert 3 not in expect and kept.identities == expect
-    assert not res[3].accepted and res[3].nearest == 0
+    assert not res[3].accepted and res[3].nearest == "identity 0" and res[3].code == "duplicate"
     assert "identity_check" in kept.provenance[0].history
-    # the checker carries over to the next chunk through a file
-    save_checker(chk, tmp_path / "seen.npz")
-    again = load_checker(tmp_path / "seen.npz")
-    assert len(again) == len(expect) and not again.check(e[0]).accepted
+    # the index carries over to the next chunk through a file (FAISS serialisation, atomic)
+    acc.save(tmp_path / "seen.faiss")
+    again = IdentityIndex.load(tmp_path / "seen.faiss")
+    assert len(again) == len(expect) and again.ids == expect
+    assert identity_violations(e[0], accepted=again, real=None)[0].label == "identity 0"
     # a real person equal to identity 1 is refused
-    real = RealPersonCheck(e[1:2], 0.3)
+    real = IdentityIndex()
+    real.add("subject 0", e[1])
     kept2, res2 = filter_identities(fs, emb, real=real)
-    assert 1 not in kept2.identities and "real subject" in res2[1].reason
+    assert 1 not in kept2.identities and "real subject 0" in res2[1].reason and res2[1].code == "real_person"

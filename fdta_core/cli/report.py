@@ -40,20 +40,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+def load_pack(args: argparse.Namespace):
+    """The insightface pack ``args.pack`` from ``--insightface-dir`` (or $FDTA_INSIGHTFACE_DIR,
+    ~/.insightface), recogniser required."""
+    from ..faces.models import load_face_pack
+
+    dirs = list(args.insightface_dir)
+    if not dirs:
+        env = os.environ.get("FDTA_INSIGHTFACE_DIR")
+        dirs = [d for d in (env, os.path.expanduser("~/.insightface")) if d]
+    return load_face_pack(dirs, args.pack, providers=args.provider, require=("recognizer",))
+
+
 def _report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..faces.report import load_dataset, write_report
 
-    models = None
-    if args.pack:
-        from ..faces.models import load_face_pack
-
-        dirs = list(args.insightface_dir)
-        if not dirs:
-            env = os.environ.get("FDTA_INSIGHTFACE_DIR")
-            dirs = [d for d in (env, os.path.expanduser("~/.insightface")) if d]
-        models = load_face_pack(dirs, args.pack, providers=args.provider, require=("recognizer",))
+    models = load_pack(args) if args.pack else None
     bar = tqdm(total=0, desc="reading", unit="img", file=sys.stderr, disable=None)
 
     def progress(done: int, total: int) -> None:

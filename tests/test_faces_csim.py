@@ -224,3 +224,41 @@ def test_filter_identities_drops_repeats_and_real_people(tmp_path):
     real.add("subject 0", e[1])
     kept2, res2 = filter_identities(fs, emb, real=real)
     assert 1 not in kept2.identities and "real subject 0" in res2[1].reason and res2[1].code == "real_person"
+
+
+def test_leaked_reference_identity_is_dropped_and_recorded():
+    """A styled face that looks more like its real reference subject than its source is dropped as a
+    leak; kept faces record both CSIMs and the identity's leak count."""
+    vec = {
+        1: np.array([1.0, 0, 0, 0]),  # source of identity 0
+        2: np.array([0.9, 0.3, 0, 0]),  # styled, clearly the source person
+        3: np.array([0.3, 0.9, 0, 0]),  # styled, but the reference subject's identity came through
+        4: np.array([0.6, 0.5, 0.6, 0]),  # styled: 0.6 to source, 0.5 to subject (< leak threshold 0.55)
+        9: np.array([0, 1.0, 0, 0]),  # reference subject "alice"
+    }
+
+    def img(code):
+        a = np.zeros((112, 112, 3), np.uint8)
+        a[0, 0, 0] = code
+        return a
+
+    def fn(x):
+        return np.stack([vec[int(i[0, 0, 0])] for i in x])
+
+    prov = [Provenance(identity=0, extra={"stg_reference_subject": "alice"}) for _ in range(3)]
+    fs = FaceSet(np.stack([img(2), img(3), img(4)]), np.zeros(3, np.int64), prov, {0: img(1)})
+    subjects = {"alice": vec[9]}
+    kept, stats = csim_filter(fs, fn, threshold=0.3, reference_subjects=subjects, leak_threshold=0.55)
+    assert stats.reasons == ["", "leak", ""] and len(kept) == 2
+    s = stats.summary()
+    assert s["rejected_as_leak"] == 1 and "1 as reference-identity leaks" in stats.to_text()
+    e = kept.provenance[0].extra
+    assert e["leaked_images_dropped"] == 1
+    assert e["csim_to_source"] == pytest.approx(_ref_cos(vec[2], vec[1]), abs=1e-6)
+    assert e["csim_to_reference_subject"] == pytest.approx(_ref_cos(vec[2], vec[9]), abs=1e-6)
+    # a lower leak threshold also drops the third face (0.5 to its subject)
+    _, stats2 = csim_filter(fs, fn, threshold=0.3, reference_subjects=subjects, leak_threshold=0.45)
+    assert stats2.reasons == ["", "leak", "leak"]
+    # without a bank nothing is checked
+    _, stats3 = csim_filter(fs, fn, threshold=0.3)
+    assert stats3.reasons == ["", "", ""]

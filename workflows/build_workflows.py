@@ -39,8 +39,9 @@ RUN_SEED = 1
 CHUNK = 100
 
 
-def _acg_front(title: str) -> dict[str, dict[str, Any]]:
-    """Nodes shared by both data sets: plan, ACG source faces, face models."""
+def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
+    """Nodes shared by both data sets: plan, ACG source faces, face models. The ACG keeps the run's
+    identities unique through ``identity_index`` (fdta run points it at RUN_DIR/identities)."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
@@ -113,6 +114,8 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
                 "age_tolerance": 10.0,
                 "uniqueness_threshold": 0.3,
                 "real_person_threshold": 0.3,
+                "identity_index": f"fdta/{slug}_identity_index",
+                "real_sets": "",
             },
             "_meta": {"title": "ACG: one source face per identity"},
         },  # fmt: skip
@@ -138,7 +141,10 @@ def _style_filter_write(
     min_images: int,
     output_name: str,
 ) -> dict[str, dict[str, Any]]:
-    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets."""
+    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets. The
+    reference bank also feeds the ACG (no identity may resemble a reference subject) and the CSIM filter
+    (styled faces that took on their reference subject's identity are dropped)."""
+    g["7"]["inputs"]["reference_bank"] = ["9", 0]
     g.update(
         {
             "9": {
@@ -180,6 +186,8 @@ def _style_filter_write(
                     "min_images_per_identity": min_images,
                     "batch_size": 64,
                     "sheet_identities": 8,
+                    "leak_threshold": 0.3,
+                    "reference_bank": ["9", 0],
                 },
                 "_meta": {"title": "CSIM filter: drop images that lost the identity"},
             },  # fmt: skip
@@ -207,7 +215,7 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
     """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
     (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
     g = _style_filter_write(
-        _acg_front("Syn-MS1M"),
+        _acg_front("Syn-MS1M", "syn_ms1m"),
         bank_path="fdta/ms1m_references",
         tags_csv="",
         bank_title="Real reference faces (one sub-folder per subject)",
@@ -235,7 +243,7 @@ def syn_mpie() -> dict[str, dict[str, Any]]:
     """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles of tagged
     Multi-PIE references (tags from a CSV or folder names)."""
     return _style_filter_write(
-        _acg_front("Syn-MPIE"),
+        _acg_front("Syn-MPIE", "syn_mpie"),
         bank_path="fdta/multipie_references",
         tags_csv="fdta/multipie_references/tags.csv",
         bank_title="Tagged references (subject, yaw, lighting, expression)",

@@ -276,6 +276,16 @@ class ACGResult:
                 faces.append(center_face(rec.image))
         return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
 
+    def accepted_index(self) -> IdentityIndex:
+        """The identities this run accepted (checked ones with an embedding), for the run's index."""
+        out = IdentityIndex()
+        for s in self.chosen_slots:
+            a = self.chosen[s].analysis
+            if a is not None and a.embedding is not None:
+                ident = int(self.plan.identities[s].index)
+                out.add(f"identity {ident}", a.embedding, ident)
+        return out
+
     def images(self) -> np.ndarray:
         """Full-resolution chosen images [N,H,W,3] in plan order (N may be 0)."""
         imgs = [self.chosen[s].image for s in self.chosen_slots]

@@ -448,3 +448,129 @@ def identity_centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.nda
     sums = np.zeros((len(ids), emb.shape[1]))
     np.add.at(sums, inv, emb)
     return ids, l2_normalize(sums)
+
+
+# ----------------------------------------------------------------------------- one index per run
+#: Marker file that ``fdta run`` writes into a run's index folder (see :func:`prepare_run_index`).
+RUN_INDEX_MARKER = "fdta_identity_index.json"
+
+
+def _chunk_file(start: int, end: int) -> str:
+    return f"chunk-{int(start):09d}-{int(end):09d}{INDEX_SUFFIX}"
+
+
+def _parse_chunk_file(name: str) -> tuple[int, int] | None:
+    if not (name.startswith("chunk-") and name.endswith(INDEX_SUFFIX)):
+        return None
+    parts = name[len("chunk-") : -len(INDEX_SUFFIX)].split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def prepare_run_index(folder: str | os.PathLike, run: dict[str, Any] | None = None) -> Path:
+    """Create a run's identity-index folder with its marker (idempotent)."""
+    import json
+
+    from ..fsutil import atomic_write_text
+
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    if not (p / RUN_INDEX_MARKER).is_file():
+        atomic_write_text(p / RUN_INDEX_MARKER, json.dumps({"kind": "fdta identity index", **(run or {})}))
+    return p
+
+
+class RunIndex:
+    """The identity index of one run: a folder holding one FAISS index per chunk
+    (``chunk-<start>-<end>.faiss``, written atomically when the chunk's identities are accepted).
+
+    A chunk consults the indexes of the chunks that precede it in identity order (deterministic: with
+    one server they are all done; chunks that run at the same time on several servers cannot see each
+    other, which ``fdta audit`` of the merged set catches).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def chunk_files(self) -> list[tuple[int, int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        out = []
+        for f in self.folder.iterdir():
+            rng = _parse_chunk_file(f.name)
+            if rng is not None and f.is_file():
+                out.append((rng[0], rng[1], f))
+        return sorted(out)
+
+    def prior(self, start: int) -> IdentityIndex:
+        """Every identity accepted by chunks that end at or before ``start``."""
+        out = IdentityIndex()
+        for _s, e, f in self.chunk_files():
+            if e <= start:
+                out.merge_from(IdentityIndex.load(f))
+        log.info("identity index %s: %d identities of earlier chunks", self.folder, len(out))
+        return out
+
+    def save_chunk(self, start: int, end: int, index: IdentityIndex) -> Path:
+        """Persist a chunk's accepted identities (replacing an earlier attempt of the same chunk)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / _chunk_file(start, end)
+        index.save(path)
+        return path
+
+    def all(self) -> IdentityIndex:
+        out = IdentityIndex()
+        for _s, _e, f in self.chunk_files():
+            out.merge_from(IdentityIndex.load(f))
+        return out
+
+
+# ----------------------------------------------------------------------------- real people
+def subject_embeddings(
+    images: np.ndarray, subjects: Sequence[str], embed: Any, *, batch_size: int = 32
+) -> dict[str, np.ndarray]:
+    """Identity embedding of every real subject (mean of its images' unit embeddings, normalised):
+    ``embed`` maps uint8 [N,112,112,3] aligned faces to [N, D]."""
+    out: dict[str, np.ndarray] = {}
+    if not len(images):
+        return out
+    embs = []
+    for s in range(0, len(images), batch_size):
+        embs.append(np.asarray(embed(images[s : s + batch_size]), np.float64))
+    e = l2_normalize(np.concatenate(embs))
+    order: dict[str, list[int]] = {}
+    for i, subj in enumerate(subjects):
+        order.setdefault(str(subj), []).append(i)
+    for subj, idx in order.items():
+        out[subj] = l2_normalize(e[idx].mean(axis=0))
+    return out
+
+
+def real_index(
+    subjects: dict[str, np.ndarray] | None = None,
+    sets: Sequence[tuple[str, np.ndarray]] = (),
+    *,
+    label: str = "reference subject",
+) -> IdentityIndex:
+    """One index of real people: the STG reference subjects plus user sets ``(name, [N, D])``."""
+    out = IdentityIndex()
+    for k, (subj, e) in enumerate((subjects or {}).items()):
+        out.add(f"{label} {subj}", e, k)
+    for name, arr in sets:
+        a = unit_rows(arr, f"real set {name}")
+        out.extend([f"person {j} of {name}" for j in range(len(a))], a, list(range(len(a))))
+    return out
+
+
+def resolve_index_folder(
+    name: str, roots: Sequence[str | os.PathLike], *, where: str = "identity_index"
+) -> Path:
+    """Where a node keeps the run's identity index: a folder ``fdta run`` prepared (it holds
+    :data:`RUN_INDEX_MARKER`), or a name resolved inside the output ``roots`` (created if new)."""
+    from ..fsutil import resolve_inside
+
+    raw = Path(os.path.expanduser(str(name).strip()))
+    if raw.is_absolute() and (raw / RUN_INDEX_MARKER).is_file() and ".." not in raw.parts:
+        return raw
+    return prepare_run_index(resolve_inside(str(name), list(roots), where=where))

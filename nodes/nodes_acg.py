@@ -485,7 +485,9 @@ class FDTAACGSampler(io.ComfyNode):
                         reference_bank.images, reference_bank.subjects, analyzer.embed_aligned
                     )
                     real.merge_from(real_index(subjects))
-                for path in [x.strip() for x in str(real_sets or "").replace("\n", ";").split(";") if x.strip()]:
+                for path in [
+                    x.strip() for x in str(real_sets or "").replace("\n", ";").split(";") if x.strip()
+                ]:
                     got = real_identities(path, face_models)
                     real.merge_from(real_index(sets=[(path, got.centers)]))
                 log.info("[FDTA] %s: %d real identities to stay away from", NODE_ID, len(real))

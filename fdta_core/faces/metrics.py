@@ -138,6 +138,66 @@ def attribute_balance(
     return rows
 
 
+#: Plan fields whose per-value counts are quotas (the age quota is over the plan's age bins).
+QUOTA_FIELDS: tuple[str, ...] = ("gender", "race", "age_bin")
+
+
+def _quota_value(attrs: Mapping[str, Any], extra: Mapping[str, Any] | None, name: str) -> str | None:
+    if name == "age_bin":
+        v = (extra or {}).get("age_bin") or attrs.get("age_bin")
+        return str(v) if v not in (None, "") else age_bucket(attrs.get("age"))
+    v = attrs.get(name)
+    return None if v in (None, "") else str(v)
+
+
+@dataclass
+class QuotaRow:
+    """Planned vs written identities per value of one quota field; ``max_deviation`` in identities."""
+
+    field: str
+    planned: dict[str, int]
+    written: dict[str, int]
+
+    @property
+    def max_deviation(self) -> int:
+        keys = set(self.planned) | set(self.written)
+        return max((abs(self.planned.get(k, 0) - self.written.get(k, 0)) for k in keys), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "planned": self.planned,
+            "written": self.written,
+            "max_deviation": self.max_deviation,
+        }
+
+
+def plan_vs_written(
+    plan: Sequence[Mapping[str, Any]], written: Mapping[int, Mapping[str, Any]]
+) -> tuple[list[QuotaRow], list[int]]:
+    """Per quota field, how many identities the plan asked for per value and how many were written;
+    and the planned identities that are missing. ``plan`` rows are ``fdta plan --json`` objects
+    (``index``, ``attributes``, ``extra``); ``written`` maps identity -> its attributes."""
+    rows = []
+    planned_ids = {int(r["index"]): r for r in plan}
+    for name in QUOTA_FIELDS:
+        p = Counter(
+            v
+            for r in plan
+            if (v := _quota_value(r.get("attributes") or {}, r.get("extra"), name)) is not None
+        )
+        w = Counter()
+        for ident, attrs in written.items():
+            src = planned_ids.get(int(ident))
+            v = _quota_value((src or {}).get("attributes") or attrs, (src or {}).get("extra"), name)
+            if v is not None:
+                w[v] += 1
+        if p or w:
+            rows.append(QuotaRow(name, dict(sorted(p.items())), dict(sorted(w.items()))))
+    missing = sorted(i for i in planned_ids if i not in written)
+    return rows, missing
+
+
 @dataclass
 class DatasetMetrics:
     images: int

@@ -100,3 +100,15 @@ def test_an_exhausted_bound_is_reported_as_missing(tmp_path, capsys):
     assert q["missing"] == [4] and q["written_identities"] == N - 1
     for f in q["fields"]:
         assert f["max_deviation"] == 1 and sum(f["written"].values()) == N - 1
+
+
+def test_report_counts_leaked_images_from_the_manifest(tmp_path):
+    from fdta_core.faces.report import load_dataset
+    from fdta_core.faceset import Provenance
+
+    imgs = np.zeros((4, 112, 112, 3), np.uint8)
+    prov = [Provenance(identity=i // 2, extra={"leaked_images_dropped": 3 if i < 2 else 1}) for i in range(4)]
+    info = write_faceset(FaceSet(imgs, np.array([0, 0, 1, 1]), prov), tmp_path / "ds")
+    data = load_dataset(info.path)
+    assert data.source["leaked_images_dropped"] == 4
+    assert any("4 styled image(s) dropped" in n for n in data.notes)

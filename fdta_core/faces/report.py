@@ -281,10 +281,17 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
             raise DatasetError(
                 f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
             )
-        want = [c for c in ("identity", "attributes", "csim", "age_target") if c in cols]
+        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra") if c in cols]
         out: dict[int, dict[str, Any]] = {}
         for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
             rec = dict(zip(want, row[1:], strict=True))
+            if isinstance(rec.get("extra"), str):
+                try:
+                    extra = json.loads(rec["extra"])
+                except json.JSONDecodeError:
+                    extra = {}
+                rec["leaked"] = extra.get("leaked_images_dropped") if isinstance(extra, dict) else None
+            rec.pop("extra", None)
             if isinstance(rec.get("attributes"), str):
                 try:
                     rec["attributes"] = json.loads(rec["attributes"])
@@ -416,6 +423,12 @@ def load_dataset(
         notes.append(
             "no face models given: uniqueness and consistency need embeddings (--insightface-dir/--pack)"
         )
+    leaks = [r.get("leaked") for r in first_row.values() if r.get("leaked") is not None]
+    if leaks:
+        notes.append(
+            f"{int(sum(leaks))} styled image(s) dropped by the CSIM filter because their reference subject's "
+            "identity leaked in"
+        )
     written = {
         int(r["identity"]): dict(r.get("attributes") or {})
         for r in first_row.values()
@@ -432,6 +445,7 @@ def load_dataset(
         samples=samples,
         notes=notes,
         source={
+            "leaked_images_dropped": int(sum(leaks)) if leaks else None,
             "folder": str(root),
             "layout": layout.kind,
             "images_total": layout.num_images,

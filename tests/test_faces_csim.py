@@ -262,3 +262,16 @@ def test_leaked_reference_identity_is_dropped_and_recorded():
     # without a bank nothing is checked
     _, stats3 = csim_filter(fs, fn, threshold=0.3)
     assert stats3.reasons == ["", "", ""]
+
+
+def test_run_index_with_an_empty_chunk(tmp_path):
+    """A chunk that accepted nobody still writes its (empty) index; later chunks read past it."""
+    from fdta_core.faces.identity import RunIndex
+
+    run = RunIndex(tmp_path / "ids")
+    run.save_chunk(0, 2, IdentityIndex())
+    one = IdentityIndex()
+    one.add("identity 2", np.arange(1, 9, dtype=float), 2)
+    run.save_chunk(2, 4, one)
+    assert run.prior(2).ids == [] and run.prior(4).ids == [2] and run.prior(3).ids == []
+    assert run.all().vectors().shape == (1, 8)

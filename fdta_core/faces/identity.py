@@ -173,7 +173,7 @@ class IdentityIndex:
             ) from exc
         if not isinstance(idx, faiss.IndexIDMap2):
             raise ModelFormatError(f"{p} is not an FDTA identity index (an id-mapped flat index)")
-        out = cls(idx.d if idx.ntotal else (idx.d or None))
+        out = cls(idx.d if idx.ntotal else None)  # an empty index takes its size from its first entry
         if idx.ntotal:
             ids = faiss.vector_to_array(idx.id_map).astype(np.int64)
             inner = faiss.downcast_index(idx.index)

@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "verify",
     "stg",
+    "models",
+    "demo",
 )
 
 

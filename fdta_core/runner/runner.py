@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, FDTAError
 from ..faces.identity import prepare_run_index
+from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
 from .patch import load_api_workflow, patch_workflow, workflow_hash
@@ -34,6 +35,11 @@ class RunConfig:
     max_attempts: int = 3
     timeout: float | None = None
     identity_index: str | None = None  # None: RUN_DIR/identities (prepared here); "" disables
+
+    def __post_init__(self) -> None:
+        # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
+        # first FDTA node that range-checks it
+        self.seed = check_seed(self.seed, where="run --seed")
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:

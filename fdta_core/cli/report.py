@@ -84,6 +84,17 @@ def _report(args: argparse.Namespace) -> int:
             print(f"CSIM mean {f(summary['csim'].get('mean'))} +- {f(summary['csim'].get('std'))}")
         for row in summary["attribute_balance"]:
             print(f"{row['attribute']}: total variation requested vs achieved {row['total_variation']:.3f}")
+        drop = summary["dropped"]
+        if drop["total"]:
+            counts = "; ".join(
+                f"{stage}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+                for stage, reasons in sorted(drop["by_stage"].items())
+            )
+            print(f"dropped on the way: {drop['total']} ({counts})")
+            for d in drop["items"][:20]:
+                print(f"  {d['stage']}: identity {d['identity']} [{', '.join(d['reasons'])}] {d['detail']}")
+            if drop["total"] > 20:
+                print(f"  ... {drop['total'] - 20} more in report.json and the manifest's 'dropped' table")
         for note in summary["notes"]:
             print(f"note: {note}")
         print(f"wrote {html_path} and {json_path}")

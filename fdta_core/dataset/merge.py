@@ -25,7 +25,14 @@ from typing import Any
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text, fsync_dir
 from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, read_property, unpack
-from .manifest import IMAGE_COLUMNS, MANIFEST_NAME, ManifestWriter, image_row, read_identities
+from .manifest import (
+    DROPPED_COLUMNS,
+    IMAGE_COLUMNS,
+    MANIFEST_NAME,
+    ManifestWriter,
+    image_row,
+    read_identities,
+)
 from .writer import CHUNKS_DIR, list_chunks
 
 log = logging.getLogger(__name__)
@@ -283,6 +290,12 @@ def _merge_manifests(
                 "FROM src.images s JOIN keymap m ON m.source = ? AND m.old_label = s.label",
                 (i,),
             )
+            has_dropped = conn.execute(
+                "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has_dropped:  # what each source dropped stays on record (older manifests lack the table)
+                dcols = ", ".join(DROPPED_COLUMNS)
+                conn.execute(f"INSERT INTO dropped ({dcols}) SELECT {dcols} FROM src.dropped ORDER BY id")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

@@ -517,12 +517,11 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
     from .dataset.info import inspect
 
     info = inspect(dataset)
-    info_d = info if isinstance(info, dict) else info.to_dict()
-    if not info_d.get("ok"):
+    if not info.ok:
         raise DemoError(
-            f"the merged data set {dataset} is not sound: {json.dumps(info_d, default=str)[:2000]}"
+            f"the merged data set {dataset} is not sound: {json.dumps(info.to_dict(), default=str)[:2000]}"
         )
-    say(f"data set: {dataset} ({info_d['classes']} identities, {info_d['images']} images)")
+    say(f"data set: {dataset} ({info.classes} identities, {info.images} images)")
 
     report_dir = dataset / "report"
     _cli(["report", str(dataset), "--out", str(report_dir), "--pack", models.pack,
@@ -557,8 +556,8 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
         say(f"  {label:13s} {p}")
     return {
         "dataset": str(dataset),
-        "identities": int(info_d["classes"]),
-        "images": int(info_d["images"]),
+        "identities": info.classes,
+        "images": info.images,
         "report": str(report_dir / "report.html"),
         "model": str(model),
         "verify": verify_d,

@@ -21,6 +21,7 @@ from fdta_core.runner import (
 )
 from fdta_core.runner.manifest import parse_shard
 from fdta_core.runner.patch import load_api_workflow, parse_override
+from fdta_core.seeds import SEED_MAX
 
 WORKFLOW = {
     "1": {
@@ -187,3 +188,15 @@ def test_cli_dry_run_and_shard(tmp_path, capsys):
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["chunk"] for x in lines] == ["00000100-00000200", "00000300-00000400"]
+
+
+@pytest.mark.parametrize("seed", [str(2**63), str(2**64 - 1), "-1"])
+def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    rc = cli_main(["run", str(wf), "--run-dir", str(tmp_path / "r"), "--identities", "10", "--seed", seed,
+                   "--dry-run"])  # fmt: skip
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
+    assert str(SEED_MAX) in err and not (tmp_path / "r").exists()

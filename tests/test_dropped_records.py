@@ -132,6 +132,18 @@ def test_writer_merge_and_report_keep_the_dropped_records(tmp_path, capsys):
     assert "Dropped, and why" in html and "looks male, planned female" in html
 
 
+def test_renumbered_merge_says_which_set_a_dropped_identity_belongs_to(tmp_path):
+    sets = []
+    for name in ("a", "b"):
+        kept, _ = csim_filter(_styled(_acg(0)), _embed, threshold=0.5)
+        write_faceset(kept, tmp_path / name, start=0, count=4)
+        sets.append(tmp_path / name)
+    merge(tmp_path / "m", sets, renumber=True)
+    rows = read_dropped(tmp_path / "m" / "manifest.sqlite")
+    acg = [(r["identity"], r["record"]["source_set"]) for r in rows if r["stage"] == "acg"]
+    assert acg == [(1, 0), (1, 1)]
+
+
 def test_dropped_records_outside_the_chunk_are_refused(tmp_path):
     from fdta_core.errors import InputError
 

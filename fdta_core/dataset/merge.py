@@ -377,8 +377,14 @@ def _merge_manifests(
                 "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='dropped'"
             ).fetchone()
             if has_dropped:  # what each source dropped stays on record (older manifests lack the table)
+                # a dropped identity has no new label: it keeps its id, and a renumbered merge says which
+                # input set that id belongs to
                 dcols = ", ".join(DROPPED_COLUMNS)
-                conn.execute(f"INSERT INTO dropped ({dcols}) SELECT {dcols} FROM src.dropped ORDER BY id")
+                scols = dcols.replace("record", "json_set(record, '$.source_set', ?)") if renumber else dcols
+                conn.execute(
+                    f"INSERT INTO dropped ({dcols}) SELECT {scols} FROM src.dropped ORDER BY id",
+                    (_group_of(idents, i),) if renumber else (),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

@@ -201,7 +201,7 @@ class FaceSet:
         sources: dict[int, np.ndarray] = {}
         for s in sets:
             sources.update(s.sources)
-        return cls(images, labels, prov, sources, [d for s in sets for d in s.dropped])
+        return cls(images, labels, prov, sources, dropped=[d for s in sets for d in s.dropped])
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -242,7 +242,7 @@ class FaceSet:
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
-            list(self.dropped),
+            dropped=list(self.dropped),
         )
 
     def by_identity(self) -> dict[int, np.ndarray]:
@@ -296,7 +296,7 @@ class FaceSet:
                 if "dropped" in z.files
                 else []
             )
-            return cls(z["images"], z["labels"], prov, sources, dropped)
+            return cls(z["images"], z["labels"], prov, sources, dropped=dropped)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions

@@ -43,7 +43,7 @@ def _styled(source: FaceSet, per_identity: int = 3) -> FaceSet:
             imgs.append(img if k == 0 else rng.integers(0, 256, img.shape, dtype=np.uint8))
             labels.append(lab)
             prov.append(p.derive("stg", extra={"k": k}))
-    return FaceSet(np.stack(imgs), np.array(labels), prov, dict(source.sources), list(source.dropped))
+    return FaceSet(np.stack(imgs), np.array(labels), prov, dict(source.sources), dropped=list(source.dropped))
 
 
 def _embed(x: np.ndarray) -> np.ndarray:

@@ -233,10 +233,14 @@ def shift_faceset(
             np.zeros((0,), np.int64),
             [],
             dict(faceset.sources),
-            list(faceset.dropped),
+            dropped=list(faceset.dropped),
         )
     return FaceSet(
-        np.stack(images), np.asarray(labels, np.int64), prov, dict(faceset.sources), list(faceset.dropped)
+        np.stack(images),
+        np.asarray(labels, np.int64),
+        prov,
+        dict(faceset.sources),
+        dropped=list(faceset.dropped),
     )
 
 

@@ -222,7 +222,7 @@ def csim_filter(
     extra = {"csim_reference": reference, "csim_threshold": float(threshold)}
     for i in np.nonzero(keep)[0]:
         prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=extra)
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources, list(faceset.dropped))
+    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources, dropped=list(faceset.dropped))
     kept = full.select(keep)
     kept.dropped = list(faceset.dropped) + _dropped_records(
         faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep

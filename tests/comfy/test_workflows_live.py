@@ -156,23 +156,24 @@ CASES = {
 }  # fmt: skip
 
 
-def _write_mpie_references(root: Path, rng: np.random.Generator) -> None:
-    """One tagged reference per cell of the Multi-PIE grid (13 yaws x 7 lightings x 2 expressions), two
-    subjects, and the tags CSV the shipped Syn-MPIE workflow reads."""
+def _write_mpie_references(root: Path, rng: np.random.Generator, subjects: int = 2) -> None:
+    """Every subject with one tagged reference per cell of the Multi-PIE grid (13 yaws x 7 lightings x 2
+    expressions, as the shipped Syn-MPIE workflow's ``grid_subject`` policy needs), and the tags CSV."""
     from fdta_core.stg.policies import MPIE_EXPRESSIONS, MPIE_LIGHTINGS, MPIE_YAWS
 
     rows = ["path,subject,yaw,lighting,expression"]
-    n = 0
-    for yaw in MPIE_YAWS:
-        for light in MPIE_LIGHTINGS:
-            for expr in MPIE_EXPRESSIONS:
-                subject = f"subject{n % 2}"
-                rel = f"{subject}/{n:03d}.png"
-                (root / subject).mkdir(parents=True, exist_ok=True)
-                coarse = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8)
-                Image.fromarray(coarse).resize((112, 112), Image.BILINEAR).save(root / rel)
-                rows.append(f"{rel},{subject},{yaw},{light},{expr}")
-                n += 1
+    for s in range(subjects):
+        subject = f"subject{s}"
+        (root / subject).mkdir(parents=True, exist_ok=True)
+        n = 0
+        for yaw in MPIE_YAWS:
+            for light in MPIE_LIGHTINGS:
+                for expr in MPIE_EXPRESSIONS:
+                    rel = f"{subject}/{n:03d}.png"
+                    coarse = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8)
+                    Image.fromarray(coarse).resize((112, 112), Image.BILINEAR).save(root / rel)
+                    rows.append(f"{rel},{subject},{yaw},{light},{expr}")
+                    n += 1
     (root / "tags.csv").write_text("\n".join(rows) + "\n")
 
 

@@ -22,7 +22,7 @@ from ..errors import DatasetError
 from ..fsutil import atomic_write_text
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
-from .metrics import DatasetMetrics, age_bucket, compute_metrics
+from .metrics import DatasetMetrics, age_bucket, compute_metrics, plan_vs_written
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
+    plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
 
 
 #: How many dropped items the JSON summary lists one by one (all are counted).
@@ -91,6 +93,14 @@ def build_report(
         "source": data.source,
         "dropped": dropped_summary(data.dropped),
     }
+    if data.plan:
+        rows, missing = plan_vs_written(data.plan, data.written)
+        summary["quotas"] = {
+            "planned_identities": len(data.plan),
+            "written_identities": len(data.written),
+            "fields": [r.to_dict() for r in rows],
+            "missing": missing,
+        }
     return m, summary
 
 
@@ -236,6 +246,21 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
     ]
     drop = summary["dropped"]
     rows.append(("dropped on the way (identities at ACG, images at CSIM, ...)", drop["total"]))
+    for q in (summary.get("quotas") or {}).get("fields", []):
+        cats = sorted(set(q["planned"]) | set(q["written"]))
+        figs.append(
+            (
+                f"Plan vs written: {q['field']} (max deviation {q['max_deviation']} identities)",
+                bar_chart(
+                    cats,
+                    {
+                        "planned": [q["planned"].get(k, 0) for k in cats],
+                        "written": [q["written"].get(k, 0) for k in cats],
+                    },
+                    q["field"],
+                ),
+            )
+        )
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
     drop_rows = "".join(
         f"<tr><td>{html.escape(d['stage'])}</td><td>{d['identity']}</td>"
@@ -307,10 +332,17 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
             raise DatasetError(
                 f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
             )
-        want = [c for c in ("identity", "attributes", "csim", "age_target") if c in cols]
+        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra") if c in cols]
         out: dict[int, dict[str, Any]] = {}
         for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
             rec = dict(zip(want, row[1:], strict=True))
+            if isinstance(rec.get("extra"), str):
+                try:
+                    extra = json.loads(rec["extra"])
+                except json.JSONDecodeError:
+                    extra = {}
+                rec["leaked"] = extra.get("leaked_images_dropped") if isinstance(extra, dict) else None
+            rec.pop("extra", None)
             if isinstance(rec.get("attributes"), str):
                 try:
                     rec["attributes"] = json.loads(rec["attributes"])
@@ -443,7 +475,19 @@ def load_dataset(
         notes.append(
             "no face models given: uniqueness and consistency need embeddings (--insightface-dir/--pack)"
         )
+    leaks = [r.get("leaked") for r in first_row.values() if r.get("leaked") is not None]
+    if leaks:
+        notes.append(
+            f"{int(sum(leaks))} styled image(s) dropped by the CSIM filter because their reference subject's "
+            "identity leaked in"
+        )
+    written = {
+        int(r["identity"]): dict(r.get("attributes") or {})
+        for r in first_row.values()
+        if r.get("identity") is not None
+    }
     return ReportData(
+        written=written,
         name=root.name,
         labels=labels,
         embeddings=np.concatenate(embeddings) if embeddings else None,
@@ -454,6 +498,7 @@ def load_dataset(
         notes=notes,
         dropped=dropped,
         source={
+            "leaked_images_dropped": int(sum(leaks)) if leaks else None,
             "folder": str(root),
             "layout": layout.kind,
             "images_total": layout.num_images,

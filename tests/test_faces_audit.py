@@ -12,7 +12,7 @@ import pytest
 
 from fdta_core.cli import main
 from fdta_core.dataset.writer import write_faceset
-from fdta_core.faces.models import load_face_pack
+from fdta_core.faces import load_face_pack
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces
 

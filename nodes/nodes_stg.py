@@ -234,14 +234,16 @@ class FDTASTGMixer(io.ComfyNode):
                     options=list(POLICIES),
                     default="subject",
                     tooltip="random: any reference; subject: one real subject per identity (Syn-MS1M); "
-                    "grid: 13 yaws x 7 lightings x 2 expressions from tags (Syn-MPIE)",
+                    "grid_subject: 13 yaws x 7 lightings x 2 expressions from tags, all from one real subject "
+                    "per identity (Syn-MPIE as the paper made it); grid: the same cells from any subjects",
                 ),
                 io.Int.Input(
                     "images_per_identity",
                     default=4,
                     min=0,
                     max=10_000,
-                    tooltip="styled images per identity (grid: 0 = every cell)",
+                    tooltip="styled images per identity (grid policies: 0 = every cell; fewer than the cells "
+                    "sample the grid balanced: every yaw, lighting and expression as evenly as the count allows)",
                 ),
                 seed_input(
                     "run seed; style choices and noise derive from it and the identity",
@@ -295,7 +297,7 @@ class FDTASTGMixer(io.ComfyNode):
             device = mm.get_torch_device()
             sampler = STGSampler(stg_model.patcher.model, device, precision)
             n_ids = len(source_faces.identities)
-            per = images_per_identity if (style_policy != "grid" or images_per_identity) else 182
+            per = images_per_identity if (not style_policy.startswith("grid") or images_per_identity) else 182
             progress = progress_callback(max(1, n_ids * per * steps))
             result = mix(
                 sampler,

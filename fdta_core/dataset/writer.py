@@ -123,10 +123,10 @@ class DatasetChunk:
         return self.chunk.path
 
     def train_folder(self) -> str:
-        """What to train on: the data set root once it holds a merged ``train.rec``, else the chunk."""
-        if (Path(self.dataset) / "train.rec").is_file():
-            return self.dataset
-        return self.chunk.path
+        """What to train on: the data set root, never the one chunk this prompt wrote. The trainer reads
+        the root's merged ``train.rec`` if it has one, else every committed chunk (labelled as merge
+        would: :class:`fdta_core.train.data.ChunkedFaceDataset`)."""
+        return self.dataset
 
 
 # ---------------------------------------------------------------------------- dataset folder

@@ -11,8 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from fdta_core.errors import InputError, ModelFormatError, ModelNotFoundError
-from fdta_core.faces.align import ARCFACE_TEMPLATE_112, align_face, warp_points
-from fdta_core.faces.models import (
+from fdta_core.faces import (
     ALIGNED_FACE_BOX,
     FaceModels,
     list_packs,
@@ -20,6 +19,7 @@ from fdta_core.faces.models import (
     provider_choices,
     resolve_providers,
 )
+from fdta_core.faces.align import ARCFACE_TEMPLATE_112, align_face, warp_points
 from fdta_core.testing.faces import (
     make_tiny_face_pack,
     synthetic_identity_faces,

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_pack(args: argparse.Namespace):
     """The insightface pack ``args.pack`` from ``--insightface-dir`` (or $FDTA_INSIGHTFACE_DIR,
     ~/.insightface), recogniser required."""
-    from ..faces.models import load_face_pack
+    from ..faces import load_face_pack
 
     dirs = list(args.insightface_dir)
     if not dirs:

@@ -47,8 +47,8 @@ import numpy as np
 from ..errors import DatasetError, InputError
 from ..faceset import FACE_SIZE, FaceSet, Provenance
 from ..fsutil import atomic_write_text, fsync_dir, swap_folder
+from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
-from .jpeg import JPEG_QUALITY, jpeg_encoder
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
 log = logging.getLogger(__name__)

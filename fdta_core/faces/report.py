@@ -19,6 +19,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
+from ..grid import Cell, render_grid
+from ..imagecodec import decode_image, encode_png
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
 from .metrics import DatasetMetrics, age_bucket, compute_metrics, plan_vs_written
@@ -124,27 +126,14 @@ def sample_grid(
     samples: dict[int, list[np.ndarray]], max_rows: int = 8, max_cols: int = 8, tile: int = 56
 ) -> np.ndarray:
     """One row of faces per identity (downscaled to ``tile`` pixels)."""
-    import cv2
-
-    rows = list(samples.items())[:max_rows]
+    rows = [[Cell(f) for f in faces[:max_cols]] for _ident, faces in list(samples.items())[:max_rows]]
     if not rows:
         return np.full((tile, tile, 3), 255, np.uint8)
-    cols = min(max_cols, max(len(v) for _, v in rows))
-    grid = np.full((len(rows) * (tile + 2), cols * (tile + 2), 3), 255, np.uint8)
-    for r, (_ident, faces) in enumerate(rows):
-        for c, f in enumerate(faces[:cols]):
-            small = cv2.resize(np.ascontiguousarray(f), (tile, tile), interpolation=cv2.INTER_AREA)
-            grid[r * (tile + 2) : r * (tile + 2) + tile, c * (tile + 2) : c * (tile + 2) + tile] = small
-    return grid
+    return render_grid(rows, tile=tile, gap=2, background=(255, 255, 255))
 
 
 def _png_data_uri(img: np.ndarray) -> str:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
-        raise RuntimeError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode("ascii")
 
 
 def _fmt(v: Any) -> str:
@@ -255,20 +244,6 @@ def write_report(
 
 
 # ----------------------------------------------------------------------------- dataset on disk
-def _decode(payload: bytes, key: int, where: str) -> np.ndarray:
-    import cv2
-
-    img = None
-    if payload:
-        try:
-            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            img = None
-    if img is None:
-        raise DatasetError(f"{where}: record {key} does not hold a decodable image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
     """``key -> {identity, attributes, csim, age_target}`` from a dataset's ``manifest.sqlite`` (read-only)."""
     try:
@@ -317,7 +292,7 @@ def load_dataset(
 ) -> ReportData:
     """Read a written dataset (``train.rec``/``.idx`` + optional ``manifest.sqlite``) into :class:`ReportData`.
 
-    With ``models`` (a :class:`~fdta_core.faces.models.FaceModels`) the images are embedded (uniqueness,
+    With ``models`` (a :class:`~fdta_core.faces.pack.FaceModels`) the images are embedded (uniqueness,
     consistency) and, when the pack has a gender/age model, gender and age are predicted per image
     (majority gender and median age per identity = *achieved*). *Requested* attributes come from the
     manifest. ``max_images`` > 0 reads only the first identities that fit.
@@ -370,7 +345,7 @@ def load_dataset(
             ) < samples_per_identity
             if need_pixels or want_sample:
                 _h, payload = reader.read_unpacked(key)
-                img = _decode(payload, key, str(reader.rec_path))
+                img = decode_image(payload, where=f"{reader.rec_path}: record {key}")
                 if img.shape[:2] != (112, 112):
                     raise DatasetError(
                         f"{reader.rec_path}: record {key} is {img.shape[1]}x{img.shape[0]}, not 112x112"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError
+from ..imagecodec import decode_into
 from ..recordio import IR_HEADER_SIZE, RecordReader, read_layout, read_property
 from ..seeds import derive_seed, numpy_rng
 
@@ -49,50 +50,6 @@ def _find_rec(path: str | Path) -> tuple[Path, Path | None]:
         )
     idx = rec.with_suffix(".idx")
     return rec, (idx if idx.is_file() else None)
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:  # opencv is a declared dependency; PIL is the slower fallback
-        return None
-    return cv2
-
-
-def decode_into(buf: bytes | memoryview, out: np.ndarray, flip: bool = False) -> None:
-    """Decode an encoded image into ``out`` (H x W x 3 RGB uint8), resized if needed, mirrored if ``flip``.
-
-    OpenCV >= 4.10 decodes straight to RGB; the flip (or plain copy) into the batch is then the only
-    extra pass. (A numpy ``[:, :, ::-1]`` channel swap would cost a third of the decode time.)
-    """
-    cv2 = _cv2()
-    size = out.shape[0]
-    if cv2 is None:
-        import io
-
-        from PIL import Image
-
-        try:
-            pil = Image.open(io.BytesIO(bytes(buf))).convert("RGB")
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
-            raise DatasetError(f"an image record could not be decoded ({exc})") from None
-        if pil.size != (size, size):
-            pil = pil.resize((size, size), Image.BILINEAR)
-        img = np.asarray(pil)
-        np.copyto(out, img[:, ::-1] if flip else img)
-        return
-    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
-    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag)
-    if img is None:
-        raise DatasetError("an image record could not be decoded (not a JPEG/PNG payload)")
-    if rgb_flag is None:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.shape[0] != size or img.shape[1] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    if flip:
-        cv2.flip(img, 1, out)
-    else:
-        np.copyto(out, img)
 
 
 class RecFaceDataset(torch.utils.data.Dataset):

@@ -21,13 +21,73 @@ log = logging.getLogger(__name__)
 PROVIDER_CHOICES = ("auto", "CPU", "CUDA", "TensorRT", "ROCm", "DirectML", "CoreML", "OpenVINO")
 
 
+#: onnxruntime builds that install the same ``onnxruntime`` package; two of them in one Python overwrite each
+#: other's files, so whichever was installed last wins, and uninstalling either breaks the other.
+ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-rocm",
+)
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def installed_onnxruntime_builds() -> list[str]:
+    """The onnxruntime distributions installed in this Python (by their metadata, without importing them)."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def onnxruntime_conflict() -> str | None:
+    """A warning when more than one onnxruntime build is installed (e.g. ``onnxruntime`` and
+    ``onnxruntime-gpu``, the clash that many face packs cause), saying which to uninstall; else None."""
+    builds = installed_onnxruntime_builds()
+    if len(builds) < 2:
+        return None
+    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in builds else builds[-1]
+    drop = [b for b in builds if b != keep]
+    return (
+        f"[FDTA] both {' and '.join(builds)} are installed in this Python; they install the same files, so "
+        f"the face models may run on the wrong build or fail to load. Keep {keep} (it runs on the CPU too): "
+        f"pip uninstall -y {' '.join(drop)} && pip install --force-reinstall --no-deps {keep}"
+    )
+
+
+def cuda_device_visible() -> bool:
+    """Whether this process sees a CUDA device. onnxruntime-gpu lists CUDAExecutionProvider even on a machine
+    without a GPU or CUDA libraries (it then logs an error and runs on the CPU), so its list alone cannot
+    decide; torch (always present beside this pack) can."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return True
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken driver install: treat as no device
+        return False
+
+
 def available_providers() -> list[str]:
-    """onnxruntime's available execution providers (empty when onnxruntime is not installed)."""
+    """onnxruntime's usable execution providers (empty when onnxruntime is not installed): CUDA and
+    TensorRT only where a CUDA device is visible, since onnxruntime-gpu lists them everywhere."""
     try:
         import onnxruntime as ort
     except ImportError:
         return []
-    return list(ort.get_available_providers())
+    avail = list(ort.get_available_providers())
+    if any(p in avail for p in _GPU_PROVIDERS) and not cuda_device_visible():
+        avail = [p for p in avail if p not in _GPU_PROVIDERS]
+    return avail
 
 
 def provider_choices() -> list[str]:
@@ -40,7 +100,7 @@ def provider_choices() -> list[str]:
 def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     """Turn ``auto`` / ``CPU`` / ``CUDA`` / full provider names into the list passed to onnxruntime.
 
-    ``auto`` takes CUDA when onnxruntime offers it, else CPU. A provider that is not available is not
+    ``auto`` takes CUDA when a CUDA device is visible and onnxruntime offers its provider, else CPU. A provider that is not available is not
     an error: it falls back to CPU with a warning that lists what is available (the batch goes on).
     """
     avail = available_providers()
@@ -50,10 +110,12 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
         requested = list(providers)
     if not requested or requested == ["auto"]:
         if "CUDAExecutionProvider" in avail:
-            log.info("[FDTA] faces: ONNX provider auto -> CUDA (onnxruntime offers CUDAExecutionProvider)")
+            log.info(
+                "[FDTA] faces: ONNX provider auto -> CUDA (a CUDA device and onnxruntime's CUDA provider)"
+            )
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         log.info(
-            "[FDTA] faces: ONNX provider auto -> CPU (no CUDA provider in onnxruntime; available: %s)", avail
+            "[FDTA] faces: ONNX provider auto -> CPU (no CUDA device or no CUDA provider; usable: %s)", avail
         )
         return ["CPUExecutionProvider"]
     out: list[str] = []
@@ -63,8 +125,9 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
             out.append(full)
         else:
             log.warning(
-                "[FDTA] faces: ONNX provider %s is not available in this onnxruntime (available: %s); "
-                "using CPU instead. For CUDA install onnxruntime-gpu instead of onnxruntime (never both).",
+                "[FDTA] faces: ONNX provider %s is not usable here (no CUDA device, or not in this "
+                "onnxruntime build; usable: %s); using CPU instead. For CUDA install onnxruntime-gpu "
+                "instead of onnxruntime (never both).",
                 name,
                 ", ".join(avail) or "none",
             )

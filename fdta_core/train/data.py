@@ -52,7 +52,32 @@ def _find_rec(path: str | Path) -> tuple[Path, Path | None]:
     return rec, (idx if idx.is_file() else None)
 
 
-class RecFaceDataset(torch.utils.data.Dataset):
+class _FaceItems(torch.utils.data.Dataset):
+    """Item access shared by the face datasets: subclasses set ``image_size`` and ``labels`` and
+    implement ``load(index, flip, out)``."""
+
+    image_size: int
+    labels: np.ndarray
+
+    def load(self, index: int, flip: bool, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
+        self.load(int(index), bool(flip), out)
+        return torch.from_numpy(out), int(self.labels[int(index)])
+
+    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
+        labels = np.empty(len(items), np.int64)
+        for j, (index, flip) in enumerate(items):
+            self.load(int(index), bool(flip), out[j])
+            labels[j] = self.labels[int(index)]
+        return torch.from_numpy(out), torch.from_numpy(labels)
+
+
+class RecFaceDataset(_FaceItems):
     """Images and class labels of a RecordIO face set (insightface, DALI or plain layout).
 
     Indices are positions in :attr:`image_keys`. ``__getitems__`` takes ``(index, flip)`` pairs (what
@@ -127,22 +152,8 @@ class RecFaceDataset(torch.utils.data.Dataset):
         """Decode image ``index`` into ``out`` (H x W x 3 RGB), flipped horizontally if asked."""
         decode_into(self._payload(self.reader.read(int(self.image_keys[index]))), out, flip)
 
-    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
-        self.load(int(index), bool(flip), out)
-        return torch.from_numpy(out), int(self.labels[int(index)])
 
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(len(items), np.int64)
-        for j, (index, flip) in enumerate(items):
-            self.load(int(index), bool(flip), out[j])
-            labels[j] = self.labels[int(index)]
-        return torch.from_numpy(out), torch.from_numpy(labels)
-
-
-class ChunkedFaceDataset(torch.utils.data.Dataset):
+class ChunkedFaceDataset(_FaceItems):
     """All committed chunks of a data-set folder (``<root>/chunks/<start>-<end>/``) as one training set.
 
     Labels and image order are exactly those of ``fdta rec merge OUT ROOT``: identities are renumbered
@@ -219,20 +230,6 @@ class ChunkedFaceDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, flip: bool, out: np.ndarray) -> None:
         self.parts[int(self._part[index])].load(int(self._pos[index]), flip, out)
-
-    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
-        self.load(int(index), bool(flip), out)
-        return torch.from_numpy(out), int(self.labels[int(index)])
-
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(len(items), np.int64)
-        for j, (index, flip) in enumerate(items):
-            self.load(int(index), bool(flip), out[j])
-            labels[j] = self.labels[int(index)]
-        return torch.from_numpy(out), torch.from_numpy(labels)
 
 
 def open_face_dataset(

@@ -18,7 +18,15 @@ from ..fdta_core.dataset.merge import MergedDataset
 from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
-from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
+from ._common import (
+    CATEGORY,
+    Dataset,
+    model_folders,
+    node_errors,
+    output_roots,
+    patch_module,
+    progress_callback,
+)
 
 AREA = f"{CATEGORY}/training"
 
@@ -282,7 +290,6 @@ class FDTAVerify(io.ComfyNode):
     @classmethod
     def execute(cls, model, bins, batch_size) -> io.NodeOutput:
         import comfy.model_management as mm
-        import comfy.model_patcher
 
         from ..fdta_core.eval.models import load_model_embedder
         from ..fdta_core.eval.table import format_paper_table, paper_table
@@ -316,9 +323,7 @@ class FDTAVerify(io.ComfyNode):
             device = mm.get_torch_device()
 
             def managed(net):  # ComfyUI's model manager places the torch network
-                patcher = comfy.model_patcher.ModelPatcher(
-                    net, load_device=device, offload_device=mm.unet_offload_device()
-                )
+                patcher = patch_module(net)
                 mm.load_models_gpu([patcher])
                 return patcher.model
 

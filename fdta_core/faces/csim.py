@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, check_choice
-from ..faceset import FACE_SIZE, FaceSet
+from ..faceset import FACE_SIZE, Dropped, FaceSet
 from ..grid import GREEN, RED, WHITE, Cell, render_grid
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,11 @@ def csim_filter(
                 e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
             e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
         prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources, dropped=list(faceset.dropped))
     kept = full.select(keep)
+    kept.dropped = list(faceset.dropped) + _dropped_records(
+        faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep, csim_subject
+    )
     stats = CSIMStats(
         threshold=float(threshold),
         reference=reference,
@@ -288,6 +291,48 @@ def csim_filter(
         len(ids),
     )
     return kept, stats
+
+
+def _dropped_records(
+    faceset: FaceSet,
+    csim: np.ndarray,
+    reasons: list[str],
+    threshold: float,
+    reference: str,
+    min_images: int,
+    keep: np.ndarray,
+    csim_subject: np.ndarray,
+) -> list[Dropped]:
+    """One :class:`Dropped` per image the filter left out (its provenance without the ACG details, which
+    stay with the identity), saying whether its own CSIM or its identity's count dropped it."""
+    kept_per_id = {int(i): int(keep[idx].sum() + sum(reasons[j] == "identity" for j in idx))
+                   for i, idx in faceset.by_identity().items()}  # fmt: skip
+    out = []
+    for i, why in enumerate(reasons):
+        if not why:
+            continue
+        p = faceset.provenance[i]
+        ident, c = int(faceset.labels[i]), float(csim[i])
+        if why == "csim":
+            detail = f"CSIM {c:.3f} < threshold {threshold:.3f} (reference: {reference})"
+        elif why == "leak":
+            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+            detail = (
+                f"reference subject {subj}'s identity leaked in: CSIM {float(csim_subject[i]):.3f} to the "
+                f"subject vs {c:.3f} to the source ({reference})"
+            )
+        else:
+            detail = (
+                f"CSIM {c:.3f} passes, but identity {ident} keeps {kept_per_id[ident]} image(s) "
+                f"< min_images_per_identity {min_images}: dropped whole"
+            )
+        record = {k: v for k, v in p.to_dict().items() if k != "extra"}
+        record["extra"] = {k: v for k, v in p.extra.items() if k != "acg"}
+        record.update(csim=round(c, 6), csim_threshold=threshold, csim_reference=reference)
+        if np.isfinite(csim_subject[i]):
+            record["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
+        out.append(Dropped("csim", ident, (why,), detail, record))
+    return out
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -100,7 +100,9 @@ def mix(
             )
         )
     labels = np.array([p.identity for p in picks], np.int64)
-    styled = FaceSet(images, labels, prov, {i: source.source_of(i) for i in identities})
+    styled = FaceSet(
+        images, labels, prov, {i: source.source_of(i) for i in identities}, dropped=list(source.dropped)
+    )
     sheet = contact_sheet(styled, bank, picks)
     return MixResult(styled, sheet, picks)
 

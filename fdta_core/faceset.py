@@ -87,14 +87,85 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
+@dataclass(frozen=True)
+class ChunkStamp:
+    """The identity range a faceset was planned for, and what planned it.
+
+    The ACG stamps the plan's ``[start, end)`` on its faceset and every stage passes the stamp on, so the
+    dataset writer commits the chunk under the planned range even when some identities were dropped on
+    the way, and the UI, the runner and a hand-built graph cannot disagree about it. ``spec_hash`` and
+    ``run_seed`` say which run made the chunk: a chunk on disk is replaced without ``overwrite`` only by
+    the same run (a re-run after a crash).
+    """
+
+    start: int
+    end: int
+    spec_hash: str = ""
+    run_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.start) < 0 or int(self.end) <= int(self.start):
+            raise InputError(
+                f"chunk range [{self.start}, {self.end}) is empty or negative", where="ChunkStamp"
+            )
+
+    @property
+    def count(self) -> int:
+        return int(self.end) - int(self.start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ChunkStamp | None:
+        if not data:
+            return None
+        seed = data.get("run_seed")
+        return cls(int(data["start"]), int(data["end"]), str(data.get("spec_hash") or ""),
+                   None if seed is None else int(seed))  # fmt: skip
+
+    def same_run(self, other: ChunkStamp | None) -> bool:
+        """Whether ``other`` comes from the same run (same spec and run seed, both known)."""
+        return (
+            other is not None
+            and bool(self.spec_hash)
+            and self.run_seed is not None
+            and (self.spec_hash, self.run_seed) == (other.spec_hash, other.run_seed)
+        )
+
+
+def join_stamps(stamps: Iterable[ChunkStamp | None]) -> ChunkStamp | None:
+    """The stamp of several facesets joined: equal stamps stay, adjacent ranges of one run merge,
+    anything else (an unstamped part, two runs, a gap) gives None (the writer then needs a range)."""
+    out: ChunkStamp | None = None
+    first = True
+    for s in sorted(stamps, key=lambda x: (x is not None, x.start if x else 0)):
+        if s is None:
+            return None
+        if first:
+            out, first = s, False
+            continue
+        assert out is not None
+        if s == out:
+            continue
+        if (s.spec_hash, s.run_seed) != (out.spec_hash, out.run_seed) or s.start != out.end:
+            return None
+        out = dataclasses.replace(out, end=s.end)
+    return out
+
+
 @dataclass
 class FaceSet:
-    """A batch of aligned faces with labels, provenance and the source face of each identity."""
+    """A batch of aligned faces with labels, provenance and the source face of each identity.
+
+    ``chunk`` is the planned identity range (:class:`ChunkStamp`), or None for a faceset built by hand.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     provenance: list[Provenance]
     sources: dict[int, np.ndarray] = field(default_factory=dict)
+    chunk: ChunkStamp | None = None
 
     def __post_init__(self) -> None:
         self.images = _check_images(np.ascontiguousarray(self.images), "FaceSet.images")
@@ -132,6 +203,13 @@ class FaceSet:
                     f"source face of identity {ident} must be a 112x112x3 uint8 array",
                     where="FaceSet.sources",
                 )
+        if self.chunk is not None and self.labels.size:
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < self.chunk.start or hi >= self.chunk.end:
+                raise InputError(
+                    f"labels {lo}..{hi} lie outside the planned chunk {self.chunk.start}..{self.chunk.end - 1}",
+                    where="FaceSet.chunk",
+                )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -140,7 +218,12 @@ class FaceSet:
 
     @classmethod
     def from_sources(
-        cls, images: np.ndarray, provenance: Sequence[Provenance], *, stage: str | None = None
+        cls,
+        images: np.ndarray,
+        provenance: Sequence[Provenance],
+        *,
+        stage: str | None = None,
+        chunk: ChunkStamp | None = None,
     ) -> FaceSet:
         """A faceset in which every image is the source face of its own identity (the ACG output)."""
         images = _check_images(np.ascontiguousarray(images), "FaceSet.images")
@@ -153,7 +236,7 @@ class FaceSet:
                 "source facesets need exactly one image per identity", where="FaceSet.from_sources"
             )
         sources = {int(lab): images[i].copy() for i, lab in enumerate(labels)}
-        return cls(images, labels, prov, sources)
+        return cls(images, labels, prov, sources, chunk)
 
     @classmethod
     def concat(cls, sets: Iterable[FaceSet]) -> FaceSet:
@@ -166,7 +249,7 @@ class FaceSet:
         sources: dict[int, np.ndarray] = {}
         for s in sets:
             sources.update(s.sources)
-        return cls(images, labels, prov, sources)
+        return cls(images, labels, prov, sources, join_stamps(s.chunk for s in sets))
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -207,6 +290,14 @@ class FaceSet:
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
+            self.chunk,
+        )
+
+    def derived(self, images: np.ndarray, labels: Any, provenance: list[Provenance],
+                sources: dict[int, np.ndarray] | None = None) -> FaceSet:  # fmt: skip
+        """A new faceset made by a stage from this one: same planned chunk (and source faces unless given)."""
+        return FaceSet(
+            images, labels, provenance, dict(self.sources) if sources is None else sources, self.chunk
         )
 
     def by_identity(self) -> dict[int, np.ndarray]:
@@ -223,7 +314,10 @@ class FaceSet:
 
     def summary(self) -> str:
         n_id = len(self.identities)
-        return f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
+        text = f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
+        if self.chunk is not None:
+            text += f", planned chunk {self.chunk.start}..{self.chunk.end - 1}"
+        return text
 
     # ------------------------------------------------------------------ serialisation
     def provenance_json(self) -> str:
@@ -244,6 +338,9 @@ class FaceSet:
             provenance=np.frombuffer(self.provenance_json().encode("utf-8"), np.uint8),
             source_ids=src_ids,
             source_images=src,
+            chunk=np.frombuffer(
+                json.dumps(self.chunk.to_dict() if self.chunk else None).encode("utf-8"), np.uint8
+            ),
         )
 
     @classmethod
@@ -251,7 +348,12 @@ class FaceSet:
         with np.load(path, allow_pickle=False) as z:
             prov = [Provenance.from_dict(d) for d in json.loads(z["provenance"].tobytes().decode("utf-8"))]
             sources = {int(i): z["source_images"][k] for k, i in enumerate(z["source_ids"])}
-            return cls(z["images"], z["labels"], prov, sources)
+            chunk = (
+                ChunkStamp.from_dict(json.loads(z["chunk"].tobytes().decode("utf-8")))
+                if "chunk" in z
+                else None
+            )
+            return cls(z["images"], z["labels"], prov, sources, chunk)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions

@@ -23,8 +23,11 @@ class FDTADatasetWriter(io.ComfyNode):
             description=(
                 "Writes the faceset as one chunk (an identity range) of a RecordIO data set in the layout "
                 "insightface's arcface_torch trains from: JPEG quality 95, a SQLite provenance manifest per "
-                "image, committed atomically (a cancelled or crashed run leaves no half chunk; writing the same "
-                "range again replaces it). Join chunks with `fdta rec merge OUT DATASET`."
+                "image, committed atomically (a cancelled or crashed run leaves no half chunk). The chunk's "
+                "identity range comes with the faceset (planned by FDTAAttributeSpec), so chunks never collide; "
+                "a chunk already on disk is replaced only by the same run (same spec and seed, e.g. after a "
+                "crash) or with overwrite on, and every replacement is recorded. Join chunks with "
+                "`fdta rec merge OUT DATASET`."
             ),
             is_output_node=True,
             inputs=[
@@ -44,14 +47,27 @@ class FDTADatasetWriter(io.ComfyNode):
                     default=-1,
                     min=-1,
                     max=(1 << 24) - 1,
-                    tooltip="First identity id of this chunk; -1 takes the smallest label in the faceset.",
+                    optional=True,
+                    tooltip="Override of the chunk's first identity. Leave at -1: the range comes with the "
+                    "faceset from FDTAAttributeSpec. Only for facesets built by hand (then -1 takes the "
+                    "smallest label); on a planned faceset it must equal the plan.",
                 ),
                 io.Int.Input(
                     "identity_count",
                     default=0,
                     min=0,
                     max=1 << 24,
-                    tooltip="Identities in this chunk (use the plan's identity_count); 0 covers up to the largest label.",
+                    optional=True,
+                    tooltip="Override of the chunk's identity count. Leave at 0: the range comes with the "
+                    "faceset (for hand-built facesets 0 covers up to the largest label).",
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    optional=True,
+                    tooltip="Replace a chunk of the same range that another run wrote (its images are lost; "
+                    "the replacement is recorded). Off: such a write is refused at queue time. A re-run of "
+                    "the same run (same spec and seed) may always replace its own chunk.",
                 ),
             ],
             outputs=[
@@ -63,7 +79,14 @@ class FDTADatasetWriter(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, faceset, output_name: str, identity_start: int, identity_count: int) -> io.NodeOutput:
+    def execute(
+        cls,
+        faceset,
+        output_name: str,
+        identity_start: int = -1,
+        identity_count: int = 0,
+        overwrite: bool = False,
+    ) -> io.NodeOutput:
         with node_errors("FDTADatasetWriter"):
             if not isinstance(faceset, FaceSet):
                 raise InputError(
@@ -80,6 +103,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 root,
                 start=start,
                 count=end - start,
+                overwrite=bool(overwrite),
                 progress=progress_callback(len(faceset)),
             )
         result = {
@@ -90,11 +114,19 @@ class FDTADatasetWriter(io.ComfyNode):
             "end": info.end,
             "images": info.images,
             "classes": info.classes,
+            "replaced": info.replaced[-1:],
         }
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"
         )
+        if info.replaced:
+            r = info.replaced[-1]
+            text += (
+                f"\nREPLACED the earlier copy of chunk {info.name} ({r['images']} images, spec "
+                f"{r['spec_hash'] or '?'}, run seed {r['run_seed']}; {r['reason']}); recorded in "
+                f"{Path(info.path) / 'chunk.json'} and dataset.json"
+            )
         return io.NodeOutput(result, ui=ui.PreviewText(text))
 
 

@@ -11,6 +11,7 @@ not depend on the batch size.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FDTAError, InputError
-from ..faceset import FACE_SIZE, FaceSet, Provenance
+from ..faceset import FACE_SIZE, ChunkStamp, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
 from .selection import EmbeddingBank, FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
@@ -263,8 +264,9 @@ class ACGResult:
     def faceset(self) -> FaceSet:
         """The source faceset: one aligned 112x112 face per chosen identity, in plan order."""
         slots = self.chosen_slots
+        stamp = self.chunk_stamp()
         if not slots:
-            return FaceSet.empty()
+            return dataclasses.replace(FaceSet.empty(), chunk=stamp)
         faces = []
         for s in slots:
             rec = self.chosen[s]
@@ -273,7 +275,18 @@ class ACGResult:
             else:
                 assert rec.image is not None
                 faces.append(center_face(rec.image))
-        return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
+        return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots], chunk=stamp)
+
+    def chunk_stamp(self) -> ChunkStamp | None:
+        """The plan's range: the chunk the faces belong to, whichever identities failed."""
+        if len(self.plan) == 0:
+            return None
+        return ChunkStamp(
+            int(self.plan.start),
+            int(self.plan.start) + len(self.plan),
+            self.plan.spec_hash,
+            int(self.plan.run_seed),
+        )
 
     def images(self) -> np.ndarray:
         """Full-resolution chosen images [N,H,W,3] in plan order (N may be 0)."""

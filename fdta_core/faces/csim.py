@@ -224,7 +224,7 @@ def csim_filter(
     extra = {"csim_reference": reference, "csim_threshold": float(threshold)}
     for i in np.nonzero(keep)[0]:
         prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=extra)
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
     kept = full.select(keep)
     stats = CSIMStats(
         threshold=float(threshold),

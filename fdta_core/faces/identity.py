@@ -193,7 +193,5 @@ def filter_identities(
     for i in np.nonzero(keep)[0]:
         r = results[int(faceset.labels[i])]
         prov[i] = prov[i].derive("identity_check", extra={"nearest_identity_cosine": round(r.similarity, 6)})
-    from ..faceset import FaceSet
-
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
     return full.select(keep), results

@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,15 @@ def run(
                 return
             with lock:
                 rec = manifest.records[chunk.index]
-                manifest.mark(chunk, ChunkState.RUNNING, attempts=rec.attempts + 1, server=url, error=None)
+                manifest.mark(
+                    chunk,
+                    ChunkState.RUNNING,
+                    attempts=rec.attempts + 1,
+                    server=url,
+                    error=None,
+                    started=time.time(),
+                    finished=None,
+                )
             if on_chunk:
                 on_chunk(chunk, ChunkState.RUNNING)
             try:
@@ -118,12 +127,12 @@ def run(
                 entry = client.wait(pid, timeout=cfg.timeout, on_progress=cb)
                 outputs = {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
                 with lock:
-                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs)
+                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs, finished=time.time())
                 state = ChunkState.DONE
             except FDTAError as e:
                 with lock:
                     rec = manifest.records[chunk.index]
-                    manifest.mark(chunk, ChunkState.FAILED, error=str(e))
+                    manifest.mark(chunk, ChunkState.FAILED, error=str(e), finished=time.time())
                     if rec.attempts < cfg.max_attempts:
                         todo.put(chunk)
                 log.warning(

@@ -120,7 +120,7 @@ def test_recover_after_kill_between_the_renames(tmp_path):
     import numpy as np
 
     from fdta_core.dataset import write_faceset
-    from fdta_core.faceset import ChunkStamp, FaceSet, Provenance
+    from fdta_core.faceset import FaceSet, Provenance
 
     labels = np.repeat(np.arange(2), 2)
     fs = FaceSet(np.zeros((4, 112, 112, 3), np.uint8), labels, [Provenance(identity=int(x)) for x in labels])

@@ -94,13 +94,17 @@ def test_join_stamps_and_npz(tmp_path):
     fs.save_npz(str(tmp_path / "f.npz"))
     assert FaceSet.load_npz(str(tmp_path / "f.npz")).chunk == fs.chunk
     with pytest.raises(InputError, match="outside the planned chunk 5..6"):
-        FaceSet(fs.images, fs.labels + 10, [Provenance(identity=int(x) + 10) for x in fs.labels], {}, fs.chunk)
+        FaceSet(
+            fs.images, fs.labels + 10, [Provenance(identity=int(x) + 10) for x in fs.labels], {}, fs.chunk
+        )
 
 
 def test_writer_override_must_agree_with_the_plan(tmp_path):
     fs = _planned(2, 2)
     # what the shipped graph used to do: the spec planned 2..3, the writer said 0..99
-    with pytest.raises(InputError, match=r"identity_start.*planned for identities 2..3.*identity_start to -1"):
+    with pytest.raises(
+        InputError, match=r"identity_start.*planned for identities 2..3.*identity_start to -1"
+    ):
         write_faceset(fs, tmp_path / "ds", start=0, count=100)
     assert not (tmp_path / "ds").exists()  # refused before anything was created
     info = write_faceset(fs, tmp_path / "ds", start=2, count=2)  # an override equal to the plan is fine
@@ -112,10 +116,14 @@ def test_issue_12_item_1_two_chunks_survive_and_a_conflicting_rerun_is_refused(t
     ds = tmp_path / "ds"
     first = write_faceset(_planned(0, 2), ds)
     second = write_faceset(_planned(2, 2), ds)
-    assert [c.name for c in list_chunks(ds)] == [first.name, second.name] == [
-        "000000000-000000002",
-        "000000002-000000004",
-    ]
+    assert (
+        [c.name for c in list_chunks(ds)]
+        == [first.name, second.name]
+        == [
+            "000000000-000000002",
+            "000000002-000000004",
+        ]
+    )
     before = (ds / "chunks" / first.name / "train.rec").read_bytes()
     # another run (other spec) for identities 0..1: refused, naming the chunk, its maker and the input
     with pytest.raises(InputError) as err:

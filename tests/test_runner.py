@@ -66,7 +66,9 @@ def test_patch_sets_range_and_derives_every_seed():
     # an old workflow whose writer sets its own range is refused before anything is queued
     old = json.loads(json.dumps(WORKFLOW))
     old["4"]["inputs"].update(identity_start=0, identity_count=100)
-    with pytest.raises(ConfigError, match=r"node 4 \(FDTADatasetWriter\)\.identity_start.*set identity_start to -1"):
+    with pytest.raises(
+        ConfigError, match=r"node 4 \(FDTADatasetWriter\)\.identity_start.*set identity_start to -1"
+    ):
         patch_workflow(old, c, 77)
     assert WORKFLOW["1"]["inputs"]["identity_start"] == 0  # the original is not modified
     with pytest.raises(ConfigError, match="exactly one FDTAAttributeSpec"):
@@ -192,4 +194,7 @@ def test_cli_dry_run_and_shard(tmp_path, capsys):
                    "--seed", "3", "--shard", "1/2", "--dry-run"])  # fmt: skip
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["chunk"] for x in lines] == ["000000100-000000200", "000000300-000000400"]  # one width with the writer
+    assert [x["chunk"] for x in lines] == [
+        "000000100-000000200",
+        "000000300-000000400",
+    ]  # one width with the writer

@@ -30,6 +30,7 @@ from ..fdta_core.errors import InputError, ModelNotFoundError
 from ..fdta_core.faceset import FaceSet, faceset_to_image
 from ..fdta_core.seeds import SEED_MAX
 from ._common import CATEGORY, AgeModel, Faceset, model_folders, node_errors, progress_callback
+from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -100,6 +101,10 @@ def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 class FDTAAgeLoader(io.ComfyNode):
     @classmethod
+    def MODEL_RESOLVERS(cls) -> dict:
+        return {"model_name": _resolve}
+
+    @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="FDTAAgeLoader",
@@ -131,6 +136,15 @@ class FDTAAgeLoader(io.ComfyNode):
                 AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values, cls.MODEL_RESOLVERS())
+
+    @classmethod
+    def validate_inputs(cls, model_name=None, device=None, dtype=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, model_name: str, device: str = "auto", dtype: str = "auto") -> io.NodeOutput:
@@ -227,6 +241,15 @@ class FDTAAgeShifter(io.ComfyNode):
                 io.Image.Output(display_name="preview", tooltip="The output faces as an IMAGE batch."),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, mode=None, sampling=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

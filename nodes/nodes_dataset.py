@@ -7,10 +7,57 @@ from pathlib import Path
 from comfy_api.latest import io, ui
 
 from ..fdta_core.dataset import chunk_range_of, write_faceset
+from ..fdta_core.dataset.writer import MAX_IDENTITIES, check_chunk_slot, planned_range
 from ..fdta_core.errors import InputError
-from ..fdta_core.faceset import FaceSet
+from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
+from ..fdta_core.prompts.spec import parse_spec
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
+from ._validation import PromptGraph, check_widgets, validate
+
+
+def _planned_stamp(graph: PromptGraph | None) -> ChunkStamp | None:
+    """The chunk the one FDTAAttributeSpec upstream of the writer plans (None when it cannot be known
+    before running: no spec, several, or its range/seed/spec linked from other nodes)."""
+    if graph is None:
+        return None
+    specs = [n for n in graph.upstream() if graph.class_of(n) == "FDTAAttributeSpec"]
+    if len(specs) != 1:
+        return None
+    v = graph.literals(specs[0])
+    try:
+        start, count, seed = int(v["identity_start"]), int(v["identity_count"]), int(v["seed"])
+        spec_hash = parse_spec(str(v["spec"]), source="spec").hash
+        return ChunkStamp(start, start + count, spec_hash, seed)
+    except (KeyError, TypeError, ValueError):  # the spec node reports its own bad values
+        return None
+
+
+def check_writer(values: dict, graph: PromptGraph | None) -> None:
+    """What the writer would refuse after the whole pipeline, refused at queue time: the output name,
+    a range override that disagrees with the plan, a range beyond 2^24, and a chunk that would overlap
+    or silently replace one on disk."""
+    name = values.get("output_name")
+    root = resolve_inside(name, output_roots(), where="output_name") if isinstance(name, str) else None
+    start, count = values.get("identity_start"), values.get("identity_count")
+    start = -1 if start is None else int(start)
+    count = 0 if count is None else int(count)
+    overwrite = bool(values.get("overwrite", False))
+    stamp = _planned_stamp(graph)
+    if stamp is not None:
+        s, e = planned_range(stamp, start, count)
+    elif start >= 0 and count > 0:
+        s, e = start, start + count
+    else:
+        return
+    if e > MAX_IDENTITIES:
+        raise InputError(
+            f"identity {e - 1} is beyond 2^24: float32 labels would no longer be exact",
+            where="identity_start",
+            fix="keep identity ids below 16777216 (split the data set into several output folders).",
+        )
+    if root is not None:
+        check_chunk_slot(root, s, e, stamp=stamp, overwrite=overwrite)
 
 
 class FDTADatasetWriter(io.ComfyNode):
@@ -77,6 +124,18 @@ class FDTADatasetWriter(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+        check_writer(values, graph)
+
+    @classmethod
+    def validate_inputs(
+        cls, output_name=None, identity_start=None, identity_count=None, overwrite=None
+    ) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

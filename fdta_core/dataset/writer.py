@@ -65,6 +65,8 @@ CHUNKS_DIR = "chunks"
 CHUNK_META = "chunk.json"
 DATASET_INDEX = "dataset.json"
 _D = CHUNK_NAME_DIGITS
+#: float32 labels are exact below 2^24 identities (DESIGN 5.2).
+MAX_IDENTITIES = 1 << 24
 _NAME_RE = re.compile(rf"^(\d{{{_D},}})-(\d{{{_D},}})$")
 _TMP_RE = re.compile(rf"^\.(tmp|old)-(\d{{{_D},}}-\d{{{_D},}})-(.+)-(\d+)$")
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
@@ -382,7 +384,7 @@ class ChunkWriter:
                 where="identity range",
                 fix="identity_start must be >= 0 and identity_count >= 1.",
             )
-        if end > (1 << 24):
+        if end > MAX_IDENTITIES:
             raise InputError(
                 f"identity {end - 1} is beyond 2^24: float32 labels would no longer be exact",
                 where="identity range",
@@ -705,6 +707,24 @@ class ChunkWriter:
             self.commit()
 
 
+def planned_range(stamp: ChunkStamp, start: int | None = None, count: int | None = None) -> tuple[int, int]:
+    """The planned ``[start, end)``; the optional overrides ``start`` (>= 0) / ``count`` (> 0) must agree."""
+    has_start = start is not None and start >= 0
+    has_count = count is not None and count > 0
+    s = int(start) if has_start else stamp.start
+    e = s + int(count) if has_count else (stamp.end if s == stamp.start else s + stamp.count)
+    if (s, e) != (stamp.start, stamp.end):
+        raise InputError(
+            f"identities {s}..{e - 1} were asked for, but the faceset is planned for identities "
+            f"{stamp.start}..{stamp.end - 1} (FDTAAttributeSpec identity_start={stamp.start}, "
+            f"identity_count={stamp.count})",
+            where="identity_start",
+            fix="set the writer's identity_start to -1 and identity_count to 0 (follow the plan), or "
+            "make them equal to the spec's.",
+        )
+    return s, e
+
+
 def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None = None) -> tuple[int, int]:
     """The chunk range of a faceset: the planned range it carries (:class:`ChunkStamp`, set by the ACG
     and kept by every stage), else ``[min label, max label + 1)``.
@@ -717,17 +737,7 @@ def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None
     has_start = start is not None and start >= 0
     has_count = count is not None and count > 0
     if stamp is not None:
-        s = int(start) if has_start else stamp.start
-        e = s + int(count) if has_count else (stamp.end if s == stamp.start else s + stamp.count)
-        if (s, e) != (stamp.start, stamp.end):
-            raise InputError(
-                f"identities {s}..{e - 1} were asked for, but the faceset was planned for identities "
-                f"{stamp.start}..{stamp.end - 1} (FDTAAttributeSpec identity_start={stamp.start}, "
-                f"identity_count={stamp.count})",
-                where="identity_start",
-                fix="set the writer's identity_start to -1 and identity_count to 0 (follow the plan), or "
-                "make them equal to the spec's.",
-            )
+        s, e = planned_range(stamp, start, count)
         if len(faceset) == 0:
             raise InputError(
                 f"the faceset of chunk {stamp.start}..{stamp.end - 1} is empty: nothing to write",

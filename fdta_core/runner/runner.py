@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import ConfigError, FDTAError
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
+from .overrides import check_overrides
 from .patch import load_api_workflow, patch_workflow, workflow_hash
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class RunConfig:
             "overrides": [list(o) for o in self.overrides],
         }
 
+    def check_overrides(self, object_info: dict[str, Any] | None) -> None:
+        """Refuse unknown nodes/inputs in ``--set`` and coerce the values to their input types
+        (against the server's ``/object_info``; None checks against the workflow's own values)."""
+        self.overrides = check_overrides(self.workflow, self.overrides, object_info)
+
     def chunks(self) -> list[Chunk]:
         return select_shard(plan_chunks(self.identities, self.chunk_size, self.first_identity), *self.shard)
 
@@ -90,6 +96,8 @@ def run(
         raise ConfigError(
             "no ComfyUI server given", where="run.servers", fix="pass --server http://127.0.0.1:8188"
         )
+    if cfg.overrides:  # before anything is queued: a misspelt --set must not "succeed" doing nothing
+        cfg.check_overrides(client_factory(cfg.servers[0]).object_info())
     manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
     todo: queue.Queue[Chunk] = queue.Queue()
     for c in manifest.todo(cfg.max_attempts):

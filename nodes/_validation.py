@@ -105,9 +105,10 @@ def _choice(node: str, name: str, value: Any, options: list[Any], fix: str | Non
     names = [str(o) for o in options]
     shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
     hint = f"use one of {shown}" if names else "no choice is available"
-    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+    lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.6)
     if close:
-        hint = f"did you mean {close[0]!r}? {hint[0].upper()}{hint[1:]}"
+        hint = f"did you mean {lower[close[0]]!r}? {hint[0].upper()}{hint[1:]}"
     raise InputError(
         f"unknown {name.replace('_', ' ')} {value!r}", where=name, fix=hint + (f" ({fix})" if fix else ".")
     )

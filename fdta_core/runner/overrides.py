@@ -22,8 +22,9 @@ _WHERE = "run.set"
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
     names = sorted(set(candidates))
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+    hint = f"did you mean {lower[close[0]]!r}? " if close else ""
     shown = ", ".join(names[:60]) + (" ..." if len(names) > 60 else "")
     return f"{hint}Known: {shown}." if names else "the node has none."
 

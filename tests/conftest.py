@@ -24,3 +24,14 @@ def shared_testdata() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+COMFY_TESTS = REPO / "tests" / "comfy"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under ``tests/comfy/`` drives a real ComfyUI: mark it ``comfy`` so that a quick inner loop
+    (``-m "not comfy and not slow"``) exists. CI runs everything."""
+    for item in items:
+        if COMFY_TESTS in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.comfy)

@@ -129,7 +129,9 @@ def test_shift_keeps_and_replaces_originals(model):
     replaced = shift_faceset(model, fs, targets, keep_originals=False, batch_size=2)
     assert len(replaced) == 4
     assert all(p.age_target in (25.0, 65.0) for p in replaced.provenance)
-    np.testing.assert_array_equal(replaced.images, out.images[[1, 2, 4, 5]])
+    # batch size 2 here, 4 above: oneDNN may pick other kernels per shape, so allow one uint8 level
+    diff = np.abs(replaced.images.astype(int) - out.images[[1, 2, 4, 5]].astype(int))
+    assert diff.max() <= 1, diff.max()
 
 
 def test_progress_reports_and_interrupt_propagates(model):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfy.harness import REPO, comfy_checkout
+from tests.comfy.harness import REPO, comfy_or_skip
 from tests.test_prompts_llm import KEY, ChatServer
 
 SCRIPT = textwrap.dedent(
@@ -70,10 +70,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def comfy_python():
-    root, python, reason = comfy_checkout()
-    if root is None:
-        pytest.skip(reason)
-    return root, python
+    return comfy_or_skip()
 
 
 def test_nodes_in_comfyui_interpreter(comfy_python, tmp_path):

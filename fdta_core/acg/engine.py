@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FDTAError, InputError
+from ..errors import FDTAError, InputError, check_choice
 from ..faceset import FACE_SIZE, ChunkStamp, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
@@ -61,18 +61,8 @@ class ACGSettings:
             raise InputError(f"retries must be >= 0, got {self.retries}", where="retries")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}", where="batch_size")
-        if self.control_policy not in CONTROL_POLICIES:
-            raise InputError(
-                f"unknown control assignment {self.control_policy!r}",
-                where="control_assignment",
-                fix=f"use one of {', '.join(CONTROL_POLICIES)}.",
-            )
-        if self.on_failure not in ON_FAILURE:
-            raise InputError(
-                f"unknown on_failure {self.on_failure!r}",
-                where="on_failure",
-                fix=f"use one of {', '.join(ON_FAILURE)}.",
-            )
+        check_choice(None, "control_assignment", self.control_policy, CONTROL_POLICIES)
+        check_choice(None, "on_failure", self.on_failure, ON_FAILURE, what="on_failure")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_choice
 from ..faceset import FACE_SIZE, FaceSet
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,7 @@ def compute_csim(
     ``source``: the identity's source face (``source_embeddings`` maps identity -> embedding).
     ``mean``: the mean of the identity's L2-normalised embeddings.
     """
-    if reference not in REFERENCES:
-        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    check_choice("csim", "reference", reference, REFERENCES)
     emb = l2_normalize(embeddings)
     out = np.empty(len(faceset), np.float64)
     for ident, idx in faceset.by_identity().items():
@@ -188,8 +187,7 @@ def csim_filter(
     with too few images hurts FR training more than it helps). ``models_or_fn`` is a
     :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
     """
-    if reference not in REFERENCES:
-        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    check_choice("csim", "reference", reference, REFERENCES)
     if not -1.0 <= float(threshold) <= 1.0:
         raise InputError(f"threshold must lie in [-1, 1], got {threshold}", where="csim.threshold")
     if int(min_images_per_identity) < 0:

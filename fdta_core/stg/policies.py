@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_choice
 from ..seeds import numpy_rng
 from .bank import ReferenceBank
 
@@ -49,10 +49,7 @@ def pick_styles(
 ) -> list[StylePick]:
     """Assign reference images to ``images_per_identity`` styles of each identity (grid: one per cell,
     ``images_per_identity`` 0 means all cells)."""
-    if policy not in POLICIES:
-        raise InputError(
-            f"unknown style policy '{policy}'", where="style_policy", fix=f"use one of {POLICIES}."
-        )
+    check_choice(None, "style_policy", policy, POLICIES)
     if len(bank) == 0:
         raise InputError("the reference bank is empty", where="reference_bank")
     if policy == "grid":

@@ -1,7 +1,8 @@
 """Fixtures that run FDTA's nodes inside a real ComfyUI server (CPU).
 
 Everything here skips, saying why, when ``COMFYUI_DIR`` does not point at a ComfyUI checkout with a
-usable interpreter (``$COMFYUI_DIR/.venv/bin/python`` or ``COMFYUI_PYTHON``). One server is started per
+usable interpreter (``$COMFYUI_DIR/.venv/bin/python`` or ``COMFYUI_PYTHON``), and fails instead when
+``FDTA_REQUIRE_COMFYUI=1`` (as ``.ci/run`` sets it). One server is started per
 test session; tests add models to ``comfy.models`` at any time (ComfyUI rescans folders on use).
 
 The server also gets
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.comfy.harness import ComfyServer, comfy_checkout
+from tests.comfy.harness import ComfyServer, comfy_or_skip
 
 #: Environment variable of the server that holds a fake API key (value: ``comfy.env[LIVE_KEY_ENV]``).
 LIVE_KEY_ENV = "FDTA_LIVE_TEST_KEY"
@@ -29,9 +30,7 @@ EXTRA_MODELS = "extra_models"
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    root, python, reason = comfy_checkout()
-    if root is None:
-        pytest.skip(reason)
+    root, python = comfy_or_skip()
     base = tmp_path_factory.mktemp("comfy_base")
     extra = base / EXTRA_MODELS
     (extra / "insightface").mkdir(parents=True)

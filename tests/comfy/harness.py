@@ -52,6 +52,19 @@ def comfy_checkout() -> tuple[Path | None, Path | None, str]:
     return root, python, ""
 
 
+def comfy_or_skip() -> tuple[Path, Path]:
+    """``(comfyui_dir, python)`` for a test, else skip saying why, or fail under ``FDTA_REQUIRE_COMFYUI=1``
+    (``.ci/run`` sets it: in CI a live test that skips proves nothing)."""
+    import pytest
+
+    root, python, reason = comfy_checkout()
+    if root is None or python is None:
+        if os.environ.get("FDTA_REQUIRE_COMFYUI") == "1":
+            pytest.fail(f"FDTA_REQUIRE_COMFYUI=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return root, python
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

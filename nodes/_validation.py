@@ -28,7 +28,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..fdta_core.errors import FDTAError, InputError
+from ..fdta_core.errors import FDTAError, InputError, check_choice
 
 log = logging.getLogger("FDTA")
 
@@ -97,23 +97,6 @@ class PromptGraph:
 
 
 # ---------------------------------------------------------------------------- widget checks
-def _choice(node: str, name: str, value: Any, options: list[Any], fix: str | None = None) -> None:
-    if value in options:
-        return
-    import difflib
-
-    names = [str(o) for o in options]
-    shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-    hint = f"use one of {shown}" if names else "no choice is available"
-    lower = {n.lower(): n for n in names}
-    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.6)
-    if close:
-        hint = f"did you mean {lower[close[0]]!r}? {hint[0].upper()}{hint[1:]}"
-    raise InputError(
-        f"unknown {name.replace('_', ' ')} {value!r}", where=name, fix=hint + (f" ({fix})" if fix else ".")
-    )
-
-
 def check_widgets(
     cls: type[io.ComfyNode],
     values: Mapping[str, Any],
@@ -134,7 +117,7 @@ def check_widgets(
             if models and name in models:
                 models[name](value)
             if inp.options is not None:
-                _choice(schema.node_id, name, value, list(inp.options))
+                check_choice(None, name, value, list(inp.options))
         elif isinstance(inp, (io.Int.Input, io.Float.Input)):
             kind = int if isinstance(inp, io.Int.Input) else float
             try:

@@ -10,23 +10,13 @@ literal values stand in for the schema: the input must exist there and the value
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 
 _WHERE = "run.set"
-
-
-def _suggest(name: str, candidates: Iterable[str]) -> str:
-    names = sorted(set(candidates))
-    lower = {n.lower(): n for n in names}
-    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-    hint = f"did you mean {lower[close[0]]!r}? " if close else ""
-    shown = ", ".join(names[:60]) + (" ..." if len(names) > 60 else "")
-    return f"{hint}Known: {shown}." if names else "the node has none."
 
 
 def _schema_inputs(schema: Mapping[str, Any]) -> dict[str, tuple[Any, dict]]:
@@ -87,10 +77,7 @@ def coerce(value: Any, typ: Any, opts: Mapping[str, Any], *, where: str) -> Any:
     options = typ if isinstance(typ, list) else (opts.get("options") if typ == "COMBO" else None)
     if options is not None:
         names = [str(o) for o in options]
-        if str(value) not in names:
-            raise ConfigError(
-                f"{value!r} is not one of the input's choices", where=where, fix=_suggest(str(value), names)
-            )
+        check_choice(None, where, str(value), names, what="choice", error=ConfigError)
         return options[names.index(str(value))]
     kinds = {
         "INT": (_as_int, "a whole number"),
@@ -148,10 +135,14 @@ def check_overrides(
                 if object_info is not None and target in object_info
                 else ""
             )
-            raise ConfigError(
-                f"override target {target!r} matches no node class or id of the workflow{extra}",
-                where=_WHERE,
-                fix=_suggest(target, [*classes, *prompt]),
+            check_choice(
+                None,
+                _WHERE,
+                target,
+                sorted(classes) + list(prompt),
+                what="node class or id of the workflow",
+                error=ConfigError,
+                fix=extra.strip(" ()") or None,
             )
         coerced: Any = value
         for nid, node in hits:
@@ -165,18 +156,19 @@ def check_overrides(
                         fix="install the custom node pack that provides it, or point --server at the right ComfyUI.",
                     )
                 inputs = _schema_inputs(object_info[cls])
-                if name not in inputs:
-                    raise ConfigError(f"{cls} has no input {name!r}", where=where, fix=_suggest(name, inputs))
+                check_choice(None, where, name, list(inputs), what=f"input of {cls}", error=ConfigError)
                 coerced = coerce(value, *inputs[name], where=where)
             else:
                 current = node.get("inputs") or {}
-                if name not in current:
-                    raise ConfigError(
-                        f"{cls} (node {nid}) has no input {name!r} in the workflow",
-                        where=where,
-                        fix=_suggest(name, current)
-                        + " (checked without a server: start one for a full check)",
-                    )
+                check_choice(
+                    None,
+                    where,
+                    name,
+                    list(current),
+                    what=f"input of {cls} (node {nid}) in the workflow",
+                    error=ConfigError,
+                    fix="checked without a server: start one for a full check",
+                )
                 coerced = _offline_coerce(value, current[name], where=where)
         out.append((target, name, coerced))
     return out

@@ -196,3 +196,10 @@ def test_failed_write_removes_the_folders_it_created_only(tmp_path):
 
 def test_runner_and_writer_share_one_chunk_name():
     assert Chunk(0, 100, 100).name == chunk_name(100, 200) == "000000100-000000200"
+
+
+def test_missing_reference_folder_says_how_to_fix(tmp_path):
+    with pytest.raises(
+        InputError, match=r"reference folder .*nowhere does not exist.*Fix: create it with one sub-folder"
+    ):
+        ReferenceBank.from_folder(tmp_path / "nowhere")

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -241,12 +242,22 @@ def update_index(dataset: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
-def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
-    if exc.errno == errno.ENOSPC:
+def _os_error(exc: OSError | sqlite3.Error, what: str, where: Path) -> DatasetError:
+    if isinstance(exc, sqlite3.Error):  # SQLite says "disk I/O error" / "database or disk is full"
         return DatasetError(
-            f"no space left on the device while {what} in {where}; nothing was committed for this chunk "
-            "and committed chunks are untouched",
+            f"the provenance manifest could not be written while {what} in {where} ({exc}: the disk is full, "
+            "a file size limit was hit, or the device failed); nothing was committed for this chunk and "
+            "committed chunks are untouched",
             fix="free disk space (or choose another output folder) and run the prompt again.",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+               errno.EFBIG: "a file hit the size limit (ulimit -f / filesystem)"}[exc.errno]  # fmt: skip
+        return DatasetError(
+            f"{why} while {what} in {where}; nothing was committed for this chunk and committed chunks are "
+            "untouched",
+            fix="free disk space (or choose another output folder, or raise the file size limit) and run "
+            "the prompt again.",
         )
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return DatasetError(
@@ -417,7 +428,7 @@ class ChunkWriter:
         self.replaces = check_chunk_slot(self.root, start, end, stamp=stamp, overwrite=self.overwrite)
         try:
             self._made = _make_dirs(chunks)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._cleanup()
             raise _os_error(exc, "creating the dataset folder", chunks) from None
         if self.tmp.exists():
@@ -427,7 +438,7 @@ class ChunkWriter:
             _ACTIVE.add(str(self.tmp))
             self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")
@@ -535,7 +546,7 @@ class ChunkWriter:
                 rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
             self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
             self._manifest.add_images(rows)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
         self._written += len(meta)
         if self.progress is not None:
@@ -609,7 +620,7 @@ class ChunkWriter:
                 atomic_write_text(self.tmp / CHUNK_META, json.dumps(info.to_dict(), indent=1))
                 fsync_dir(self.tmp)
                 final = self._swap_into_place()
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 self._fail(_os_error(exc, f"committing chunk {self.name}", self.tmp))
         except BaseException:
             self.abort()

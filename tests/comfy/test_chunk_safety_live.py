@@ -126,6 +126,9 @@ BAD_INPUTS = {
     "overlapping range": ("FDTADatasetWriter", "output_name", "fdta/issue12_overlap", "overlaps committed chunk 000000000-000000100"),
     "bogus sampler": ("FDTAACGSampler", "sampler_name", "bogus", "FDTAACGSampler.sampler_name: unknown sampler name 'bogus'"),
     "age loader device gpu": ("FDTAAgeLoader", "device", "gpu", "FDTAAgeLoader.device: unknown device 'gpu'"),
+    "missing reference folder": ("FDTAReferenceBank", "path", "fdta/nowhere", "FDTAReferenceBank.path: the reference folder"),
+    "precision typo": ("FDTASTGMixer", "precision", "fp61", "FDTASTGMixer.precision: unknown precision 'fp61'"),
+    "missing STG checkpoint": ("FDTASTGLoader", "checkpoint", "dcface_9x9.ckpt", "FDTASTGLoader.checkpoint: STG checkpoint 'dcface_9x9.ckpt' not found. Looked in"),
 }  # fmt: skip
 
 

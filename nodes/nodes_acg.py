@@ -39,13 +39,12 @@ from ..fdta_core.acg.faces_adapter import as_analyzer
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
-from ._common import CATEGORY, FaceModels, Faceset, IdentityPlan, node_errors, progress_callback
+from ._common import CATEGORY, FaceModels, Faceset, IdentityPlan, node_errors, progress_callback, seed_input
 from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
 NODE_ID = "FDTAACGSampler"
-SEED_MAX = (1 << 63) - 1
 
 
 def _as_plan(plan: Any) -> PlanRecord:
@@ -265,13 +264,8 @@ class FDTAACGSampler(io.ComfyNode):
                     tooltip="Candidates per sampler call (from several identities, each with its own prompt). "
                     "Does not change the images, only speed and memory.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="Mixed with the plan's run seed, identity, round and candidate into every candidate "
+                seed_input(
+                    "Mixed with the plan's run seed, identity, round and candidate into every candidate "
                     "seed; change it to re-roll all faces of the same plan.",
                 ),
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps."),

@@ -140,7 +140,7 @@ def test_issue_12_item_1_two_chunks_survive_and_a_conflicting_rerun_is_refused(t
         write_faceset(unplanned, ds, start=0, count=2)
     assert (ds / "chunks" / first.name / "train.rec").read_bytes() == before
     assert not [p for p in (ds / "chunks").iterdir() if p.name.startswith(".")]
-    assert inspect(ds)["ok"]
+    assert inspect(ds).ok
 
 
 def test_same_run_may_replace_its_chunk_and_the_replacement_is_recorded(tmp_path):
@@ -159,7 +159,7 @@ def test_same_run_may_replace_its_chunk_and_the_replacement_is_recorded(tmp_path
     assert [(r["chunk"], r["images"]) for r in index["replacements"]] == [(third.name, 2), (third.name, 6)]
     (meta,) = query(chunk, "SELECT value FROM meta WHERE name = 'replaced'")
     assert json.loads(meta[0])[-1]["reason"] == "overwrite=true"
-    assert inspect(ds)["ok"] and list_chunks(ds)[0].images == 4
+    assert inspect(ds).ok and list_chunks(ds)[0].images == 4
 
 
 def test_check_chunk_slot_touches_nothing(tmp_path):

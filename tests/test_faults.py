@@ -89,7 +89,7 @@ def test_disk_full_during_a_chunk_leaves_it_absent_or_whole(tmp_path):
         assert not [p.name for p in (ds / "chunks").iterdir() if p.name.startswith(".")], out
         names = [c.name for c in list_chunks(ds)]
         rep = inspect(ds)
-        assert rep["ok"], (frac, rep["errors"])
+        assert rep.ok, (frac, rep.errors)
         if out.startswith("REFUSED"):
             assert names == ["000000000-000000004"]
             assert (
@@ -98,7 +98,7 @@ def test_disk_full_during_a_chunk_leaves_it_absent_or_whole(tmp_path):
             assert (ds / "dataset.json").read_text() == index_before
         else:  # committed whole (the limit only stopped the derived index, rebuilt on the next commit)
             assert out == "COMMITTED 000000004-000000008"
-            assert names == ["000000000-000000004", "000000004-000000008"] and rep["images"] == 24
+            assert names == ["000000000-000000004", "000000004-000000008"] and rep.images == 24
         json.loads((ds / "dataset.json").read_text())
     assert outcomes[0.05] == outcomes[0.5] == outcomes[0.9] == outcomes[0.999] == "REFUSED", outcomes
     assert outcomes[3.0] == "COMMITTED", outcomes

@@ -22,6 +22,7 @@ from fdta_core.runner import (
 )
 from fdta_core.runner.manifest import parse_shard
 from fdta_core.runner.patch import load_api_workflow, parse_override
+from fdta_core.seeds import SEED_MAX
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -271,3 +272,15 @@ def test_cli_refuses_a_misspelt_set_before_queueing(tmp_path, fake, capsys):
         assert cli_main([*base, "--set", "FDTAACGSampler.steps=abc", *extra]) != 0
         assert "'abc' is not a whole number" in capsys.readouterr().err
     assert s.prompts == [] and not (tmp_path / "r").exists()  # nothing queued, no run started
+
+
+@pytest.mark.parametrize("seed", [str(2**63), str(2**64 - 1), "-1"])
+def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    rc = cli_main(["run", str(wf), "--run-dir", str(tmp_path / "r"), "--identities", "10", "--seed", seed,
+                   "--dry-run"])  # fmt: skip
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
+    assert str(SEED_MAX) in err and not (tmp_path / "r").exists()

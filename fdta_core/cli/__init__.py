@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "verify",
     "stg",
+    "models",
+    "demo",
 )
 
 

@@ -16,7 +16,6 @@ from .manifest import Chunk
 SPEC_NODE = "FDTAAttributeSpec"
 #: Seed-like inputs of ComfyUI's own nodes (KSampler, KSamplerAdvanced, RandomNoise, ...).
 CORE_SEED_INPUTS = ("seed", "noise_seed")
-_COMFY_SEED_MAX = (1 << 64) - 1
 
 
 def load_api_workflow(data: Mapping[str, Any], *, where: str = "workflow") -> dict[str, Any]:
@@ -93,7 +92,7 @@ def patch_workflow(
                 if cls.startswith("FDTA"):
                     inputs[key] = int(run_seed)
                 else:
-                    inputs[key] = derive_seed(run_seed, "comfy", nid, chunk.start) & _COMFY_SEED_MAX
+                    inputs[key] = derive_seed(run_seed, "comfy", nid, chunk.start)  # <= SEED_MAX
     for target, name, value in overrides or []:
         hits = [n for nid, n in out.items() if nid == target or n.get("class_type") == target]
         if not hits:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FDTAError
+from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
 from .overrides import check_overrides
@@ -34,6 +35,11 @@ class RunConfig:
     overrides: list[tuple[str, str, Any]] = field(default_factory=list)
     max_attempts: int = 3
     timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
+        # first FDTA node that range-checks it
+        self.seed = check_seed(self.seed, where="run --seed")
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:

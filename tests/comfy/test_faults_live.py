@@ -72,7 +72,7 @@ def test_sigkill_of_the_server_mid_writer_loses_nothing_committed(comfy: ComfySe
     try:
         assert killed_mid_way, "the writer finished before the kill; make the chunk bigger"
         # absent (or whole, had the rename won the race), the earlier chunk byte for byte, the index intact
-        assert not final.exists() or inspect(ds)["ok"]
+        assert not final.exists() or inspect(ds).ok
         assert _snapshot(Path(earlier.path)) == before
         assert json.loads((ds / "dataset.json").read_text())["chunks"] == index_before["chunks"]
         assert [c.name for c in list_chunks(ds)] in (
@@ -80,7 +80,7 @@ def test_sigkill_of_the_server_mid_writer_loses_nothing_committed(comfy: ComfySe
             [earlier.name, final.name],
         )
         rep = inspect(ds)
-        assert rep["ok"] and any("unfinished" in w for w in rep["warnings"]), rep
+        assert rep.ok and any("unfinished" in w for w in rep.warnings), rep
     finally:
         comfy.start()  # the session's server, fresh, for the tests that follow
 

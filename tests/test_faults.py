@@ -140,14 +140,18 @@ def test_rec_info_and_merge_refuse_a_broken_chunk_by_name(chunked, tmp_path, kin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["idx", "rec"])
-def test_train_refuses_a_broken_set_by_name(chunked, tmp_path, kind, capfd):
-    merged = tmp_path / "merged"
-    merge(merged, [chunked])
-    _corrupt(merged, kind)
-    rc = main(["train", "--preset", "tiny", "--data", str(merged), "--output", str(tmp_path / "run"),
+@pytest.mark.parametrize("layout, kind", [("merged", "idx"), ("merged", "rec"), ("chunked", "rec")])
+def test_train_refuses_a_broken_set_by_name(chunked, tmp_path, layout, kind, capfd):
+    if layout == "merged":
+        data = tmp_path / "merged"
+        merge(data, [chunked])
+        bad = data
+    else:  # the trainer reads a data set's chunks directly
+        data, bad = chunked, chunked / "chunks" / "000000003-000000006"
+    _corrupt(bad, kind)
+    rc = main(["train", "--preset", "tiny", "--data", str(data), "--output", str(tmp_path / "run"),
                "--max-steps", "1", "--device", "cpu"])  # fmt: skip
     assert rc != 0
     err = capfd.readouterr().err  # the training process reports on its own stderr
-    assert str(merged / f"train.{kind}") in err
+    assert str(bad / f"train.{kind}") in err
     assert not list((tmp_path / "run").glob("**/*.pt"))  # no checkpoint of a broken set

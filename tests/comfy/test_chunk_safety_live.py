@@ -81,6 +81,8 @@ def test_issue_12_item_1_chunks_of_the_ui_workflow_survive(comfy: ComfyServer, t
         "000000002-000000004",
     ]
     assert (chunks / "000000000-000000002" / "train.rec").read_bytes() == rec0
+    # the same run queued again (e.g. after a crash) is accepted: same spec hash and run seed
+    comfy.run(ui_prompt(comfy, output=out, start=0, count=2), timeout=600)
 
     # a conflicting re-run (another run seed) of identities 0-1: refused at queue time, nothing runs
     payload = refused(comfy, ui_prompt(comfy, output=out, start=0, count=2, seed=12))

@@ -241,6 +241,20 @@ class FDTADatasetMerge(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks: the output folder and the extra inputs stay inside ComfyUI's output folder."""
+        check_widgets(cls, values)
+        if isinstance(values.get("output_name"), str):
+            resolve_inside(values["output_name"], output_roots(), where="output_name")
+        for line in str(values.get("more_inputs") or "").splitlines():
+            if line.strip():
+                resolve_inside(line.strip(), output_roots(), where="more_inputs")
+
+    @classmethod
+    def validate_inputs(cls, output_name=None, more_inputs=None) -> bool | str:
+        return validate(cls, locals())
+
+    @classmethod
     def execute(cls, output_name: str, renumber: bool, more_inputs: str, dataset=None, dataset_2=None):
         with node_errors("FDTADatasetMerge"):
             paths = [

@@ -81,8 +81,12 @@ def test_issue_12_item_1_chunks_of_the_ui_workflow_survive(comfy: ComfyServer, t
         "000000002-000000004",
     ]
     assert (chunks / "000000000-000000002" / "train.rec").read_bytes() == rec0
-    # the same run queued again (e.g. after a crash) is accepted: same spec hash and run seed
-    comfy.run(ui_prompt(comfy, output=out, start=0, count=2), timeout=600)
+    # the same run queued again (e.g. after a crash) is accepted (same spec hash and run seed); the
+    # writer runs again (the cache holds the 2-3 prompt) and records the replacement of its own chunk
+    again = comfy.run(ui_prompt(comfy, output=out, start=0, count=2), timeout=600)
+    again_text = node_outputs(again, writer_id)["text"][0]
+    assert "REPLACED the earlier copy of chunk 000000000-000000002" in again_text and "same run" in again_text
+    rec0 = (chunks / "000000000-000000002" / "train.rec").read_bytes()
 
     # a conflicting re-run (another run seed) of identities 0-1: refused at queue time, nothing runs
     payload = refused(comfy, ui_prompt(comfy, output=out, start=0, count=2, seed=12))
@@ -104,7 +108,8 @@ def test_issue_12_item_1_chunks_of_the_ui_workflow_survive(comfy: ComfyServer, t
     assert "REPLACED the earlier copy of chunk 000000000-000000002" in text and "run seed 11" in text
     index = json.loads((chunks.parent / "dataset.json").read_text())
     assert [(r["chunk"], r["run_seed"], r["reason"]) for r in index["replacements"]] == [
-        ("000000000-000000002", 11, "overwrite=true")
+        ("000000000-000000002", 11, "same run (spec hash and run seed agree)"),
+        ("000000000-000000002", 11, "overwrite=true"),
     ]
     assert fdta(["rec", "info", str(chunks.parent)]) == 0
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fdta_core.faces import load_face_pack  # noqa: E402
 from fdta_core.faces.csim import csim_filter  # noqa: E402
-from fdta_core.faces.models import _to_blob, load_face_pack  # noqa: E402
+from fdta_core.faces.providers import to_blob  # noqa: E402
 from fdta_core.faceset import FaceSet, Provenance  # noqa: E402
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces  # noqa: E402
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ratio batched / one-at-a-time: {batched / single:.2f}x (target >= 3x)")
             # The ceiling: onnxruntime alone on already converted input (no pre-processing, no wrapper).
             rec = models.recognizer
-            blob = _to_blob(faces, rec.mean, rec.std)
+            blob = to_blob(faces, rec.mean, rec.std)
             raw = {"single": float("inf"), "batched": float("inf")}
             for _ in range(repeats):
                 t0 = time.perf_counter()

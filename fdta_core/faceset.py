@@ -154,11 +154,43 @@ def join_stamps(stamps: Iterable[ChunkStamp | None]) -> ChunkStamp | None:
     return out
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Something a stage left out, and why: an identity without an acceptable ACG candidate, an image
+    below the CSIM threshold, an identity left with too few images. Facesets carry these records to the
+    dataset writer, which stores them in the manifest (table ``dropped``), so nothing disappears silently.
+
+    ``reasons`` are stable codes (``gender``, ``age``, ``duplicate``, ``csim``, ...); ``detail`` says it in
+    words; ``record`` holds JSON details (the dropped image's provenance, or the candidates tried).
+    """
+
+    stage: str
+    identity: int
+    reasons: tuple[str, ...]
+    detail: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Dropped:
+        return cls(
+            str(data["stage"]),
+            int(data["identity"]),
+            tuple(str(r) for r in data.get("reasons", ())),
+            str(data.get("detail", "")),
+            dict(data.get("record") or {}),
+        )
+
+
 @dataclass
 class FaceSet:
     """A batch of aligned faces with labels, provenance and the source face of each identity.
 
     ``chunk`` is the planned identity range (:class:`ChunkStamp`), or None for a faceset built by hand.
+    ``dropped`` lists what earlier stages left out (:class:`Dropped`); every stage passes it on and adds
+    its own, and the dataset writer records it.
     """
 
     images: np.ndarray
@@ -166,6 +198,7 @@ class FaceSet:
     provenance: list[Provenance]
     sources: dict[int, np.ndarray] = field(default_factory=dict)
     chunk: ChunkStamp | None = None
+    dropped: list[Dropped] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = _check_images(np.ascontiguousarray(self.images), "FaceSet.images")
@@ -249,7 +282,14 @@ class FaceSet:
         sources: dict[int, np.ndarray] = {}
         for s in sets:
             sources.update(s.sources)
-        return cls(images, labels, prov, sources, join_stamps(s.chunk for s in sets))
+        return cls(
+            images,
+            labels,
+            prov,
+            sources,
+            join_stamps(s.chunk for s in sets),
+            dropped=[d for s in sets for d in s.dropped],
+        )
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -291,13 +331,20 @@ class FaceSet:
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
             self.chunk,
+            dropped=list(self.dropped),
         )
 
     def derived(self, images: np.ndarray, labels: Any, provenance: list[Provenance],
                 sources: dict[int, np.ndarray] | None = None) -> FaceSet:  # fmt: skip
-        """A new faceset made by a stage from this one: same planned chunk (and source faces unless given)."""
+        """A new faceset made by a stage from this one: same planned chunk and dropped records (and
+        source faces unless given)."""
         return FaceSet(
-            images, labels, provenance, dict(self.sources) if sources is None else sources, self.chunk
+            images,
+            labels,
+            provenance,
+            dict(self.sources) if sources is None else sources,
+            self.chunk,
+            dropped=list(self.dropped),
         )
 
     def by_identity(self) -> dict[int, np.ndarray]:
@@ -317,7 +364,7 @@ class FaceSet:
         text = f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
         if self.chunk is not None:
             text += f", planned chunk {self.chunk.start}..{self.chunk.end - 1}"
-        return text
+        return text + (f"; {len(self.dropped)} dropped on the way" if self.dropped else "")
 
     # ------------------------------------------------------------------ serialisation
     def provenance_json(self) -> str:
@@ -341,6 +388,9 @@ class FaceSet:
             chunk=np.frombuffer(
                 json.dumps(self.chunk.to_dict() if self.chunk else None).encode("utf-8"), np.uint8
             ),
+            dropped=np.frombuffer(
+                json.dumps([d.to_dict() for d in self.dropped], sort_keys=True).encode("utf-8"), np.uint8
+            ),
         )
 
     @classmethod
@@ -350,10 +400,15 @@ class FaceSet:
             sources = {int(i): z["source_images"][k] for k, i in enumerate(z["source_ids"])}
             chunk = (
                 ChunkStamp.from_dict(json.loads(z["chunk"].tobytes().decode("utf-8")))
-                if "chunk" in z
+                if "chunk" in z.files
                 else None
             )
-            return cls(z["images"], z["labels"], prov, sources, chunk)
+            dropped = (
+                [Dropped.from_dict(d) for d in json.loads(z["dropped"].tobytes().decode("utf-8"))]
+                if "dropped" in z.files
+                else []
+            )
+            return cls(z["images"], z["labels"], prov, sources, chunk, dropped=dropped)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions

@@ -274,6 +274,23 @@ def test_cli_refuses_a_misspelt_set_before_queueing(tmp_path, fake, capsys):
     assert s.prompts == [] and not (tmp_path / "r").exists()  # nothing queued, no run started
 
 
+def test_every_chunk_gets_the_run_identity_index(tmp_path, fake):
+    """fdta run prepares RUN_DIR/identities (with its marker) and names it on every chunk's ACG node;
+    ``--set`` still wins and an empty location turns it off."""
+    from fdta_core.faces.identity import RUN_INDEX_MARKER
+
+    wf = dict(WORKFLOW) | {"5": {"class_type": "FDTAACGSampler", "inputs": {"identity_index": "", "seed": 1}}}
+    a = fake()
+    assert run(_cfg(tmp_path, [a.url], workflow=wf))["done"] == 3
+    where = str((tmp_path / "run" / "identities").resolve())
+    assert [p["5"]["inputs"]["identity_index"] for p in a.prompts] == [where] * 3
+    assert (tmp_path / "run" / "identities" / RUN_INDEX_MARKER).is_file()
+    c = plan_chunks(10, 5)[1]
+    assert patch_workflow(wf, c, 1, identity_index="")["5"]["inputs"]["identity_index"] == ""
+    p = patch_workflow(wf, c, 1, [("FDTAACGSampler", "identity_index", "mine")], identity_index=where)
+    assert p["5"]["inputs"]["identity_index"] == "mine"
+
+
 @pytest.mark.parametrize("seed", [str(2**63), str(2**64 - 1), "-1"])
 def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
     wf = tmp_path / "wf.json"

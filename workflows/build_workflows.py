@@ -43,8 +43,9 @@ BENCH_DIR = "fdta/benchmarks"
 TRAIN_GROUP = "Train and verify when the run has finished (bypassed: select the group, Ctrl+B to enable)"
 
 
-def _acg_front(title: str) -> dict[str, dict[str, Any]]:
-    """Nodes shared by both data sets: plan, ACG source faces, face models."""
+def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
+    """Nodes shared by both data sets: plan, ACG source faces, face models. The ACG keeps the run's
+    identities unique through ``identity_index`` (fdta run points it at RUN_DIR/identities)."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
@@ -117,6 +118,8 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
                 "age_tolerance": 10.0,
                 "uniqueness_threshold": 0.3,
                 "real_person_threshold": 0.3,
+                "identity_index": f"fdta/{slug}_identity_index",
+                "real_sets": "",
             },
             "_meta": {"title": "ACG: one source face per identity"},
         },  # fmt: skip
@@ -142,7 +145,10 @@ def _style_filter_write(
     min_images: int,
     output_name: str,
 ) -> dict[str, dict[str, Any]]:
-    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets."""
+    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets. The
+    reference bank also feeds the ACG (no identity may resemble a reference subject) and the CSIM filter
+    (styled faces that took on their reference subject's identity are dropped)."""
+    g["7"]["inputs"]["reference_bank"] = ["9", 0]
     g.update(
         {
             "9": {
@@ -184,6 +190,8 @@ def _style_filter_write(
                     "min_images_per_identity": min_images,
                     "batch_size": 64,
                     "sheet_identities": 8,
+                    "leak_threshold": 0.3,
+                    "reference_bank": ["9", 0],
                 },
                 "_meta": {"title": "CSIM filter: drop images that lost the identity"},
             },  # fmt: skip
@@ -214,7 +222,7 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
     """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
     (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
     g = _style_filter_write(
-        _acg_front("Syn-MS1M"),
+        _acg_front("Syn-MS1M", "syn_ms1m"),
         bank_path="fdta/ms1m_references",
         tags_csv="",
         bank_title="Real reference faces (one sub-folder per subject)",
@@ -242,7 +250,7 @@ def syn_mpie() -> dict[str, dict[str, Any]]:
     """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles, all from one
     real tagged Multi-PIE subject per identity (tags from a CSV or folder names)."""
     return _style_filter_write(
-        _acg_front("Syn-MPIE"),
+        _acg_front("Syn-MPIE", "syn_mpie"),
         bank_path="fdta/multipie_references",
         tags_csv="fdta/multipie_references/tags.csv",
         bank_title="Tagged references (subject, yaw, lighting, expression)",
@@ -260,7 +268,7 @@ def syn_vggface2() -> dict[str, dict[str, Any]]:
     wide pose range), each shown at its own age and aged twice to random ages in 10-80 (wide age range):
     180 images per identity before CSIM."""
     g = _style_filter_write(
-        _acg_front("Syn-VGGFace2"),
+        _acg_front("Syn-VGGFace2", "syn_vggface2"),
         bank_path="fdta/vggface2_references",
         tags_csv="",
         bank_title="Real reference faces (VGGFace2 layout: one sub-folder per subject)",
@@ -288,7 +296,7 @@ def syn_casia() -> dict[str, dict[str, Any]]:
     """Syn-CASIA: about 10K identities (CASIA-WebFace has 10,575 subjects) x 50 styles of one real
     CASIA-WebFace subject each (DCFace's 0.5M-image scale)."""
     return _style_filter_write(
-        _acg_front("Syn-CASIA"),
+        _acg_front("Syn-CASIA", "syn_casia"),
         bank_path="fdta/casia_references",
         tags_csv="",
         bank_title="Real reference faces (CASIA-WebFace layout: one sub-folder per subject)",

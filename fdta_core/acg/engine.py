@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FDTAError, InputError, check_choice
-from ..faceset import FACE_SIZE, ChunkStamp, FaceSet, Provenance
+from ..faces.identity import IdentityIndex
+from ..faceset import FACE_SIZE, ChunkStamp, Dropped, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
-from .selection import EmbeddingBank, FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
+from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +252,43 @@ class ACGResult:
             extra={STAGE: acg},
         )
 
+    def dropped(self) -> list[Dropped]:
+        """One record per identity without an acceptable candidate: every reason any of its candidates
+        was rejected for (in first-seen order), the report line, and the candidates tried."""
+        out = []
+        for slot in self.failed:
+            spec: IdentitySpec = self.plan.identities[slot]
+            recs = self.records_of(slot)
+            codes = list(dict.fromkeys(r.code for rec in recs for r in rec.reasons))
+            details = list(dict.fromkeys(r.detail for rec in recs for r in rec.reasons))
+            out.append(
+                Dropped(
+                    STAGE,
+                    int(spec.index),
+                    tuple(codes),
+                    f"no acceptable candidate after {len(recs)} candidates: " + "; ".join(details),
+                    {
+                        "attributes": dict(spec.attributes),
+                        "planned_gender": spec.gender,
+                        "planned_age": spec.age,
+                        "prompt": spec.prompt,
+                        "run_seed": self.plan.run_seed,
+                        "sampler_seed": self.settings.seed,
+                        "candidates": [r.summary() for r in recs],
+                    },
+                )
+            )
+        return out
+
     def faceset(self) -> FaceSet:
-        """The source faceset: one aligned 112x112 face per chosen identity, in plan order."""
+        """The source faceset: one aligned 112x112 face per chosen identity, in plan order; identities
+        without an acceptable candidate are listed in its ``dropped`` records."""
         slots = self.chosen_slots
         stamp = self.chunk_stamp()
         if not slots:
-            return dataclasses.replace(FaceSet.empty(), chunk=stamp)
+            empty = dataclasses.replace(FaceSet.empty(), chunk=stamp)
+            empty.dropped = self.dropped()
+            return empty
         faces = []
         for s in slots:
             rec = self.chosen[s]
@@ -265,7 +297,9 @@ class ACGResult:
             else:
                 assert rec.image is not None
                 faces.append(center_face(rec.image))
-        return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots], chunk=stamp)
+        out = FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots], chunk=stamp)
+        out.dropped = self.dropped()
+        return out
 
     def chunk_stamp(self) -> ChunkStamp | None:
         """The plan's range: the chunk the faces belong to, whichever identities failed."""
@@ -277,6 +311,16 @@ class ACGResult:
             self.plan.spec_hash,
             int(self.plan.run_seed),
         )
+
+    def accepted_index(self) -> IdentityIndex:
+        """The identities this run accepted (checked ones with an embedding), for the run's index."""
+        out = IdentityIndex()
+        for s in self.chosen_slots:
+            a = self.chosen[s].analysis
+            if a is not None and a.embedding is not None:
+                ident = int(self.plan.identities[s].index)
+                out.add(f"identity {ident}", a.embedding, ident)
+        return out
 
     def images(self) -> np.ndarray:
         """Full-resolution chosen images [N,H,W,3] in plan order (N may be 0)."""
@@ -319,8 +363,8 @@ def run_acg(
     settings: ACGSettings = ACGSettings(),
     criteria: SelectionCriteria = SelectionCriteria(),
     analyzer: FaceAnalyzer | None = None,
-    real: EmbeddingBank | None = None,
-    prior: EmbeddingBank | None = None,
+    real: IdentityIndex | None = None,
+    prior: IdentityIndex | None = None,
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ACGResult:
@@ -336,8 +380,8 @@ def run_acg(
         raise InputError(
             "the identity plan is empty", where="plan", fix="give the attribute spec an identity_count >= 1."
         )
-    real = real or EmbeddingBank()
-    accepted = prior.copy() if prior is not None else EmbeddingBank()
+    real = real if real is not None else IdentityIndex()
+    accepted = prior.copy() if prior is not None else IdentityIndex()
     records: list[CandidateRecord] = []
     chosen: dict[int, CandidateRecord] = {}
     pending = list(range(len(plan)))
@@ -401,7 +445,7 @@ def run_acg(
                 rec = recs[pick]
                 chosen[slot] = rec
                 if rec.analysis is not None and rec.analysis.embedding is not None:
-                    accepted.add(f"identity {spec.index}", rec.analysis.embedding)
+                    accepted.add(f"identity {spec.index}", rec.analysis.embedding, int(spec.index))
         records.extend(round_recs)
         pending = still
         if not pending:

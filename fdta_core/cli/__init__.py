@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plan",
     "rec",
     "report",
+    "audit",
     "age",
     "run",
     "train",

@@ -29,7 +29,14 @@ from typing import Any
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, read_property, unpack
-from .manifest import IMAGE_COLUMNS, MANIFEST_NAME, ManifestWriter, image_row, read_identities
+from .manifest import (
+    DROPPED_COLUMNS,
+    IMAGE_COLUMNS,
+    MANIFEST_NAME,
+    ManifestWriter,
+    image_row,
+    read_identities,
+)
 from .writer import CHUNKS_DIR, list_chunks
 
 log = logging.getLogger(__name__)
@@ -366,6 +373,18 @@ def _merge_manifests(
                 "FROM src.images s JOIN keymap m ON m.source = ? AND m.old_label = s.label",
                 ((_group_of(idents, i), i) if renumber else (i,)),
             )
+            has_dropped = conn.execute(
+                "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has_dropped:  # what each source dropped stays on record (older manifests lack the table)
+                # a dropped identity has no new label: it keeps its id, and a renumbered merge says which
+                # input set that id belongs to
+                dcols = ", ".join(DROPPED_COLUMNS)
+                scols = dcols.replace("record", "json_set(record, '$.source_set', ?)") if renumber else dcols
+                conn.execute(
+                    f"INSERT INTO dropped ({dcols}) SELECT {scols} FROM src.dropped ORDER BY id",
+                    (_group_of(idents, i),) if renumber else (),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -380,3 +399,54 @@ def _merge_manifests(
             f"merged manifest has {got} rows for {expected} images (a source manifest is incomplete)"
         )
     conn.execute("BEGIN")
+
+
+def filter_dataset(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    drop_labels: Sequence[int],
+    *,
+    reason: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``src`` without the identities whose class label is in ``drop_labels``: labels renumbered
+    ``0..C-1`` in their old order, JPEG payloads copied, the manifest rows of kept images carried over
+    (their original identity id kept), written under a temporary name and renamed into place."""
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        raise DatasetError(f"{out} is the input folder", fix="write the filtered set to a new folder.")
+    source, idents = _open_source(src, 0)
+    try:
+        drop = {int(x) for x in drop_labels}
+        unknown = drop - {x.label for x in idents}
+        if unknown:
+            raise DatasetError(f"{src} has no class label(s) {sorted(unknown)[:10]}")
+        kept = [x for x in idents if x.label not in drop]
+        n = sum(x.end_key - x.first_key for x in kept)
+        c = len(kept)
+        if n == 0:
+            raise DatasetError(f"filtering {src} leaves no images", fix="nothing would be written.")
+        tmp = fresh_temp_folder(out)
+        try:
+            _write_merged(tmp, [source], kept, n, c, progress)
+            atomic_write_text(tmp / "property", f"{c},{source.size[0]},{source.size[1]}")
+            summary = {
+                "images": n,
+                "classes": c,
+                "source": str(src),
+                "dropped_labels": sorted(drop),
+                "reason": reason,
+                "created": time.time(),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            atomic_write_text(tmp / "filter.json", json.dumps(summary, indent=1))
+            fsync_dir(tmp)
+            replace_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        source.reader.close()
+    summary["path"] = str(out)
+    return summary

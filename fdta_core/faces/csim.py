@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, check_choice
-from ..faceset import FACE_SIZE, FaceSet
+from ..faceset import FACE_SIZE, Dropped, FaceSet
+from ..grid import GREEN, RED, WHITE, Cell, render_grid
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ class CSIMStats:
     csim: np.ndarray
     kept_mask: np.ndarray
     labels: np.ndarray
-    reasons: list[str] = field(default_factory=list)  # per input image: "" (kept), "csim", "identity"
+    reasons: list[str] = field(default_factory=list)  # per input image: "" (kept), "csim", "leak", "identity"
+    csim_subject: np.ndarray | None = None  # per input image: CSIM to its STG reference subject (NaN: none)
+    leak_threshold: float | None = None
     identities_in: int = 0
     identities_kept: int = 0
     dropped_identities: list[int] = field(default_factory=list)
@@ -98,6 +101,7 @@ class CSIMStats:
             "images_in": self.n_in,
             "images_kept": self.n_kept,
             "rejected_by_csim": int(sum(r == "csim" for r in self.reasons)),
+            "rejected_as_leak": int(sum(r == "leak" for r in self.reasons)),
             "dropped_with_identity": int(sum(r == "identity" for r in self.reasons)),
             "identities_in": self.identities_in,
             "identities_kept": self.identities_kept,
@@ -116,7 +120,7 @@ class CSIMStats:
             f"CSIM filter (reference={s['reference']}, threshold={s['threshold']:.3f}, "
             f"min images/identity={s['min_images_per_identity']})",
             f"kept {s['images_kept']} / {s['images_in']} images; rejected {s['rejected_by_csim']} by CSIM, "
-            f"{s['dropped_with_identity']} with their identity",
+            f"{s['rejected_as_leak']} as reference-identity leaks, {s['dropped_with_identity']} with their identity",
             f"identities kept {s['identities_kept']} / {s['identities_in']}"
             + (
                 f" (dropped: {s['dropped_identities'][:20]}{' ...' if len(s['dropped_identities']) > 20 else ''})"
@@ -179,13 +183,22 @@ def csim_filter(
     batch_size: int = 32,
     embeddings: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reference_subjects: dict[str, np.ndarray] | None = None,
+    leak_threshold: float | None = None,
 ) -> tuple[FaceSet, CSIMStats]:
     """Keep the images whose CSIM to their identity's reference is >= ``threshold``.
+
+    With ``reference_subjects`` (STG reference subject -> identity embedding, see
+    :func:`fdta_core.faces.identity.subject_embeddings`) every image styled after a subject (provenance
+    ``stg_reference_subject``) also gets its CSIM to that subject; the image is dropped as a leak (the
+    real subject's identity came through: DCFace's known failure) when that CSIM is at least its CSIM
+    to the source identity, or at least ``leak_threshold``. Both CSIMs go into the kept images'
+    provenance, and each kept image records how many images of its identity were dropped as leaks.
 
     The CSIM is written into each kept image's provenance (stage ``csim``). When
     ``min_images_per_identity`` > 0, an identity left with fewer kept images is dropped whole (a class
     with too few images hurts FR training more than it helps). ``models_or_fn`` is a
-    :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
+    :class:`~fdta_core.faces.pack.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
     """
     check_choice("csim", "reference", reference, REFERENCES)
     if not -1.0 <= float(threshold) <= 1.0:
@@ -209,6 +222,22 @@ def csim_filter(
     csim = compute_csim(faceset, embeddings, reference, src_emb) if n else np.zeros((0,))
     keep = csim >= float(threshold)
     reasons = ["" if k else "csim" for k in keep]
+    csim_subject = np.full(n, np.nan)
+    if reference_subjects:
+        to_source = compute_csim(faceset, embeddings, "source", src_emb) if src_emb is not None else csim
+        emb_n = l2_normalize(embeddings)
+        for i, p in enumerate(faceset.provenance):
+            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+            ref = reference_subjects.get(str(subj)) if subj is not None else None
+            if ref is None:
+                continue
+            csim_subject[i] = float(emb_n[i] @ l2_normalize(np.asarray(ref, np.float64)))
+            leaked = csim_subject[i] >= to_source[i] or (
+                leak_threshold is not None and csim_subject[i] >= float(leak_threshold)
+            )
+            if leaked:
+                keep[i] = False
+                reasons[i] = "leak"
     dropped: list[int] = []
     if min_images_per_identity > 0:
         for ident, idx in faceset.by_identity().items():
@@ -219,11 +248,27 @@ def csim_filter(
                         reasons[i] = "identity"
                 keep[idx] = False
     prov = list(faceset.provenance)
-    extra = {"csim_reference": reference, "csim_threshold": float(threshold)}
+    extra: dict[str, Any] = {"csim_reference": reference, "csim_threshold": float(threshold)}
+    leaks_of: dict[int, int] = {}
+    if reference_subjects:
+        extra["leak_threshold"] = None if leak_threshold is None else float(leak_threshold)
+        for i, r in enumerate(reasons):
+            if r == "leak":
+                leaks_of[int(faceset.labels[i])] = leaks_of.get(int(faceset.labels[i]), 0) + 1
     for i in np.nonzero(keep)[0]:
-        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=extra)
+        e = dict(extra)
+        if reference_subjects:
+            if src_emb is not None:
+                e["csim_to_source"] = round(float(to_source[i]), 6)
+            if np.isfinite(csim_subject[i]):
+                e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
+            e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
+        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
     full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
     kept = full.select(keep)
+    kept.dropped = list(faceset.dropped) + _dropped_records(
+        faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep, csim_subject
+    )
     stats = CSIMStats(
         threshold=float(threshold),
         reference=reference,
@@ -235,6 +280,8 @@ def csim_filter(
         identities_in=len(ids),
         identities_kept=len(kept.identities),
         dropped_identities=dropped,
+        csim_subject=csim_subject,
+        leak_threshold=None if leak_threshold is None else float(leak_threshold),
     )
     log.info(
         "[FDTA] csim: kept %d / %d images, %d / %d identities",
@@ -246,32 +293,49 @@ def csim_filter(
     return kept, stats
 
 
+def _dropped_records(
+    faceset: FaceSet,
+    csim: np.ndarray,
+    reasons: list[str],
+    threshold: float,
+    reference: str,
+    min_images: int,
+    keep: np.ndarray,
+    csim_subject: np.ndarray,
+) -> list[Dropped]:
+    """One :class:`Dropped` per image the filter left out (its provenance without the ACG details, which
+    stay with the identity), saying whether its own CSIM or its identity's count dropped it."""
+    kept_per_id = {int(i): int(keep[idx].sum() + sum(reasons[j] == "identity" for j in idx))
+                   for i, idx in faceset.by_identity().items()}  # fmt: skip
+    out = []
+    for i, why in enumerate(reasons):
+        if not why:
+            continue
+        p = faceset.provenance[i]
+        ident, c = int(faceset.labels[i]), float(csim[i])
+        if why == "csim":
+            detail = f"CSIM {c:.3f} < threshold {threshold:.3f} (reference: {reference})"
+        elif why == "leak":
+            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+            detail = (
+                f"reference subject {subj}'s identity leaked in: CSIM {float(csim_subject[i]):.3f} to the "
+                f"subject vs {c:.3f} to the source ({reference})"
+            )
+        else:
+            detail = (
+                f"CSIM {c:.3f} passes, but identity {ident} keeps {kept_per_id[ident]} image(s) "
+                f"< min_images_per_identity {min_images}: dropped whole"
+            )
+        record = {k: v for k, v in p.to_dict().items() if k != "extra"}
+        record["extra"] = {k: v for k, v in p.extra.items() if k != "acg"}
+        record.update(csim=round(c, 6), csim_threshold=threshold, csim_reference=reference)
+        if np.isfinite(csim_subject[i]):
+            record["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
+        out.append(Dropped("csim", ident, (why,), detail, record))
+    return out
+
+
 # ----------------------------------------------------------------------------- pictures
-_RED = (220, 40, 40)
-_GREEN = (40, 180, 60)
-_WHITE = (255, 255, 255)
-
-
-def _label(tile: np.ndarray, text: str, color=_WHITE, height: int = 18) -> np.ndarray:
-    """``tile`` with a black caption strip of ``height`` pixels under it."""
-    import cv2
-
-    strip = np.zeros((height, tile.shape[1], 3), np.uint8)
-    cv2.putText(strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, color, 1, cv2.LINE_AA)
-    return np.concatenate([tile, strip], axis=0)
-
-
-def _mark_rejected(tile: np.ndarray) -> np.ndarray:
-    import cv2
-
-    t = tile.copy()
-    h, w = t.shape[:2]
-    cv2.rectangle(t, (1, 1), (w - 2, h - 2), _RED, 3)
-    cv2.line(t, (4, 4), (w - 5, h - 5), _RED, 2)
-    cv2.line(t, (w - 5, 4), (4, h - 5), _RED, 2)
-    return t
-
-
 def contact_sheet(
     faceset: FaceSet,
     stats: CSIMStats,
@@ -285,26 +349,22 @@ def contact_sheet(
     t = FACE_SIZE
     by_id = faceset.by_identity()
     ids = list(by_id)[: max(1, max_identities)]
-    cap = 18
     cols = 1 + min(max_per_identity, max((len(v) for v in by_id.values()), default=0))
-    row_h = t + cap + pad
-    sheet = np.full((max(1, len(ids)) * row_h + pad, cols * (t + pad) + pad, 3), 32, np.uint8)
-    for r, ident in enumerate(ids):
-        y = pad + r * row_h
+    rows: list[list[Cell | None]] = []
+    for ident in ids:
         src = faceset.sources.get(ident)
         if src is not None:
-            tile = _label(src, f"id {ident} source", _WHITE, cap)
+            row: list[Cell | None] = [Cell(src, [(f"id {ident} source", WHITE)])]
         else:
-            tile = _label(np.zeros((t, t, 3), np.uint8), f"id {ident} (no source)", _WHITE, cap)
-        sheet[y : y + t + cap, pad : pad + t] = tile
-        for c, i in enumerate(by_id[ident][:max_per_identity]):
+            row = [Cell(np.zeros((t, t, 3), np.uint8), [(f"id {ident} (no source)", WHITE)])]
+        for i in by_id[ident][:max_per_identity]:
             ok = bool(stats.kept_mask[i])
-            face = faceset.images[i] if ok else _mark_rejected(faceset.images[i])
-            why = "" if ok else (" x" if stats.reasons[i] == "csim" else " id")
-            tile = _label(face, f"{stats.csim[i]:.3f}{why}", _GREEN if ok else _RED, cap)
-            x = pad + (c + 1) * (t + pad)
-            sheet[y : y + t + cap, x : x + t] = tile
-    return sheet
+            why = "" if ok else {"csim": " x", "leak": " leak"}.get(stats.reasons[i], " id")
+            row.append(
+                Cell(faceset.images[i], [(f"{stats.csim[i]:.3f}{why}", GREEN if ok else RED)], crossed=not ok)
+            )
+        rows.append(row)
+    return render_grid(rows, tile=t, gap=pad, caption_height=18, n_cols=cols)
 
 
 def histogram_image(
@@ -331,7 +391,7 @@ def histogram_image(
         )
     if threshold is not None:
         x = m + int((float(threshold) + 1) / 2 * plot_w)
-        cv2.line(img, (x, m), (x, height - m), _RED, 2)
+        cv2.line(img, (x, m), (x, height - m), RED, 2)
     cv2.putText(
         img,
         f"CSIM (n={int(counts.sum())}, max bin {top})",

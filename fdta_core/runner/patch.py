@@ -16,6 +16,9 @@ from .manifest import Chunk
 SPEC_NODE = "FDTAAttributeSpec"
 #: Seed-like inputs of ComfyUI's own nodes (KSampler, KSamplerAdvanced, RandomNoise, ...).
 CORE_SEED_INPUTS = ("seed", "noise_seed")
+#: Nodes that consult and extend the run's identity index, and the input that names it.
+INDEX_NODES = ("FDTAACGSampler",)
+INDEX_INPUT = "identity_index"
 
 
 def load_api_workflow(data: Mapping[str, Any], *, where: str = "workflow") -> dict[str, Any]:
@@ -57,6 +60,7 @@ def patch_workflow(
     chunk: Chunk,
     run_seed: int,
     overrides: list[tuple[str, str, Any]] | None = None,
+    identity_index: str | None = None,
 ) -> dict[str, Any]:
     """A copy of ``prompt`` set up for ``chunk``.
 
@@ -65,6 +69,8 @@ def patch_workflow(
       seeds from it, so the same identity gets the same seeds in any chunking);
     * ComfyUI's own nodes' literal ``seed``/``noise_seed`` inputs get a seed derived from the run seed,
       the node id and the chunk start;
+    * every ACG node gets ``identity_index`` (the run's identity index folder), so no chunk repeats an
+      identity of an earlier chunk;
     * ``overrides`` (``(class_type or node id, input, value)``) are applied last.
 
     Only the spec node gets the range: the ACG stamps it on the faceset and the dataset writer commits
@@ -87,6 +93,8 @@ def patch_workflow(
             inputs["identity_count"] = chunk.count
             inputs["seed"] = int(run_seed)
             continue
+        if identity_index and cls in INDEX_NODES and not isinstance(inputs.get(INDEX_INPUT), list):
+            inputs[INDEX_INPUT] = str(identity_index)
         for key in CORE_SEED_INPUTS:
             if key in inputs and not isinstance(inputs[key], list):  # a list is a link to another node
                 if cls.startswith("FDTA"):

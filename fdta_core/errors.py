@@ -6,8 +6,12 @@ these unchanged, so ComfyUI shows the same text a CLI user sees.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class FDTAError(Exception):
@@ -82,3 +86,34 @@ class UnsafeFileError(FDTAError, ValueError):
 
 class ExternalServiceError(FDTAError, RuntimeError):
     """An external service (an LLM endpoint, a ComfyUI server, torchrun) failed."""
+
+
+def check_choice(
+    node: str | None,
+    input: str,
+    value: T,
+    choices: Iterable[T],
+    *,
+    what: str | None = None,
+    error: type[FDTAError] = InputError,
+    fix: str | None = None,
+) -> T:
+    """Return ``value`` if it is one of ``choices``, else raise ``error`` ("unknown X 'v'", "use one of ...").
+
+    The one place that words a bad choice, so CLI flags, node widgets and queue-time validation all say the
+    same thing. ``node`` (may be ``None`` in library code; nodes add their id with :meth:`FDTAError.at`) and
+    ``input`` form ``where``; ``what`` names the thing in the message (default: ``input`` with spaces). A
+    close spelling adds "did you mean"; ``fix`` is appended after the list (e.g. another way out).
+    """
+    options = list(choices)
+    if value in options:
+        return value
+    names = [str(c) for c in options]
+    where = f"{node}.{input}" if node else input
+    label = what or input.replace("_", " ")
+    hint = f"use one of {', '.join(names)}" if names else "no choice is available"
+    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean {close[0]!r}? {hint[0].upper()}{hint[1:]}"
+    hint += f" ({fix})." if fix else "."
+    raise error(f"unknown {label} {value!r}", where=where, fix=hint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -63,6 +64,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def swap_folder(
+    tmp: str | os.PathLike, final: str | os.PathLike, *, old: str | os.PathLike | None = None
+) -> bool:
+    """Rename the finished folder ``tmp`` to ``final``; returns whether an earlier ``final`` was replaced.
+
+    An earlier non-empty ``final`` is first renamed aside to ``old`` (default ``.<name>.old-<pid>`` beside
+    it) and deleted only after the new folder is in place and the rename is fsynced, so ``final`` is at
+    every moment absent, the old complete folder or the new one, never a mix; a process killed between
+    the two renames leaves the old copy under ``old`` for its caller's recovery. An empty ``final`` is
+    simply removed. What may be replaced is the caller's decision, checked before calling.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = Path(old) if old is not None else final.with_name(f".{final.name}.old-{os.getpid()}")
+    replaced = False
+    if final.exists():
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        else:
+            if old.exists():  # a leftover of an earlier crash of this same pid name
+                shutil.rmtree(old)
+            os.replace(final, old)
+            replaced = True
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if replaced:
+        shutil.rmtree(old, ignore_errors=True)
+    return replaced
 
 
 def resolve_inside(

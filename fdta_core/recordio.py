@@ -69,7 +69,13 @@ def pack(header: IRHeader, payload: bytes = b"") -> bytes:
         values = np.asarray(label, dtype="<f4").ravel()
         head = _IR.pack(len(values), 0.0, header.id, header.id2)
         return head + values.tobytes() + bytes(payload)
-    return _IR.pack(0, float(label), header.id, header.id2) + bytes(payload)
+    return pack_scalar(float(label), header.id, payload, header.id2)
+
+
+def pack_scalar(label: float, id: int, payload: bytes = b"", id2: int = 0) -> bytes:
+    """``pack(IRHeader(0, label, id, id2), payload)`` without building the dataclass: the data-set
+    writer packs one per face, so this is the hot path of the one header struct."""
+    return _IR.pack(0, label, id, id2) + bytes(payload)
 
 
 def unpack(record: bytes) -> tuple[IRHeader, bytes]:
@@ -147,13 +153,7 @@ class RecordWriter:
         return self._offset
 
     def write(self, key: int, record: bytes) -> int:
-        data = encode_record(record)
-        offset = self._offset
-        self._rec.write(data)
-        self._idx.write(f"{int(key)}\t{offset}\n")
-        self._offset += len(data)
-        self.count += 1
-        return offset
+        return self.write_encoded(key, encode_record(record))
 
     def write_encoded(self, key: int, encoded: bytes) -> int:
         """Append bytes already produced by :func:`encode_record` (used by parallel encoders)."""

@@ -13,8 +13,24 @@ import struct
 
 import numpy as np
 
-#: ComfyUI's seed widgets accept 0 .. 2**64-1; we stay inside the signed 63-bit range that torch accepts.
+from .errors import InputError
+
+#: The largest seed anywhere in FDTA: every FDTA seed widget's max, the range ``fdta run --seed`` checks,
+#: and the mask of :func:`derive_seed`. ComfyUI's own seed widgets accept 0 .. 2**64-1, so every value up
+#: to here passes ComfyUI's range check on every node; beyond it a seed would not fit the signed 64-bit
+#: integers of torch, numpy and SQLite manifests.
 SEED_MAX = (1 << 63) - 1
+
+
+def check_seed(seed: int, *, where: str = "seed") -> int:
+    """``seed`` as an int if it is an integer in ``0..SEED_MAX``, else an :class:`InputError` saying the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) <= SEED_MAX:
+        raise InputError(
+            f"seed {seed!r} is not an integer in 0 .. 2**63-1",
+            where=where,
+            fix=f"use a seed from 0 to {SEED_MAX} (2**63-1), the range every FDTA and ComfyUI node accepts.",
+        )
+    return int(seed)
 
 
 def _encode(part: int | str) -> bytes:

@@ -62,8 +62,25 @@ def _schema(object_info: Mapping[str, Any], cls: str, where: str) -> Mapping[str
         ) from None
 
 
-def api_to_ui(prompt: Mapping[str, Mapping[str, Any]], object_info: Mapping[str, Any]) -> dict[str, Any]:
-    """An editor (UI-format) workflow for an API prompt, laid out left to right by graph depth."""
+#: LiteGraph node modes: 0 always (runs), 2 never (muted), 4 bypassed (the editor's Ctrl+B).
+MODE_ALWAYS, MODE_MUTED, MODE_BYPASSED = 0, 2, 4
+
+
+def api_to_ui(
+    prompt: Mapping[str, Mapping[str, Any]],
+    object_info: Mapping[str, Any],
+    *,
+    modes: Mapping[str, int] | None = None,
+    groups: list[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An editor (UI-format) workflow for an API prompt, laid out left to right by graph depth.
+
+    ``modes`` sets node modes (e.g. :data:`MODE_BYPASSED` for a group that is off until the user toggles
+    it; :func:`ui_to_api` leaves such nodes out, as the editor does). ``groups`` are
+    ``{"title": str, "nodes": [node ids], "color": "#rrggbb"}``; each becomes an editor group framing
+    its nodes.
+    """
+    modes = dict(modes or {})
     ids = {nid: int(nid) for nid in prompt}
     depth: dict[str, int] = {}
 
@@ -130,7 +147,7 @@ def api_to_ui(prompt: Mapping[str, Mapping[str, Any]], object_info: Mapping[str,
                 "size": [340, 120 + 26 * len(widgets)],
                 "flags": {},
                 "order": rank,
-                "mode": 0,
+                "mode": int(modes.get(nid, MODE_ALWAYS)),
                 "inputs": inputs_ui,
                 "outputs": [],
                 "properties": {"Node name for S&R": cls},
@@ -146,12 +163,32 @@ def api_to_ui(prompt: Mapping[str, Mapping[str, Any]], object_info: Mapping[str,
             {"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
             for i, t in enumerate(schema["output"])
         ]
+    ui_groups = []
+    by_id = {str(n["id"]): n for n in nodes}
+    for k, group in enumerate(groups or []):
+        members = [by_id[str(m)] for m in group["nodes"]]
+        if not members:
+            continue
+        x0 = min(n["pos"][0] for n in members) - 20
+        y0 = min(n["pos"][1] for n in members) - 60
+        x1 = max(n["pos"][0] + n["size"][0] for n in members) + 20
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + 20
+        ui_groups.append(
+            {
+                "id": k + 1,
+                "title": str(group["title"]),
+                "bounding": [x0, y0, x1 - x0, y1 - y0],
+                "color": group.get("color", "#3f789e"),
+                "font_size": 24,
+                "flags": {},
+            }
+        )
     return {
         "last_node_id": max(ids.values(), default=0),
         "last_link_id": len(links),
         "nodes": sorted(nodes, key=lambda n: n["id"]),
         "links": links,
-        "groups": [],
+        "groups": ui_groups,
         "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
         "version": 0.4,

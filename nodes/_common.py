@@ -9,11 +9,16 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..fdta_core.errors import FDTAError
+from ..fdta_core.errors import FDTAError, ModelNotFoundError
+from ..fdta_core.seeds import SEED_MAX
+
+T = TypeVar("T")
 
 log = logging.getLogger("FDTA")
 
@@ -34,6 +39,13 @@ AgeModel = io.Custom("FDTA_AGE_MODEL")
 Dataset = io.Custom("FDTA_DATASET")
 
 CATEGORY = "FDTA"
+
+
+def seed_input(tooltip: str) -> io.Int.Input:
+    """The one seed widget of every FDTA node: 0..SEED_MAX (a range ComfyUI's own seed widgets accept
+    too, so one run seed passes every node), never randomised by ComfyUI after a run."""
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=False, tooltip=tooltip)
+
 
 # ---------------------------------------------------------------------------- model folders
 #: ComfyUI folder name -> default sub-folder of ``models/`` (DESIGN section 4).
@@ -63,6 +75,65 @@ def model_folders(name: str) -> list[str]:
     except KeyError:
         register_model_folders()
         return folder_paths.get_folder_paths(name)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A loader node's model files: which registered folder, which file types, and what a missing
+    model's error says (the expected names and how to get them)."""
+
+    folder: str
+    extensions: tuple[str, ...]
+    what: str
+    expected: tuple[str, ...]
+    fix: str
+
+    def names(self) -> list[str]:
+        """The loader's combo options: files of these types in every folder registered under ``folder``."""
+        try:
+            names = folder_paths.get_filename_list(self.folder)
+        except KeyError:
+            names = []
+        return sorted(n for n in names if n.lower().endswith(self.extensions))
+
+    def resolve(self, name: str, *, where: str) -> str:
+        """The full path of ``name``, or a :class:`ModelNotFoundError` naming every folder searched."""
+        path = folder_paths.get_full_path(self.folder, name) if name else None
+        if not path or not os.path.isfile(path):
+            raise ModelNotFoundError(
+                f"{self.what} '{name}'" if name else f"a {self.what}",
+                searched=model_folders(self.folder),
+                expected=self.expected,
+                where=where,
+                fix=self.fix,
+            )
+        return path
+
+
+def patch_module(module: Any, *, cpu: bool = False) -> Any:
+    """Wrap a torch module in ComfyUI's ModelPatcher on ComfyUI's device (``cpu``: pinned to the CPU),
+    so ComfyUI's memory manager loads and offloads it with everything else."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import torch
+
+    load_device = torch.device("cpu") if cpu else mm.get_torch_device()
+    offload = torch.device("cpu") if cpu else mm.unet_offload_device()
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload)
+
+
+def load_patched(
+    files: ModelFiles, name: str, *, where: str, load: Callable[[str, Any], tuple[Any, T]], cpu: bool = False
+) -> tuple[Any, str, T]:
+    """The one loader path: resolve ``name`` (or raise naming the folders searched), build the torch
+    module with ``load(path, load_device) -> (module, extra)`` and wrap it with :func:`patch_module`.
+    Returns ``(patcher, path, extra)``."""
+    import comfy.model_management as mm
+    import torch
+
+    path = files.resolve(name, where=where)
+    module, extra = load(path, torch.device("cpu") if cpu else mm.get_torch_device())
+    return patch_module(module, cpu=cpu), path, extra
 
 
 def output_roots() -> list[str]:

@@ -28,7 +28,7 @@ from ..fdta_core.acg import (
     ACGSettings,
     CandidateJob,
     EdgeSettings,
-    EmbeddingBank,
+    IdentityIndex,
     SelectionCriteria,
     contact_sheet,
     run_acg,
@@ -37,14 +37,25 @@ from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
 from ..fdta_core.acg.edges import control_images as make_control_images
 from ..fdta_core.acg.faces_adapter import as_analyzer
 from ..fdta_core.errors import InputError
+from ..fdta_core.faces.audit import real_identities
+from ..fdta_core.faces.identity import RunIndex, real_index, resolve_index_folder, subject_embeddings
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
-from ._common import CATEGORY, FaceModels, Faceset, IdentityPlan, node_errors, progress_callback
+from ._common import (
+    CATEGORY,
+    FaceModels,
+    Faceset,
+    IdentityPlan,
+    ReferenceBank,
+    node_errors,
+    output_roots,
+    progress_callback,
+    seed_input,
+)
 
 log = logging.getLogger("FDTA")
 
 NODE_ID = "FDTAACGSampler"
-SEED_MAX = (1 << 63) - 1
 
 
 def _as_plan(plan: Any) -> PlanRecord:
@@ -254,13 +265,8 @@ class FDTAACGSampler(io.ComfyNode):
                     tooltip="Candidates per sampler call (from several identities, each with its own prompt). "
                     "Does not change the images, only speed and memory.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="Mixed with the plan's run seed, identity, round and candidate into every candidate "
+                seed_input(
+                    "Mixed with the plan's run seed, identity, round and candidate into every candidate "
                     "seed; change it to re-roll all faces of the same plan.",
                 ),
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps."),
@@ -340,6 +346,21 @@ class FDTAACGSampler(io.ComfyNode):
                     tooltip="ArcFace cosine at or above which a face counts as a copy of a real face (the control "
                     "photos and real_faces).",
                 ),
+                io.String.Input(
+                    "identity_index",
+                    default="",
+                    optional=True,
+                    tooltip="Folder of the run's identity index (one FAISS file per chunk), relative to ComfyUI's "
+                    "output folder: identities accepted by earlier chunks of the run are not generated again, and "
+                    "this chunk's identities are added. Empty: uniqueness within this chunk only. fdta run sets it.",
+                ),
+                io.String.Input(
+                    "real_sets",
+                    default="",
+                    optional=True,
+                    tooltip="Real people no identity may resemble, besides the reference bank: paths separated by "
+                    "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M) or a dataset folder (train.rec).",
+                ),
                 FaceModels.Input(
                     "face_models",
                     optional=True,
@@ -350,6 +371,12 @@ class FDTAACGSampler(io.ComfyNode):
                     "real_faces",
                     optional=True,
                     tooltip="Aligned faces of real people that no identity may resemble (besides the control photos).",
+                ),
+                ReferenceBank.Input(
+                    "reference_bank",
+                    optional=True,
+                    tooltip="The STG reference bank (FDTA Reference Bank): its real subjects are in the graph, so no "
+                    "identity may resemble any of them.",
                 ),
             ],
             outputs=[
@@ -401,8 +428,11 @@ class FDTAACGSampler(io.ComfyNode):
         age_tolerance,
         uniqueness_threshold,
         real_person_threshold,
+        identity_index="",
+        real_sets="",
         face_models=None,
         real_faces=None,
+        reference_bank=None,
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
             plan = _as_plan(plan)
@@ -434,7 +464,7 @@ class FDTAACGSampler(io.ComfyNode):
                 if face_models is not None
                 else None
             )
-            real = EmbeddingBank()
+            real = IdentityIndex()
             if analyzer is not None:
                 if control_preprocess != "none":  # real photos: generated faces must not copy them
                     for k, a in enumerate(analyzer.analyze(photos)):
@@ -445,8 +475,23 @@ class FDTAACGSampler(io.ComfyNode):
                     real.extend(
                         [f"real face {i} (label {int(x)})" for i, x in enumerate(real_faces.labels)], embs
                     )
+                if reference_bank is not None and len(reference_bank):
+                    subjects = subject_embeddings(
+                        reference_bank.images, reference_bank.subjects, analyzer.embed_aligned
+                    )
+                    real.merge_from(real_index(subjects))
+                for path in [
+                    x.strip() for x in str(real_sets or "").replace("\n", ";").split(";") if x.strip()
+                ]:
+                    got = real_identities(path, face_models)
+                    real.merge_from(real_index(sets=[(path, got.centers)]))
+                log.info("[FDTA] %s: %d real identities to stay away from", NODE_ID, len(real))
             else:
                 log.warning("[FDTA] %s: no face models connected; candidates are NOT checked", NODE_ID)
+            run_index = prior = None
+            if identity_index and str(identity_index).strip():
+                run_index = RunIndex(resolve_index_folder(identity_index, output_roots()))
+                prior = run_index.prior(plan.start)
 
             per_batch = steps
             state = {"done": 0, "total": math.ceil(len(plan) * candidates / batch_size)}
@@ -495,9 +540,12 @@ class FDTAACGSampler(io.ComfyNode):
                 criteria=criteria,
                 analyzer=analyzer,
                 real=real,
+                prior=prior,
                 meta=meta,
                 progress=on_batch,
             )
+            if run_index is not None and analyzer is not None:
+                run_index.save_chunk(plan.start, plan.start + len(plan), result.accepted_index())
             faceset = result.faceset()
             images = result.images()
             if images.shape[0] == 0:

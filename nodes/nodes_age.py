@@ -26,10 +26,18 @@ from ..fdta_core.age.shift import (
     plan_targets,
     shift_faceset,
 )
-from ..fdta_core.errors import InputError, ModelNotFoundError
+from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet, faceset_to_image
-from ..fdta_core.seeds import SEED_MAX
-from ._common import CATEGORY, AgeModel, Faceset, model_folders, node_errors, progress_callback
+from ._common import (
+    CATEGORY,
+    AgeModel,
+    Faceset,
+    ModelFiles,
+    load_patched,
+    node_errors,
+    progress_callback,
+    seed_input,
+)
 
 log = logging.getLogger("FDTA")
 
@@ -56,30 +64,14 @@ class AgeModelHandle:
         return self.patcher.model  # type: ignore[attr-defined]
 
 
-def _checkpoint_names() -> list[str]:
-    import folder_paths
-
-    try:
-        names = folder_paths.get_filename_list(FOLDER)
-    except KeyError:
-        names = []
-    return sorted(n for n in names if n.lower().endswith(CHECKPOINT_EXTENSIONS))
-
-
-def _resolve(model_name: str) -> str:
-    import folder_paths
-
-    path = folder_paths.get_full_path(FOLDER, model_name) if model_name else None
-    if not path or not os.path.isfile(path):
-        raise ModelNotFoundError(
-            f"age model '{model_name}'" if model_name else "an age model",
-            searched=model_folders(FOLDER),
-            expected=EXPECTED_FILES,
-            where="model_name",
-            fix="download SAM's sam_ffhq_aging.pt (research-only weights) into models/fdta/age/ "
-            "(optionally convert it with 'fdta age convert'), then refresh the node list.",
-        )
-    return path
+AGE_FILES = ModelFiles(
+    folder=FOLDER,
+    extensions=CHECKPOINT_EXTENSIONS,
+    what="age model",
+    expected=EXPECTED_FILES,
+    fix="download SAM's sam_ffhq_aging.pt (research-only weights) into models/fdta/age/ "
+    "(optionally convert it with 'fdta age convert'), then refresh the node list.",
+)
 
 
 def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -111,7 +103,7 @@ class FDTAAgeLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "model_name",
-                    options=_checkpoint_names(),
+                    options=AGE_FILES.names(),
                     tooltip="SAM checkpoint in models/fdta/age (or a folder added as fdta_age in extra_model_paths.yaml).",
                 ),
                 io.Combo.Input(
@@ -135,15 +127,15 @@ class FDTAAgeLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, device: str = "auto", dtype: str = "auto") -> io.NodeOutput:
         with node_errors("FDTAAgeLoader"):
-            import comfy.model_management as mm
-            import comfy.model_patcher
 
-            path = _resolve(model_name)
-            load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
-            offload = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
-            torch_dtype = _pick_dtype(dtype, load_device)
-            model = load_sam(path, dtype=torch_dtype)
-            patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+            def load(path: str, load_device: torch.device) -> tuple[SAM, torch.dtype]:
+                torch_dtype = _pick_dtype(dtype, load_device)
+                return load_sam(path, dtype=torch_dtype), torch_dtype
+
+            patcher, path, torch_dtype = load_patched(
+                AGE_FILES, model_name, where="model_name", load=load, cpu=device == "cpu"
+            )
+            model, load_device = patcher.model, patcher.load_device
             log.info(
                 "[FDTA] age model %s ready for %s (%s)", os.path.basename(path), load_device, torch_dtype
             )
@@ -191,13 +183,8 @@ class FDTAAgeShifter(io.ComfyNode):
                     default="even",
                     tooltip="range mode: 'even' spaces the ages evenly; 'random' draws them per image from the seed.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="range mode with random sampling: run seed; each image's ages derive from it, its "
+                seed_input(
+                    "range mode with random sampling: run seed; each image's ages derive from it, its "
                     "identity and its position, so chunks reproduce the same ages.",
                 ),
                 io.Int.Input(

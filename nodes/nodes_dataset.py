@@ -6,7 +6,8 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
-from ..fdta_core.dataset import chunk_range_of, write_faceset
+from ..fdta_core.dataset import DatasetChunk, chunk_range_of, merge, write_faceset
+from ..fdta_core.dataset.merge import MergedDataset
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet
 from ..fdta_core.fsutil import resolve_inside
@@ -57,7 +58,7 @@ class FDTADatasetWriter(io.ComfyNode):
             outputs=[
                 Dataset.Output(
                     display_name="dataset",
-                    tooltip="The written chunk: a dict with 'path' (chunk folder holding train.rec), 'dataset', counts.",
+                    tooltip="The written chunk (its folder holds train.rec) and its data set, for the trainer.",
                 ),
             ],
         )
@@ -82,15 +83,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 progress=progress_callback(len(faceset)),
             )
-        result = {
-            "path": info.path,
-            "dataset": str(root),
-            "chunk": info.name,
-            "start": info.start,
-            "end": info.end,
-            "images": info.images,
-            "classes": info.classes,
-        }
+        result = DatasetChunk(dataset=str(root), chunk=info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"
@@ -98,4 +91,98 @@ class FDTADatasetWriter(io.ComfyNode):
         return io.NodeOutput(result, ui=ui.PreviewText(text))
 
 
-NODES = [FDTADatasetWriter]
+def _dataset_root(dataset, where: str) -> str:
+    """Where a connected FDTA_DATASET lives: the data-set root (all its chunks), or a merged folder."""
+    if isinstance(dataset, str | Path):
+        return str(dataset)
+    if isinstance(dataset, DatasetChunk | MergedDataset):
+        return dataset.train_folder()
+    raise InputError(
+        f"expected an FDTA_DATASET, got {type(dataset).__name__}",
+        where=where,
+        fix="connect the dataset output of FDTADatasetWriter or FDTADatasetMerge.",
+    )
+
+
+class FDTADatasetMerge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDTADatasetMerge",
+            display_name="FDTA Dataset Merge",
+            category=f"{CATEGORY}/dataset",
+            description=(
+                "Joins data sets into one train.rec (insightface layout) with its merged provenance manifest, "
+                "written atomically. A data set written by FDTADatasetWriter stands for all its committed "
+                "chunks. renumber combines independent sets whose identity ids overlap (e.g. Syn-MS1M and "
+                "Syn-MPIE): labels run over the inputs in order, each set's identities kept apart. Same as "
+                "`fdta rec merge OUT PATH... [--renumber]`."
+            ),
+            is_output_node=True,
+            inputs=[
+                io.String.Input(
+                    "output_name",
+                    default="fdta/merged",
+                    tooltip="merged folder, relative to ComfyUI's output folder (an earlier merge there is "
+                    "replaced; a folder holding anything else is refused)",
+                ),
+                io.Boolean.Input(
+                    "renumber",
+                    default=False,
+                    tooltip="the inputs are independent data sets (their identity ids may overlap): number "
+                    "labels over the inputs in order. Off: ids must be unique over all inputs and set the order.",
+                ),
+                io.String.Input(
+                    "more_inputs",
+                    default="",
+                    multiline=True,
+                    tooltip="further data-set, chunk or merged folders, one per line (relative to the output "
+                    "folder), after the connected ones",
+                ),
+                Dataset.Input("dataset", optional=True, tooltip="first data set (all its committed chunks)"),
+                Dataset.Input("dataset_2", optional=True, tooltip="second data set"),
+            ],
+            outputs=[
+                Dataset.Output(
+                    display_name="dataset",
+                    tooltip="the merged set (its folder holds one train.rec), for the trainer",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, output_name: str, renumber: bool, more_inputs: str, dataset=None, dataset_2=None):
+        with node_errors("FDTADatasetMerge"):
+            paths = [
+                _dataset_root(d, w)
+                for d, w in ((dataset, "dataset"), (dataset_2, "dataset_2"))
+                if d is not None
+            ]
+            paths += [
+                str(resolve_inside(line.strip(), output_roots(), where="more_inputs"))
+                for line in (more_inputs or "").splitlines()
+                if line.strip()
+            ]
+            if not paths:
+                raise InputError(
+                    "nothing to merge",
+                    where="dataset",
+                    fix="connect a dataset or list data-set folders in more_inputs.",
+                )
+            out = resolve_inside(output_name, output_roots(), where="output_name")
+            if any(Path(p).resolve() == out for p in paths):
+                raise InputError(
+                    f"{out} is an input and the output",
+                    where="output_name",
+                    fix="choose a new output folder.",
+                )
+            summary = merge(out, paths, renumber=bool(renumber), progress=progress_callback(1))
+        result = MergedDataset(str(out), int(summary["images"]), int(summary["classes"]), bool(renumber))
+        text = (
+            f"merged {len(paths)} input(s) ({len(summary['sources'])} chunk/record folder(s)) into {out}: "
+            f"{summary['images']} images, {summary['classes']} identities"
+        )
+        return io.NodeOutput(result, ui=ui.PreviewText(text))
+
+
+NODES = [FDTADatasetWriter, FDTADatasetMerge]

@@ -10,9 +10,18 @@ import numpy as np
 from comfy_api.latest import io
 
 from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
+from ..fdta_core.faces.identity import subject_embeddings
 from ..fdta_core.faces.models import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
-from ._common import CATEGORY, FaceModels, Faceset, model_folders, node_errors, progress_callback
+from ._common import (
+    CATEGORY,
+    FaceModels,
+    Faceset,
+    ReferenceBank,
+    model_folders,
+    node_errors,
+    progress_callback,
+)
 
 _CAT = f"{CATEGORY}/faces"
 
@@ -221,6 +230,22 @@ class FDTACSIMFilter(io.ComfyNode):
                     max=256,
                     tooltip="How many identities (rows) the contact sheet shows.",
                 ),
+                io.Float.Input(
+                    "leak_threshold",
+                    default=0.3,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="With a reference bank: drop a styled face whose CSIM to its real reference subject "
+                    "reaches this (or its CSIM to the source): the real person's identity leaked in.",
+                ),
+                ReferenceBank.Input(
+                    "reference_bank",
+                    optional=True,
+                    tooltip="The STG reference bank: every face's CSIM to its reference subject is recorded and "
+                    "leaked faces are dropped (counted in stats, sheet and provenance).",
+                ),
             ],
             outputs=[
                 Faceset.Output(
@@ -249,8 +274,17 @@ class FDTACSIMFilter(io.ComfyNode):
         min_images_per_identity: int,
         batch_size: int,
         sheet_identities: int,
+        leak_threshold: float = 0.3,
+        reference_bank=None,
     ) -> io.NodeOutput:
         with node_errors("FDTACSIMFilter"):
+            subjects = None
+            if reference_bank is not None and len(reference_bank):
+                subjects = subject_embeddings(
+                    reference_bank.images,
+                    reference_bank.subjects,
+                    lambda x: face_models.embed(x, batch_size=int(batch_size)),
+                )
             kept, stats = csim_filter(
                 faceset,
                 face_models,
@@ -259,6 +293,8 @@ class FDTACSIMFilter(io.ComfyNode):
                 int(min_images_per_identity),
                 batch_size=int(batch_size),
                 progress=progress_callback(len(faceset)),
+                reference_subjects=subjects,
+                leak_threshold=float(leak_threshold),
             )
             sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
             hist = histogram_image(stats.csim, float(threshold))

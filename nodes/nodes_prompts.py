@@ -19,13 +19,12 @@ from ..fdta_core.plan import IdentityPlan as PlanRecord
 from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, describe_plan, resolve_api_key
 from ..fdta_core.prompts.planner import build_plan, plan_preview
 from ..fdta_core.prompts.spec import default_spec_text, parse_spec
-from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback
+from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback, seed_input
 
 log = logging.getLogger("FDTA")
 
 #: ComfyUI user setting that may hold the key (read server-side; environment variables win).
 SETTING_ID = "FDTA.LLM.APIKey"
-_SEED_MAX = 0xFFFFFFFFFFFFFFFF
 _AREA = f"{CATEGORY}/attributes"
 
 
@@ -91,13 +90,8 @@ class FDTAAttributeSpec(io.ComfyNode):
                     max=100000,
                     tooltip="Number of identities in this chunk.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=_SEED_MAX,
-                    control_after_generate=False,
-                    tooltip="Run seed: every attribute and prompt derives from it and the identity index. "
+                seed_input(
+                    "Run seed: every attribute and prompt derives from it and the identity index. "
                     "Keep it fixed for a whole run.",
                 ),
             ],

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from comfy_api.latest import io
 
-from ..fdta_core.errors import InputError, ModelNotFoundError
+from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
@@ -19,10 +18,12 @@ from ._common import (
     CATEGORY,
     FaceModels,
     Faceset,
+    ModelFiles,
     STGModel,
-    model_folders,
+    load_patched,
     node_errors,
     progress_callback,
+    seed_input,
 )
 from ._common import ReferenceBank as ReferenceBankType
 
@@ -42,14 +43,14 @@ class STGHandle:
     report: str
 
 
-def _stg_files() -> list[str]:
-    import folder_paths
-
-    try:
-        files = folder_paths.get_filename_list(STG_FOLDER)
-    except KeyError:
-        files = []
-    return [f for f in files if f.endswith((".ckpt", ".safetensors", ".pt", ".pth"))]
+STG_FILES = ModelFiles(
+    folder=STG_FOLDER,
+    extensions=(".ckpt", ".safetensors", ".pt", ".pth"),
+    what="STG checkpoint",
+    expected=STG_EXPECTED,
+    fix=f"download DCFace's released mixer checkpoints into models/fdta/stg (the frozen style "
+    f"backbone {ADAFACE_STYLE_FILE} is included in them).",
+)
 
 
 class FDTASTGLoader(io.ComfyNode):
@@ -64,7 +65,7 @@ class FDTASTGLoader(io.ComfyNode):
             "checkpoint; Lightning checkpoints are read without executing any pickled code.",
             inputs=[
                 io.Combo.Input(
-                    "checkpoint", options=_stg_files(), tooltip="mixer checkpoint in models/fdta/stg"
+                    "checkpoint", options=STG_FILES.names(), tooltip="mixer checkpoint in models/fdta/stg"
                 ),
             ],
             outputs=[
@@ -76,27 +77,14 @@ class FDTASTGLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint: str) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
-        import folder_paths
-
         with node_errors("FDTASTGLoader"):
-            path = folder_paths.get_full_path(STG_FOLDER, checkpoint) if checkpoint else None
-            if not path or not os.path.isfile(path):
-                raise ModelNotFoundError(
-                    f"STG checkpoint '{checkpoint}'",
-                    searched=model_folders(STG_FOLDER),
-                    expected=STG_EXPECTED,
-                    where="checkpoint",
-                    fix=f"download DCFace's released mixer checkpoints into models/fdta/stg (the frozen style "
-                    f"backbone {ADAFACE_STYLE_FILE} is included in them).",
-                )
-            weights = load_stg_weights(path)
-            model = build_model(weights)
+
+            def load(path: str, _device: Any) -> tuple[Any, Any]:
+                weights = load_stg_weights(path)
+                return build_model(weights), weights
+
+            patcher, _path, weights = load_patched(STG_FILES, checkpoint, where="checkpoint", load=load)
             log.info("[FDTA] STG: %s", weights.report.summary())
-            patcher = comfy.model_patcher.ModelPatcher(
-                model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-            )
             return io.NodeOutput(
                 STGHandle(patcher, weights.config.grid, checkpoint, weights.report.summary())
             )
@@ -247,22 +235,19 @@ class FDTASTGMixer(io.ComfyNode):
                     options=list(POLICIES),
                     default="subject",
                     tooltip="random: any reference; subject: one real subject per identity (Syn-MS1M); "
-                    "grid: 13 yaws x 7 lightings x 2 expressions from tags (Syn-MPIE)",
+                    "grid_subject: 13 yaws x 7 lightings x 2 expressions from tags, all from one real subject "
+                    "per identity (Syn-MPIE as the paper made it); grid: the same cells from any subjects",
                 ),
                 io.Int.Input(
                     "images_per_identity",
                     default=4,
                     min=0,
                     max=10_000,
-                    tooltip="styled images per identity (grid: 0 = every cell)",
+                    tooltip="styled images per identity (grid policies: 0 = every cell; fewer than the cells "
+                    "sample the grid balanced: every yaw, lighting and expression as evenly as the count allows)",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**63 - 1,
-                    control_after_generate=False,
-                    tooltip="run seed; style choices and noise derive from it and the identity",
+                seed_input(
+                    "run seed; style choices and noise derive from it and the identity",
                 ),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (DCFace: 50)"),
                 io.Float.Input(
@@ -322,7 +307,7 @@ class FDTASTGMixer(io.ComfyNode):
             device = mm.get_torch_device()
             stg = STGSampler(stg_model.patcher.model, device, precision)
             n_ids = len(source_faces.identities)
-            per = images_per_identity if (style_policy != "grid" or images_per_identity) else 182
+            per = images_per_identity if (not style_policy.startswith("grid") or images_per_identity) else 182
             progress = progress_callback(max(1, n_ids * per * steps))
             result = mix(
                 stg,

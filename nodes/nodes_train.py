@@ -14,6 +14,8 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
+from ..fdta_core.dataset.merge import MergedDataset
+from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
 from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
@@ -24,20 +26,20 @@ AREA = f"{CATEGORY}/training"
 def _dataset_path(dataset, dataset_dir: str) -> str:
     """The folder to train on: from a connected FDTA_DATASET or the typed path.
 
-    FDTADatasetWriter returns ``{"path": <chunk folder>, "dataset": <dataset root>, ...}``; the root is
-    used when it holds a merged ``train.rec``, else the chunk itself.
+    FDTADatasetWriter hands on a :class:`DatasetChunk`: its data-set root is trained on (its merged
+    ``train.rec``, else all its committed chunks, labelled as merge would), never the one chunk this
+    prompt wrote. FDTADatasetMerge hands on a :class:`MergedDataset` (the merged folder).
     """
     if dataset is not None:
         if isinstance(dataset, str | os.PathLike):
             return str(dataset)
-        get = dataset.get if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
-        root = get("dataset")
-        if root and (Path(root) / "train.rec").is_file():
-            return str(root)
-        for key in ("path", "folder", "root", "dir"):
-            if get(key):
-                return str(get(key))
-        raise InputError("the connected dataset does not say where it is on disk", where="dataset")
+        if isinstance(dataset, DatasetChunk | MergedDataset):
+            return dataset.train_folder()
+        raise InputError(
+            f"expected an FDTA_DATASET, got {type(dataset).__name__}",
+            where="dataset",
+            fix="connect the dataset output of FDTADatasetWriter or FDTADatasetMerge, or type the folder in dataset_dir.",
+        )
     if not dataset_dir.strip():
         raise InputError(
             "no training data: connect a dataset or type its folder",
@@ -62,6 +64,15 @@ def _find_file(name: str, folders: list[str], where: str) -> str:
         where=where,
         fix="give an absolute path or put the file there.",
     )
+
+
+def _run_folder(name: str) -> Path | None:
+    """``name`` as a training run folder (absolute, or under the output folder), else ``None``."""
+    p = Path(os.path.expanduser(name.strip()))
+    for cand in [p] if p.is_absolute() else [Path(r) / p for r in output_roots()]:
+        if cand.is_dir() and ((cand / "recipe.json").is_file() or (cand / "model.pt").is_file()):
+            return cand
+    return None
 
 
 def _bin_folders() -> list[str]:
@@ -243,8 +254,8 @@ class FDTAVerify(io.ComfyNode):
                 io.String.Input(
                     "model",
                     default="",
-                    tooltip="model.pt of a run, an arcface_torch backbone.pth, or an .onnx (absolute, or "
-                    "in models/fdta/fr or the output folder)",
+                    tooltip="model.pt of a run, an arcface_torch backbone.pth, an .onnx, or a run folder "
+                    "(connect the launcher's run_dir) (absolute, or in models/fdta/fr or the output folder)",
                 ),
                 io.String.Input(
                     "bins",
@@ -255,7 +266,12 @@ class FDTAVerify(io.ComfyNode):
                 io.Int.Input("batch_size", default=64, min=1, max=1024, tooltip="images per forward pass"),
             ],
             outputs=[
-                io.String.Output("table", tooltip="accuracy table (percent, mean and std of 10 folds)"),
+                io.String.Output(
+                    "table",
+                    tooltip="FDTA Table 1's layout (LFW, CFP-FP, CPLFW, AgeDB, CALFW, average; a .bin goes "
+                    "into its column by file name) with the published rows beside this model's, then the "
+                    "per-benchmark accuracy (percent, mean and std of 10 folds)",
+                ),
                 io.String.Output(
                     "json", tooltip="the same as JSON: {benchmark: {accuracy_mean, accuracy_std, pairs}}"
                 ),
@@ -269,6 +285,7 @@ class FDTAVerify(io.ComfyNode):
         import comfy.model_patcher
 
         from ..fdta_core.eval.models import load_state, onnx_embedder, torch_embedder
+        from ..fdta_core.eval.table import format_paper_table, paper_table
         from ..fdta_core.eval.verification import format_table, verify
         from ..fdta_core.train.iresnet import backbone_from_state_dict
 
@@ -277,7 +294,21 @@ class FDTAVerify(io.ComfyNode):
                 raise InputError(
                     "no model given", where="model", fix="give the path of model.pt or an .onnx file."
                 )
-            path = _find_file(model, [*model_folders("fdta_fr"), *output_roots()], "model")
+            run_dir = _run_folder(model)
+            if run_dir is not None and not (run_dir / "model.pt").is_file():
+                from ..fdta_core.train import launch
+
+                text = (
+                    "no model.pt yet: the run has not finished. Queue again when it has "
+                    "(the launcher with action=status shows its progress).\n"
+                    + launch.format_state(launch.run_state(run_dir))
+                )
+                return io.NodeOutput(text, "{}", ui=ui.PreviewText(text))
+            path = (
+                str(run_dir / "model.pt")
+                if run_dir is not None
+                else _find_file(model, [*model_folders("fdta_fr"), *output_roots()], "model")
+            )
             files = _bins(bins, "bins")
             if not files:
                 raise InputError(
@@ -302,7 +333,8 @@ class FDTAVerify(io.ComfyNode):
                 embed, size = torch_embedder(patcher.model, str(device)), net.input_size
             progress = progress_callback(1)
             results = verify(embed, files, batch_size=int(batch_size), size=size, progress=progress)
-            table = format_table(results)
+            label = Path(path).parent.name if Path(path).name == "model.pt" else Path(path).name
+            table = format_paper_table(paper_table(results, label)) + "\n\n" + format_table(results)
             data = json.dumps(
                 {
                     r.name: {

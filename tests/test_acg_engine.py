@@ -7,8 +7,8 @@ import pytest
 
 from fdta_core.acg import (
     ACGSettings,
-    EmbeddingBank,
     FaceAnalysis,
+    IdentityIndex,
     SelectionCriteria,
     SelectionFailedError,
     candidate_seed,
@@ -158,9 +158,9 @@ def test_duplicates_are_retried_not_merged():
 
 def test_prior_identities_and_real_faces_are_respected():
     plan = make_plan(2)
-    prior = EmbeddingBank()
+    prior = IdentityIndex()
     prior.add("identity 77 (earlier chunk)", embedding_for(0))
-    real = EmbeddingBank()
+    real = IdentityIndex()
     real.add("control photo 2", embedding_for(1))
     res, _ = run(plan, good, prior=prior, real=real, settings={"retries": 0})
     assert res.failed == [0, 1]
@@ -241,3 +241,42 @@ def test_criteria_are_applied_in_the_loop():
         plan, lambda j: good(j, age=50), criteria=SelectionCriteria(age_tolerance=5), settings={"retries": 0}
     )
     assert res.failed == [0, 1]
+
+
+def test_two_chunks_share_the_run_index_and_keep_real_people_out(tmp_path):
+    """Chunk 1's first-round faces repeat a chunk-0 identity and copy a reference subject; both are
+    rejected and regenerated in the next round, and the run index on disk ends with unique identities."""
+    from fdta_core.faces.identity import RunIndex, real_index, subject_embeddings
+
+    index = RunIndex(tmp_path / "identities")
+
+    def rule(j):
+        a = good(j)
+        if j.identity == 3 and j.attempt == 0:
+            a.embedding = embedding_for(0)  # the person chunk 0 accepted as identity 0
+        elif j.identity == 2 and j.attempt == 0:
+            a.embedding = embedding_for(9)  # reference subject "s9"
+        else:
+            a.embedding = embedding_for(j.identity)
+        return a
+
+    faces = np.zeros((1, 112, 112, 3), np.uint8)
+    subj = subject_embeddings(faces, ["s9"], lambda x: [embedding_for(9)])
+    real = real_index(subj)
+    chunk0 = make_plan(2, start=0)
+    res0, _ = run(chunk0, rule, real=real, prior=index.prior(0), settings={"candidates": 1})
+    index.save_chunk(0, 2, res0.accepted_index())
+    chunk1 = make_plan(2, start=2)
+    prior = index.prior(2)
+    assert prior.ids == [0, 1]
+    res1, _ = run(chunk1, rule, real=real, prior=prior, settings={"candidates": 1})
+    assert res1.failed == [] and [res1.chosen[s].job.attempt for s in (0, 1)] == [1, 1]
+    first = {r.job.identity: r.reasons[0] for r in res1.records if r.job.attempt == 0}
+    assert first[2].code == "real_person" and "reference subject s9" in first[2].detail
+    assert first[3].code == "duplicate" and "identity 0" in first[3].detail
+    index.save_chunk(2, 4, res1.accepted_index())
+    everything = index.all()
+    assert sorted(everything.ids) == [0, 1, 2, 3]
+    from fdta_core.faces.identity import greedy_unique
+
+    assert greedy_unique(everything.vectors()).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fdta_core.acg import EmbeddingBank, FaceAnalysis, SelectionCriteria, check_candidate, choose
+from fdta_core.acg import FaceAnalysis, IdentityIndex, SelectionCriteria, check_candidate, choose
 from fdta_core.errors import InputError
 
 FACE = np.zeros((112, 112, 3), np.uint8)
@@ -29,8 +29,8 @@ def check(a, gender="male", age=30, crit=SelectionCriteria(), accepted=None, rea
             gender=gender,
             age=age,
             criteria=crit,
-            accepted=accepted or EmbeddingBank(),
-            real=real or EmbeddingBank(),
+            accepted=accepted or IdentityIndex(),
+            real=real or IdentityIndex(),
         )
     )
 
@@ -60,9 +60,9 @@ def test_checks_are_skipped_when_disabled_or_unknown():
 
 
 def test_uniqueness_and_real_person_thresholds():
-    accepted = EmbeddingBank()
+    accepted = IdentityIndex()
     accepted.add("identity 3", np.array([1.0, 0.0, 0.0]))
-    real = EmbeddingBank()
+    real = IdentityIndex()
     real.add("control photo 0", np.array([0.0, 1.0, 0.0]))
     # cosine 0.6 to identity 3 -> duplicate
     assert check(ana(emb=(0.6, 0.0, 0.8)), accepted=accepted, real=real) == ["duplicate"]
@@ -77,7 +77,7 @@ def test_uniqueness_and_real_person_thresholds():
 
 
 def test_missing_embedding_cannot_pass_identity_checks_once_banks_are_filled():
-    accepted = EmbeddingBank()
+    accepted = IdentityIndex()
     accepted.add("identity 0", np.array([1.0, 0.0]))
     assert check(ana(emb=None), accepted=accepted) == ["no_embedding"]
     assert check(ana(emb=None)) == []
@@ -90,8 +90,8 @@ def test_choose_prefers_detection_score_then_age_then_order():
         gender="male",
         age=30,
         criteria=SelectionCriteria(),
-        accepted=EmbeddingBank(),
-        real=EmbeddingBank(),
+        accepted=IdentityIndex(),
+        real=IdentityIndex(),
     )
     assert best == 2  # 3 is the best detection but the wrong gender; 1 and 2 tie on score, 2 is closer in age
     assert reasons[2] == []
@@ -103,8 +103,8 @@ def test_choose_prefers_detection_score_then_age_then_order():
         gender="male",
         age=30,
         criteria=SelectionCriteria(),
-        accepted=EmbeddingBank(),
-        real=EmbeddingBank(),
+        accepted=IdentityIndex(),
+        real=IdentityIndex(),
     )
     assert best == 0
 
@@ -112,14 +112,14 @@ def test_choose_prefers_detection_score_then_age_then_order():
 def test_choose_returns_none_when_nothing_is_acceptable():
     best, reasons = choose(
         [ana(detected=False, aligned=False, emb=None), ana(gender="female")],
-        gender="male", age=30, criteria=SelectionCriteria(), accepted=EmbeddingBank(), real=EmbeddingBank(),
+        gender="male", age=30, criteria=SelectionCriteria(), accepted=IdentityIndex(), real=IdentityIndex(),
     )  # fmt: skip
     assert best is None
     assert [codes(r) for r in reasons] == [["no_face"], ["gender"]]
 
 
 def test_bank_rejects_bad_embeddings_and_mismatched_sizes():
-    bank = EmbeddingBank()
+    bank = IdentityIndex()
     with pytest.raises(InputError):
         bank.add("x", np.zeros(4))
     bank.add("a", np.ones(4))
@@ -127,7 +127,7 @@ def test_bank_rejects_bad_embeddings_and_mismatched_sizes():
         bank.most_similar(np.ones(3))
     sim, lab = bank.most_similar(np.ones(4) * 3)
     assert lab == "a" and sim == pytest.approx(1.0)
-    assert EmbeddingBank().most_similar(np.ones(4))[1] is None
+    assert IdentityIndex().most_similar(np.ones(4))[1] is None
 
 
 def test_criteria_validate():

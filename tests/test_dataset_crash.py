@@ -84,7 +84,7 @@ def test_sigkill_mid_chunk_then_resume(tmp_path):
     leftovers = [p.name for p in (root / "chunks").iterdir() if p.name.startswith(".")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-000000008-000000012-")
     rep = inspect(root)  # the half chunk is not part of the set
-    assert rep["ok"] and rep["images"] == 48 and "unfinished" in rep["warnings"][0]
+    assert rep.ok and rep.images == 48 and "unfinished" in rep.warnings[0]
 
     # 2nd run: re-writing committed chunk 1 is killed half-way: the old copy stays committed
     before = (root / "chunks" / "000000004-000000008" / "train.rec").read_bytes()
@@ -99,13 +99,13 @@ def test_sigkill_mid_chunk_then_resume(tmp_path):
     assert [c.name for c in list_chunks(root)] == [f"{s:09d}-{s + 4:09d}" for s in range(0, 16, 4)]
     assert not [p for p in (root / "chunks").iterdir() if p.name.startswith(".")]
     rep = inspect(root)
-    assert rep["ok"] and rep["warnings"] == [] and rep["images"] == 96 and rep["classes"] == 16
+    assert rep.ok and rep.warnings == [] and rep.images == 96 and rep.classes == 16
 
     # merged: every identity exactly once with its 6 images, nothing lost, nothing duplicated
     merge(tmp_path / "merged", [root])
     rep = inspect(tmp_path / "merged")
-    assert rep["ok"], rep["errors"]
-    assert rep["images"] == 96 and rep["classes"] == 16
+    assert rep.ok, rep.errors
+    assert rep.images == 96 and rep.classes == 16
     counts = query(
         tmp_path / "merged", "SELECT identity, count(*) FROM images GROUP BY identity ORDER BY identity"
     )
@@ -139,4 +139,4 @@ def test_recover_after_kill_between_the_renames(tmp_path):
     assert [c.name for c in list_chunks(tmp_path)] == ["000000000-000000002"]
     assert not old.exists() and not tmp.exists()
     assert foreign.exists()  # another host's writer may still be running: left alone
-    assert inspect(tmp_path)["images"] == 4
+    assert inspect(tmp_path).images == 4

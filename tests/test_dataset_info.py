@@ -46,14 +46,14 @@ def patch(folder, at, data):
 
 def errors_of(folder, **kw):
     rep = inspect(folder, **kw)
-    assert not rep["ok"]
-    return "\n".join(rep["errors"])
+    assert not rep.ok
+    return "\n".join(rep.errors)
 
 
 def test_sound_set(sound):
     rep = inspect(sound)
-    assert rep["ok"] and rep["errors"] == [] and rep["images"] == 9 and rep["classes"] == 3
-    assert rep["layout"] == "insightface" and rep["property"] == [3, 112, 112] and rep["manifest_rows"] == 9
+    assert rep.ok and rep.errors == [] and rep.images == 9 and rep.classes == 3
+    assert rep.layout == "insightface" and rep.property == [3, 112, 112] and rep.manifest_rows == 9
 
 
 def test_truncated_rec(sound, tmp_path):
@@ -103,7 +103,7 @@ def test_jpeg_damage(sound, tmp_path):
     d2 = tmp_path / "dec"
     shutil.copytree(sound, d2)
     patch(d2, offset_of(d2, 7) + 8 + 24 + 2, b"\x00" * 40)  # header segments destroyed, markers kept
-    assert inspect(d2, decode=False)["ok"]  # markers only: not caught
+    assert inspect(d2, decode=False).ok  # markers only: not caught
     assert "key 7: JPEG does not decode" in errors_of(d2)
 
 
@@ -133,9 +133,9 @@ def test_index_and_manifest_damage(sound, tmp_path):
 def test_dataset_folder_with_unfinished_chunk_warns_but_is_ok(sound, tmp_path):
     ds = sound.parent / "ds"
     rep = inspect(ds)
-    assert rep["ok"] and rep["images"] == 9 and len(rep["chunks"]) == 1
+    assert rep.ok and rep.images == 9 and len(rep.chunks) == 1
     d = tmp_path / "ds"
     shutil.copytree(ds, d)
     (d / "chunks" / ".tmp-000000003-000000006-otherhost-1").mkdir()
     rep = inspect(d)
-    assert rep["ok"] and "unfinished writes" in rep["warnings"][0]
+    assert rep.ok and "unfinished writes" in rep.warnings[0]

@@ -90,7 +90,7 @@ def test_merge_renumbers_by_original_identity_and_copies_payloads(tmp_path, two_
         assert row[4] == sha == src[(row[2], row[3])]
     assert query(out, "SELECT label, identity FROM identities ORDER BY label") == list(enumerate(originals))
     rep = inspect(out)
-    assert rep["ok"] and rep["manifest_rows"] == 16, rep["errors"]
+    assert rep.ok and rep.manifest_rows == 16, rep.errors
     # a merged output merges again (e.g. shards of shards) to the same result
     merge(tmp_path / "m3", [out])
     assert (tmp_path / "m3" / "train.rec").read_bytes() == (out / "train.rec").read_bytes()
@@ -114,7 +114,7 @@ def test_merge_refuses_duplicates_and_keeps_old_output(tmp_path, two_machines):
     assert (tmp_path / "m" / "train.rec").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]
     merge(tmp_path / "m", [a, b])  # replaces the earlier merge
-    assert inspect(tmp_path / "m")["images"] == 16
+    assert inspect(tmp_path / "m").images == 16
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
@@ -131,14 +131,14 @@ def test_shuffle_reproduces_mxnet_dali_golden(shared_testdata, tmp_path):
     assert (tmp_path / "dali" / "train.rec").read_bytes() == (gold / "train.rec").read_bytes()
     assert (tmp_path / "dali" / "train.idx").read_bytes() == (gold / "train.idx").read_bytes()
     rep = inspect(tmp_path / "dali")
-    assert rep["ok"] and rep["layout"] == "dali" and rep["classes"] == 5
+    assert rep.ok and rep.layout == "dali" and rep.classes == 5
 
 
 def test_golden_sets_pass_info(shared_testdata):
     for name, layout in (("insightface_layout", "insightface"), ("dali_layout", "dali")):
         rep = inspect(shared_testdata / "recordio" / name)
-        assert rep["ok"], rep["errors"]
-        assert rep["layout"] == layout and rep["images"] == 14 and rep["classes"] == 5
+        assert rep.ok, rep.errors
+        assert rep.layout == layout and rep.images == 14 and rep.classes == 5
 
 
 def test_shuffle_and_rec2image_of_merged(tmp_path, two_machines):
@@ -150,7 +150,7 @@ def test_shuffle_and_rec2image_of_merged(tmp_path, two_machines):
         assert r.keys == list(range(12))
         assert 0 in r and unpack(r.read(0))[0].flag == 0
     rep = inspect(tmp_path / "d")
-    assert rep["ok"] and rep["layout"] == "dali" and rep["images"] == 12 and rep["classes"] == 5
+    assert rep.ok and rep.layout == "dali" and rep.images == 12 and rep.classes == 5
     out = rec2image(tmp_path / "m", tmp_path / "imgs")
     assert out["images"] == 12 and out["classes"] == 5
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4"]
@@ -171,6 +171,8 @@ def test_cli(tmp_path, two_machines, capsys):
         and rep["classes"] == 9
         and rep["layout"] == "insightface"
         and rep["errors"] == []
+        and rep["manifest_rows"] == 16
+        and "chunks" not in rep
     )
     assert cli(["rec", "info", str(a)]) == 0
     assert "status:   OK" in capsys.readouterr().out
@@ -200,7 +202,7 @@ def test_merge_of_a_set_without_manifest(shared_testdata, tmp_path):
     s = merge(tmp_path / "m", [src])
     assert s["images"] == 14 and s["classes"] == 5
     rep = inspect(tmp_path / "m")
-    assert rep["ok"] and rep["manifest_rows"] == 14, rep["errors"]
+    assert rep.ok and rep.manifest_rows == 14, rep.errors
     with RecordReader(src) as a, RecordReader(tmp_path / "m") as b:
         for k in range(1, 15):
             ha, pa = unpack(a.read(k))
@@ -209,3 +211,48 @@ def test_merge_of_a_set_without_manifest(shared_testdata, tmp_path):
     assert query(tmp_path / "m", "SELECT DISTINCT identity FROM images ORDER BY identity") == [
         (i,) for i in range(5)
     ]
+
+
+def test_renumber_merges_independent_sets_whose_ids_overlap(tmp_path):
+    """Two independent data sets (both start at identity 0): labels run over the inputs in order."""
+    ms1m, mpie = tmp_path / "syn_ms1m", tmp_path / "syn_mpie"
+    write_faceset(make_faceset(0, 3, 2), ms1m, start=0, count=3)  # identities 0..2, 2 images each
+    write_faceset(make_faceset(3, 2, 1), ms1m, start=3, count=2)  # identities 3..4, 1 image each
+    write_faceset(make_faceset(0, 2, 3), mpie, start=0, count=2)  # identities 0..1, 3 images each
+    with pytest.raises(DatasetError, match="--renumber"):
+        merge(tmp_path / "m", [ms1m, mpie])
+    s = merge(tmp_path / "m", [ms1m, mpie], renumber=True)
+    assert s["classes"] == 5 + 2 and s["images"] == 6 + 2 + 6 and s["renumbered"]
+    assert [(i["label_start"], i["label_end"], i["classes"]) for i in s["inputs"]] == [(0, 5, 5), (5, 7, 2)]
+    rep = inspect(tmp_path / "m")
+    assert rep.ok, rep.errors
+    assert rep.classes == 7 and rep.manifest_rows == 14
+    with RecordReader(tmp_path / "m") as r:
+        lay = read_layout(r, scan_labels=True)
+    assert lay.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 5, 5, 6, 6, 6]
+    # payloads: the first input's images first, then the second's, unchanged
+    with RecordReader(ms1m / "chunks" / "000000000-000000003") as a, RecordReader(tmp_path / "m") as m:
+        assert unpack(a.read(1))[1] == unpack(m.read(1))[1]
+    with RecordReader(mpie / "chunks" / "000000000-000000002") as b, RecordReader(tmp_path / "m") as m:
+        assert unpack(b.read(1))[1] == unpack(m.read(9))[1]
+    # the manifest carries both sets: identity = new label, the original id and set in ``extra``
+    rows = query(
+        tmp_path / "m",
+        "SELECT label, identity, json_extract(extra, '$.source_set'), json_extract(extra, '$.source_identity'), "
+        "json_extract(attributes, '$.gender') FROM images ORDER BY key",
+    )
+    assert [r[0] for r in rows] == [r[1] for r in rows]
+    assert [(r[2], r[3]) for r in rows][6:10] == [(0, 3), (0, 4), (1, 0), (1, 0)]
+    assert rows[8][4] == "male"  # the provenance of the second set came along
+    assert query(tmp_path / "m", "SELECT count(*) FROM identities") == [(7,)]
+    # order given = order of labels: swapping the inputs puts Syn-MPIE first
+    s2 = merge(tmp_path / "m2", [mpie, ms1m], renumber=True)
+    assert [i["label_start"] for i in s2["inputs"]] == [0, 2]
+    # duplicates inside one input are still refused
+    dup = tmp_path / "dup"
+    write_faceset(make_faceset(0, 1, 1), dup, start=0, count=1)
+    with pytest.raises(DatasetError, match="identity 0 appears in"):
+        merge(tmp_path / "m3", [mpie / "chunks" / "000000000-000000002", dup, ms1m], renumber=False)
+    # the CLI: --renumber, info sound, identity count the sum
+    assert cli(["rec", "merge", str(tmp_path / "m4"), str(ms1m), str(mpie), "--renumber"]) == 0
+    assert inspect(tmp_path / "m4").classes == 7

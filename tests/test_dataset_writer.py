@@ -13,6 +13,7 @@ import pytest
 from fdta_core.dataset import (
     EXAMPLE_QUERIES,
     ChunkWriter,
+    DatasetChunk,
     check_jpeg,
     decode_jpeg,
     inspect,
@@ -93,8 +94,12 @@ def test_chunk_is_a_sound_insightface_set_with_manifest(tmp_path):
     by_gender = dict((g, n) for g, n, _ in query(folder, EXAMPLE_QUERIES["images per gender"]))
     assert by_gender == {"male": 6, "female": 6}
     rep = inspect(tmp_path / "ds")
-    assert rep["ok"], rep["errors"]
+    assert rep.ok, rep.errors
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["images"] == 12
+    # FDTA_DATASET: the trainer trains on the data set root (all its chunks), never the one chunk
+    out = DatasetChunk(dataset=str(tmp_path / "ds"), chunk=info)
+    assert out.path == info.path and (tmp_path / "ds" / "chunks") in folder.parents
+    assert out.train_folder() == str(tmp_path / "ds")
 
 
 def test_streaming_write_and_replace_same_range(tmp_path):
@@ -107,7 +112,7 @@ def test_streaming_write_and_replace_same_range(tmp_path):
     chunks = list_chunks(tmp_path)
     assert [c.name for c in chunks] == ["000000000-000000003"] and chunks[0].images == 12
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.startswith(".")]
-    assert inspect(tmp_path)["ok"]
+    assert inspect(tmp_path).ok
 
 
 def test_overlapping_range_is_refused_and_committed_chunk_kept(tmp_path):
@@ -115,7 +120,7 @@ def test_overlapping_range_is_refused_and_committed_chunk_kept(tmp_path):
     with pytest.raises(InputError, match="overlaps committed chunk 000000000-000000005"):
         write_faceset(make_faceset(3, 4, 1), tmp_path, start=3, count=4)
     assert [c.name for c in list_chunks(tmp_path)] == ["000000000-000000005"]
-    assert inspect(tmp_path)["ok"]
+    assert inspect(tmp_path).ok
 
 
 @pytest.mark.parametrize(
@@ -143,7 +148,7 @@ def test_bad_images_and_labels_name_what_and_where(tmp_path, image, identity, ma
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.startswith(".")]
     write_faceset(make_faceset(0, 5, 1), tmp_path, start=0, count=5)
     rep = inspect(tmp_path)
-    assert rep["ok"] and rep["images"] == 7
+    assert rep.ok and rep.images == 7
 
 
 def test_empty_faceset_and_empty_range(tmp_path):
@@ -195,7 +200,7 @@ def test_full_disk_mid_chunk_leaves_committed_chunks_intact(tmp_path, monkeypatc
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.startswith(".")]
     write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3)  # next run continues
     rep = inspect(tmp_path)
-    assert rep["ok"] and rep["images"] == 6 + 12 and rep["classes"] == 6
+    assert rep.ok and rep.images == 6 + 12 and rep.classes == 6
 
 
 def test_progress_is_reported_and_may_interrupt(tmp_path):

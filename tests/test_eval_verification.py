@@ -179,3 +179,55 @@ def test_cli_verify_torch_and_onnx(tmp_path, capsys):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(_Evil(tmp_path / "pwned2")))
     assert cli_main(["verify", str(tmp_path / "evil.pt"), str(bin_path)]) == 2
     assert not (tmp_path / "pwned2").exists()
+
+
+def test_paper_table_layout_columns_by_file_name_and_published_rows():
+    from fdta_core.eval.table import TABLE1_COLUMNS, format_paper_table, paper_table, published_rows
+    from fdta_core.eval.verification import VerificationResult
+
+    def res(name, acc):
+        return VerificationResult(name, 6000, acc, 0.01, [acc] * 10, [1.0] * 10)
+
+    # given out of Table 1's order, with an upper-case name and a benchmark that has no column
+    results = [res("calfw", 0.90), res("LFW", 0.97), res("agedb_30", 0.85), res("cplfw", 0.80),
+               res("cfp_fp", 0.83), res("ijbb_pairs", 0.5)]  # fmt: skip
+    t = paper_table(results, "run1")
+    assert t.model.values == [97.0, 83.0, 80.0, 85.0, 90.0] and t.model.average == 87.0
+    assert [r.name for r in t.extra] == ["ijbb_pairs"]
+    text = format_paper_table(t)
+    lines = text.splitlines()
+    assert lines[0].split() == ["train", "set", "LFW", "CFP-FP", "CPLFW", "AgeDB", "CALFW", "avg"]
+    assert lines[1].split() == ["run1", "97.00", "83.00", "80.00", "85.00", "90.00", "87.00"]
+    syn_ms1m = next(line for line in lines if line.startswith("Syn-MS1M (FDTA)"))
+    assert syn_ms1m.split()[-6:] == ["96.70", "83.18", "79.18", "84.51", "89.00", "86.51"]
+    assert "ijbb_pairs: 50.00 (no column in Table 1)" in text
+    # the published rows are DESIGN 5.7's, each with its source, and their averages add up
+    rows, title, _ = published_rows()
+    assert [r.name for r in rows] == ["SynFace", "DigiFace", "DCFace", "Syn-CASIA (FDTA)", "Syn-MS1M (FDTA)"]
+    assert "Table 1" in title and all(r.source for r in rows)
+    for r in rows:  # kept as published: DigiFace's printed average (68.62) is 0.03 above its columns' mean
+        assert abs(sum(r.values) / 5 - r.average) <= (0.04 if r.name == "DigiFace" else 0.011), r.name
+    # a partial run: missing columns are dashes and no average
+    part = paper_table([res("lfw", 0.9)], "m")
+    assert part.model.values[1:] == [None] * 4 and part.model.average is None
+    assert "(not run: CFP-FP, CPLFW, AgeDB, CALFW" in format_paper_table(part)
+    assert list(part.to_dict()["model"])[1:6] == list(TABLE1_COLUMNS)
+
+
+def test_cli_verify_table(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_backbone("r4", width=8, num_features=16, input_size=32).eval()
+    (tmp_path / "run7").mkdir()
+    torch.save({"backbone": model.state_dict(), "arch": model.arch()}, tmp_path / "run7" / "model.pt")
+    bins = [str(write_synthetic_bin(tmp_path / f"{n}.bin", num_classes=6, pairs=40, size=32, seed=i))
+            for i, n in enumerate(("lfw", "cfp_fp"))]  # fmt: skip
+    assert cli_main(["verify", str(tmp_path / "run7" / "model.pt"), *bins, "--table"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[2:] == ["LFW", "CFP-FP", "CPLFW", "AgeDB", "CALFW", "avg"]
+    row = out[1].split()
+    assert row[0] == "run7" and row[3:] == ["-", "-", "-", "-"]
+    assert 0 <= float(row[1]) <= 100 and 0 <= float(row[2]) <= 100
+    assert cli_main(["verify", str(tmp_path / "run7" / "model.pt"), *bins, "--table", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["lfw"] == float(row[1]) and data["model"]["average"] is None
+    assert data["published"][-1]["average"] == 86.51

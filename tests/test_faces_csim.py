@@ -13,7 +13,13 @@ from fdta_core.faces.csim import (
     csim_filter,
     histogram_image,
 )
-from fdta_core.faces.identity import RealPersonCheck, UniquenessChecker, unique_identities
+from fdta_core.faces.identity import (
+    IdentityIndex,
+    check_threshold,
+    greedy_unique,
+    identity_violations,
+    range_pairs,
+)
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.testing.faces import synthetic_identity_faces
 
@@ -156,59 +162,116 @@ def test_contact_sheet_and_histogram():
     assert img.shape == (240, 480, 3) and (img[..., 0] > 200).any()
 
 
-def test_uniqueness_checker_against_numpy(rng):
+def test_greedy_unique_against_numpy(rng):
     base = rng.normal(size=(6, 16))
     emb = np.concatenate([base, base[:2] + rng.normal(0, 0.05, size=(2, 16))])  # 6, 7 repeat 0, 1
-    mask, results = unique_identities(emb, threshold=0.3)
-    # independent greedy pass
-    kept = []
+    mask = greedy_unique(emb, threshold=0.3)
+    kept = []  # independent greedy pass
     for i, e in enumerate(emb):
-        if all(_ref_cos(e, emb[j]) <= 0.3 for j in kept):
+        if all(_ref_cos(e, emb[j]) < 0.3 for j in kept):
             kept.append(i)
-    assert np.nonzero(mask)[0].tolist() == kept
-    assert not mask[6] and results[6].nearest == 0 and results[6].similarity > 0.9
-    chk = UniquenessChecker(0.3)
-    assert chk.add(10, emb[0]).accepted and not chk.check(emb[6]).accepted and len(chk) == 1
-    with pytest.raises(InputError):
-        UniquenessChecker(1.5)
+    assert np.nonzero(mask)[0].tolist() == kept and not mask[6] and not mask[7]
+    a, b, c, info = range_pairs(emb, None, 0.3)
+    ref = [(i, j) for i in range(8) for j in range(i + 1, 8) if _ref_cos(emb[i], emb[j]) >= 0.3]
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == ref and info.method == "exact"
+    np.testing.assert_allclose(c, [_ref_cos(emb[i], emb[j]) for i, j in ref], atol=1e-5)
 
 
-def test_real_person_check(rng):
-    real = rng.normal(size=(4, 16))
-    chk = RealPersonCheck(real, threshold=0.3, keys=["a", "b", "c", "d"])
-    r = chk.check(real[2] + rng.normal(0, 0.01, 16))
-    assert not r.accepted and r.nearest == "c" and "real subject c" in r.reason
+def test_identity_violations_real_then_duplicate(rng):
+    real = IdentityIndex()
+    real.extend(["subject a", "subject b", "subject c", "subject d"], rng.normal(size=(4, 16)))
+    acc = IdentityIndex()
+    e = real.vectors()[2] + rng.normal(0, 0.01, 16)
+    acc.add("identity 5", e, 5)
+    bad = identity_violations(e, accepted=acc, real=real)
+    assert [v.code for v in bad] == ["real_person", "duplicate"]
+    assert bad[0].label == "subject c" and "real subject c" in bad[0].detail and bad[1].label == "identity 5"
     far = rng.normal(size=16)
-    sims = [_ref_cos(far, x) for x in real]
-    assert chk.check(far).accepted == (max(sims) <= 0.3)
-    assert chk.check(far).similarity == pytest.approx(max(sims))
-    with pytest.raises(InputError, match="dims"):
-        chk.check(np.ones(8))
+    sims = [_ref_cos(far, x) for x in real.vectors()]
+    assert bool(identity_violations(far, accepted=None, real=real)) == (max(sims) >= 0.3)
+    assert real.most_similar(far)[0] == pytest.approx(max(sims), abs=1e-5)
+    with pytest.raises(InputError, match="size"):
+        real.most_similar(np.ones(8))
+    with pytest.raises(InputError, match="cosine similarity"):
+        check_threshold(1.5, "uniqueness_threshold")
 
 
 def test_filter_identities_drops_repeats_and_real_people(tmp_path):
-    from fdta_core.faces.identity import filter_identities, load_checker, save_checker
+    from fdta_core.faces.identity import filter_identities
 
     fs = _faceset(4, 2, noise=5)
     # identity 3 repeats identity 0 (same source face, different label)
     fs.sources[3] = fs.sources[0].copy()
     emb = LinearEmbedder(dim=64)
-    chk = UniquenessChecker(0.3)
-    kept, res = filter_identities(fs, emb, checker=chk)
+    acc = IdentityIndex()
+    kept, res = filter_identities(fs, emb, accepted=acc)
     e = emb(np.stack([fs.sources[i] for i in range(4)]))
     sims = [[_ref_cos(e[i], e[j]) for j in range(4)] for i in range(4)]
     expect = []
     for i in range(4):
-        if all(sims[i][j] <= 0.3 for j in expect):
+        if all(sims[i][j] < 0.3 for j in expect):
             expect.append(i)
     assert 3 not in expect and kept.identities == expect
-    assert not res[3].accepted and res[3].nearest == 0
+    assert not res[3].accepted and res[3].nearest == "identity 0" and res[3].code == "duplicate"
     assert "identity_check" in kept.provenance[0].history
-    # the checker carries over to the next chunk through a file
-    save_checker(chk, tmp_path / "seen.npz")
-    again = load_checker(tmp_path / "seen.npz")
-    assert len(again) == len(expect) and not again.check(e[0]).accepted
+    # the index carries over to the next chunk through a file (FAISS serialisation, atomic)
+    acc.save(tmp_path / "seen.faiss")
+    again = IdentityIndex.load(tmp_path / "seen.faiss")
+    assert len(again) == len(expect) and again.ids == expect
+    assert identity_violations(e[0], accepted=again, real=None)[0].label == "identity 0"
     # a real person equal to identity 1 is refused
-    real = RealPersonCheck(e[1:2], 0.3)
+    real = IdentityIndex()
+    real.add("subject 0", e[1])
     kept2, res2 = filter_identities(fs, emb, real=real)
-    assert 1 not in kept2.identities and "real subject" in res2[1].reason
+    assert 1 not in kept2.identities and "real subject 0" in res2[1].reason and res2[1].code == "real_person"
+
+
+def test_leaked_reference_identity_is_dropped_and_recorded():
+    """A styled face that looks more like its real reference subject than its source is dropped as a
+    leak; kept faces record both CSIMs and the identity's leak count."""
+    vec = {
+        1: np.array([1.0, 0, 0, 0]),  # source of identity 0
+        2: np.array([0.9, 0.3, 0, 0]),  # styled, clearly the source person
+        3: np.array([0.3, 0.9, 0, 0]),  # styled, but the reference subject's identity came through
+        4: np.array([0.6, 0.5, 0.6, 0]),  # styled: 0.6 to source, 0.5 to subject (< leak threshold 0.55)
+        9: np.array([0, 1.0, 0, 0]),  # reference subject "alice"
+    }
+
+    def img(code):
+        a = np.zeros((112, 112, 3), np.uint8)
+        a[0, 0, 0] = code
+        return a
+
+    def fn(x):
+        return np.stack([vec[int(i[0, 0, 0])] for i in x])
+
+    prov = [Provenance(identity=0, extra={"stg_reference_subject": "alice"}) for _ in range(3)]
+    fs = FaceSet(np.stack([img(2), img(3), img(4)]), np.zeros(3, np.int64), prov, {0: img(1)})
+    subjects = {"alice": vec[9]}
+    kept, stats = csim_filter(fs, fn, threshold=0.3, reference_subjects=subjects, leak_threshold=0.55)
+    assert stats.reasons == ["", "leak", ""] and len(kept) == 2
+    s = stats.summary()
+    assert s["rejected_as_leak"] == 1 and "1 as reference-identity leaks" in stats.to_text()
+    e = kept.provenance[0].extra
+    assert e["leaked_images_dropped"] == 1
+    assert e["csim_to_source"] == pytest.approx(_ref_cos(vec[2], vec[1]), abs=1e-6)
+    assert e["csim_to_reference_subject"] == pytest.approx(_ref_cos(vec[2], vec[9]), abs=1e-6)
+    # a lower leak threshold also drops the third face (0.5 to its subject)
+    _, stats2 = csim_filter(fs, fn, threshold=0.3, reference_subjects=subjects, leak_threshold=0.45)
+    assert stats2.reasons == ["", "leak", "leak"]
+    # without a bank nothing is checked
+    _, stats3 = csim_filter(fs, fn, threshold=0.3)
+    assert stats3.reasons == ["", "", ""]
+
+
+def test_run_index_with_an_empty_chunk(tmp_path):
+    """A chunk that accepted nobody still writes its (empty) index; later chunks read past it."""
+    from fdta_core.faces.identity import RunIndex
+
+    run = RunIndex(tmp_path / "ids")
+    run.save_chunk(0, 2, IdentityIndex())
+    one = IdentityIndex()
+    one.add("identity 2", np.arange(1, 9, dtype=float), 2)
+    run.save_chunk(2, 4, one)
+    assert run.prior(2).ids == [] and run.prior(4).ids == [2] and run.prior(3).ids == []
+    assert run.all().vectors().shape == (1, 8)

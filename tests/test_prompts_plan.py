@@ -13,6 +13,7 @@ from fdta_core.plan import FIELDS, IdentityPlan
 from fdta_core.prompts.planner import assign_attributes, build_plan
 from fdta_core.prompts.spec import default_spec, default_spec_text, parse_spec
 from fdta_core.prompts.strata import clear_cache, stratified_values
+from fdta_core.seeds import SEED_MAX
 
 
 def assert_prefix_balanced(seq: list[int], weights: tuple[int, ...]) -> None:
@@ -287,8 +288,12 @@ def test_plan_is_stable_across_machines_and_versions():
     assert digest == "5296972567f18d98c245eb65fe5136e6b174593b752a6fc8e3637f1cb4d01c35"
 
 
-def test_huge_seeds_are_accepted_and_distinct():
+def test_huge_seeds_are_accepted_and_distinct_up_to_seed_max():
     spec = default_spec()
-    a = build_plan(spec, 0, 20, 2**64 - 1)
-    b = build_plan(spec, 0, 20, 2**63 - 1)
-    assert a != b and a.run_seed == 2**64 - 1
+    a = build_plan(spec, 0, 20, SEED_MAX)
+    b = build_plan(spec, 0, 20, SEED_MAX - 1)
+    assert a != b and a.run_seed == SEED_MAX
+    # beyond SEED_MAX the ACG, STG and age nodes would refuse the seed later: refused here, with the range
+    for bad in (SEED_MAX + 1, 2**64 - 1, -1, True):
+        with pytest.raises(InputError, match=r"0 \.\. 2\*\*63-1"):
+            build_plan(spec, 0, 20, bad)

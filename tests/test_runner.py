@@ -21,6 +21,7 @@ from fdta_core.runner import (
 )
 from fdta_core.runner.manifest import parse_shard
 from fdta_core.runner.patch import load_api_workflow, parse_override
+from fdta_core.seeds import SEED_MAX
 
 WORKFLOW = {
     "1": {
@@ -187,3 +188,32 @@ def test_cli_dry_run_and_shard(tmp_path, capsys):
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["chunk"] for x in lines] == ["00000100-00000200", "00000300-00000400"]
+
+
+def test_every_chunk_gets_the_run_identity_index(tmp_path, fake):
+    """fdta run prepares RUN_DIR/identities (with its marker) and names it on every chunk's ACG node;
+    ``--set`` still wins and an empty location turns it off."""
+    from fdta_core.faces.identity import RUN_INDEX_MARKER
+
+    wf = dict(WORKFLOW) | {"5": {"class_type": "FDTAACGSampler", "inputs": {"identity_index": "", "seed": 1}}}
+    a = fake()
+    assert run(_cfg(tmp_path, [a.url], workflow=wf))["done"] == 3
+    where = str((tmp_path / "run" / "identities").resolve())
+    assert [p["5"]["inputs"]["identity_index"] for p in a.prompts] == [where] * 3
+    assert (tmp_path / "run" / "identities" / RUN_INDEX_MARKER).is_file()
+    c = plan_chunks(10, 5)[1]
+    assert patch_workflow(wf, c, 1, identity_index="")["5"]["inputs"]["identity_index"] == ""
+    p = patch_workflow(wf, c, 1, [("FDTAACGSampler", "identity_index", "mine")], identity_index=where)
+    assert p["5"]["inputs"]["identity_index"] == "mine"
+
+
+@pytest.mark.parametrize("seed", [str(2**63), str(2**64 - 1), "-1"])
+def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    rc = cli_main(["run", str(wf), "--run-dir", str(tmp_path / "r"), "--identities", "10", "--seed", seed,
+                   "--dry-run"])  # fmt: skip
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
+    assert str(SEED_MAX) in err and not (tmp_path / "r").exists()

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fdta_core.errors import InputError
-from fdta_core.fsutil import atomic_open, atomic_write_text, resolve_inside
+from fdta_core.fsutil import atomic_open, atomic_write_text, resolve_inside, swap_folder
 from fdta_core.seeds import SEED_MAX, derive_seed, numpy_rng, torch_generator
 
 
@@ -56,3 +56,43 @@ def test_resolve_inside_refuses_escapes(tmp_path):
     (root / "link").symlink_to(tmp_path)
     with pytest.raises(InputError, match="outside"):
         resolve_inside("link/x", [root])
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "f.txt").write_text(text)
+    return path
+
+
+def test_swap_folder_puts_new_in_place_and_drops_old(tmp_path):
+    final = tmp_path / "out"
+    assert swap_folder(_folder(tmp_path / "t1", "one"), final) is False
+    assert (final / "f.txt").read_text() == "one" and not (tmp_path / "t1").exists()
+    stale = tmp_path / "aside"
+    _folder(stale, "stale leftover")
+    assert swap_folder(_folder(tmp_path / "t2", "two"), final, old=stale) is True
+    assert (final / "f.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "empty").mkdir()
+    assert swap_folder(_folder(tmp_path / "t3", "three"), tmp_path / "empty") is False
+    assert (tmp_path / "empty" / "f.txt").read_text() == "three"
+
+
+def test_swap_folder_killed_between_renames_leaves_the_old_copy(tmp_path, monkeypatch):
+    final = _folder(tmp_path / "out", "old")
+    new = _folder(tmp_path / "new", "new")
+    real = os.replace
+    calls = []
+
+    def dying_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies after moving the old copy aside
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        swap_folder(new, final, old=tmp_path / ".old-out")
+    assert not final.exists()
+    assert (tmp_path / ".old-out" / "f.txt").read_text() == "old"  # recoverable, nothing lost
+    assert (new / "f.txt").read_text() == "new"

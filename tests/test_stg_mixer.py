@@ -114,6 +114,99 @@ def test_grid_policy_mpie():
         )
 
 
+def _mpie_bank(subjects, missing=()):
+    """A tagged bank: every subject has one image per grid cell (except the cells in ``missing``)."""
+    cells = [
+        (str(y), str(lt), e) for y in range(-90, 91, 15) for lt in range(7) for e in ("neutral", "smile")
+    ]
+    tags, subs = [], []
+    for s in subjects:
+        for c in cells:
+            if (s, c) in missing:
+                continue
+            tags.append({"yaw": c[0], "lighting": c[1], "expression": c[2]})
+            subs.append(s)
+    return ReferenceBank.from_images(
+        np.zeros((len(tags), 112, 112, 3), np.uint8), subjects=subs, tags=tags
+    ), cells
+
+
+def test_grid_subject_policy_takes_every_cell_from_one_subject():
+    """Syn-MPIE as the paper made it: 182 styles per identity, all from one real reference subject."""
+    bank, cells = _mpie_bank(["s0", "s1", "s2"], missing={("s2", ("0", "3", "smile"))})
+    picks = pick_styles(bank, range(5), policy="grid_subject", images_per_identity=0, run_seed=4)
+    assert len(picks) == 5 * 182
+    for ident in range(5):
+        mine = [p for p in picks if p.identity == ident]
+        assert {bank.subjects[p.bank_index] for p in mine} <= {"s0", "s1"}  # s2 lacks a cell
+        assert len({bank.subjects[p.bank_index] for p in mine}) == 1
+        assert [p.cell for p in mine] == cells  # every cell once, in grid order
+        assert all(
+            (
+                bank.tags[p.bank_index]["yaw"],
+                bank.tags[p.bank_index]["lighting"],
+                bank.tags[p.bank_index]["expression"],
+            )
+            == p.cell
+            for p in mine
+        )
+    # identities of one block get different subjects; a chunk computes its own picks
+    assert bank.subjects[picks[0].bank_index] != bank.subjects[picks[182].bank_index]
+    assert (
+        pick_styles(bank, [3, 4], policy="grid_subject", images_per_identity=0, run_seed=4)
+        == picks[3 * 182 :]
+    )
+    # the old policy (each cell from any subject) stays available
+    mixed = pick_styles(bank, range(5), policy="grid", images_per_identity=0, run_seed=4)
+    assert any(len({bank.subjects[p.bank_index] for p in mixed if p.identity == i}) > 1 for i in range(5))
+    with pytest.raises(InputError, match="no reference subject has an image in every one of the 182"):
+        pick_styles(
+            _mpie_bank(["s2"], missing={("s2", ("0", "3", "smile"))})[0],
+            [0],
+            policy="grid_subject",
+            images_per_identity=0,
+            run_seed=0,
+        )
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 13, 14, 26, 50, 91, 181, 182, 500])
+def test_fewer_images_sample_the_grid_balanced(count):
+    from collections import Counter
+
+    bank, cells = _mpie_bank(["s0"])
+    for policy in ("grid_subject", "grid"):
+        picks = pick_styles(bank, [7, 8], policy=policy, images_per_identity=count, run_seed=1)
+        mine = [p.cell for p in picks if p.identity == 7]
+        k = min(count, 182)
+        assert len(mine) == k and len(set(mine)) == k  # no cell twice
+        for axis, size in ((0, 13), (1, 7), (2, 2)):
+            seen = Counter(c[axis] for c in mine)
+            lo, hi = k // size, -(-k // size)
+            assert set(seen.values()) <= {lo, hi} and (len(seen) == size or hi == 1), (axis, seen)
+        if count == 26:
+            assert Counter(c[0] for c in mine) == {str(y): 2 for y in range(-90, 91, 15)}
+        # deterministic in the identity seed; another identity gets other cells
+        again = pick_styles(bank, [7], policy=policy, images_per_identity=count, run_seed=1)
+        assert [p.cell for p in again] == mine
+        other = [p.cell for p in picks if p.identity == 8]
+        if 2 <= k < 182:
+            assert other != mine
+
+
+def test_balanced_cells_with_axes_that_share_a_factor():
+    from collections import Counter
+
+    from fdta_core.stg.policies import balanced_cells
+
+    axes = [("a", ["0", "1", "2", "3"]), ("b", ["x", "y"])]  # 4 and 2: no CRT, greedy
+    got = balanced_cells(axes, 6, 0, 3)
+    assert len(set(got)) == 6
+    assert set(Counter(c[0] for c in got).values()) <= {1, 2} and set(
+        Counter(c[1] for c in got).values()
+    ) == {3}
+    assert balanced_cells(axes, 0, 0, 3) == [(a, b) for a in "0123" for b in "xy"]
+
+
 def test_sampler_batching_does_not_change_images(sampler):
     ids = _faces(2, 3)
     styles = _faces(3, 4)

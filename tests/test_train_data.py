@@ -128,3 +128,85 @@ def test_cli_train_reports_a_dead_training_process(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "training exited with status" in err and "resume" in err
     assert "9 classes" in (tmp_path / "run" / "state.json").read_text()
+
+
+def _chunked_set(root, *, overlap=False):
+    """A data-set folder of three chunks written out of identity order (FDTADatasetWriter's layout)."""
+    from fdta_core.dataset import write_faceset
+    from fdta_core.faceset import FaceSet, Provenance
+
+    def faces(start, n_id, per):
+        labels = np.repeat(np.arange(start, start + n_id), per)
+        rng = np.random.default_rng(start)
+        imgs = rng.integers(0, 256, (len(labels), 112, 112, 3), dtype=np.uint8)
+        return FaceSet(imgs, labels, [Provenance(identity=int(i)) for i in labels])
+
+    write_faceset(faces(10, 2, 3), root, start=10, count=2)
+    write_faceset(faces(0, 3, 2), root, start=0, count=3)
+    write_faceset(faces(5, 1, 4), root, start=5, count=1)
+    if overlap:  # a chunk copied under another name (the writer itself refuses overlapping ranges)
+        import shutil
+
+        shutil.copytree(root / "chunks" / "000000000-000000003", root / "chunks" / "000000020-000000023")
+    return root
+
+
+def test_a_dataset_root_trains_on_every_chunk_labelled_as_merge_would(tmp_path):
+    """The trainer reads a data-set root of chunks directly: same images, labels and order as its merge."""
+    from fdta_core.dataset import merge
+    from fdta_core.train.data import ChunkedFaceDataset, open_face_dataset
+
+    root = _chunked_set(tmp_path / "ds")
+    chunked = open_face_dataset(root, image_size=112)
+    assert isinstance(chunked, ChunkedFaceDataset)
+    assert chunked.num_classes == 6 and len(chunked) == 6 + 4 + 6
+    assert chunked.identities == [0, 1, 2, 5, 10, 11]
+    merge(tmp_path / "merged", [root])
+    merged = open_face_dataset(tmp_path / "merged", image_size=112)
+    assert isinstance(merged, RecFaceDataset)
+    assert chunked.labels.tolist() == merged.labels.tolist()
+    for i in range(len(chunked)):  # the same image at the same index (JPEG payloads are copied by merge)
+        a, la = chunked[i]
+        b, lb = merged[i]
+        assert la == lb and torch.equal(a, b)
+    batch = [(0, False), (15, True), (7, False)]
+    xa, ya = chunked.__getitems__(batch)
+    xb, yb = merged.__getitems__(batch)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the data loader with worker processes opens the chunk files itself
+    sampler = EpochBatchSampler(len(chunked), 4, seed=3)
+    got = [y.tolist() for _, y in make_loader(chunked, sampler, num_workers=1)]
+    want = [
+        y.tolist() for _, y in make_loader(merged, EpochBatchSampler(len(merged), 4, seed=3), num_workers=0)
+    ]
+    assert got == want
+
+
+def test_a_dataset_root_is_never_silently_one_chunk(tmp_path):
+    from fdta_core.train.data import open_face_dataset
+
+    with pytest.raises(DatasetError, match="identity 0 is in chunk"):
+        open_face_dataset(_chunked_set(tmp_path / "dup", overlap=True))
+    (tmp_path / "empty" / "chunks").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no committed chunk"):
+        open_face_dataset(tmp_path / "empty")
+    (tmp_path / "neither").mkdir()
+    with pytest.raises(DatasetError, match="neither train.rec nor a chunks"):
+        open_face_dataset(tmp_path / "neither")
+
+
+def test_training_on_a_root_that_grew_refuses_to_resume(tmp_path):
+    from fdta_core.dataset import write_faceset
+    from fdta_core.faceset import FaceSet, Provenance
+
+    root = _chunked_set(tmp_path / "ds")
+    common = dict(data=str(root), output=str(tmp_path / "run"), image_size=32, batch_size=4, save_every=2)
+    state = run_training(make_config("tiny", max_steps=2, **common))
+    assert state["status"] == "finished"
+    run = (tmp_path / "run" / "run.json").read_text()
+    assert '"num_classes": 6' in run and '"layout": "chunks"' in run
+    labels = np.array([20, 20])
+    imgs = np.zeros((2, 112, 112, 3), np.uint8)
+    write_faceset(FaceSet(imgs, labels, [Provenance(identity=20)] * 2), root, start=20, count=1)
+    with pytest.raises(DatasetError, match="chunks added or removed"):
+        run_training(make_config("tiny", max_steps=4, **common))

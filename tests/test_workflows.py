@@ -16,7 +16,8 @@ from tests.node_registry import declared_node_ids
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"
-NAMES = ["syn_ms1m", "syn_mpie"]
+DATASETS = ["syn_ms1m", "syn_mpie", "syn_vggface2", "syn_casia"]
+NAMES = [*DATASETS, "train_and_verify"]
 SCHEMAS = json.loads((REPO / "tests" / "data" / "workflow_object_info.json").read_text())
 
 
@@ -33,7 +34,7 @@ def test_ui_file_and_api_twin_agree(name):
     api = load_api_workflow(json.loads((WF / "api" / f"{name}.json").read_text()))
     assert ui_to_api(ui, SCHEMAS) == api
     # the committed files are what the builder makes (no hand edits that drift from it)
-    assert _builder().WORKFLOWS[name]() == api
+    assert _builder().api_twin(name) == api
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -57,7 +58,7 @@ def test_no_secret_and_no_absolute_path_in_shipped_files(name):
         assert '"api_key"' not in text
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", DATASETS)
 def test_runner_patches_the_shipped_graph(name):
     api = json.loads((WF / "api" / f"{name}.json").read_text())
     chunk = plan_chunks(10_000, 100)[37]
@@ -78,3 +79,65 @@ def test_control_image_is_shipped():
 
     img = Image.open(WF / "inputs" / "fdta_face_edges.png")
     assert img.size == (512, 512) and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_training_group_is_bypassed_and_one_toggle_trains_after_the_writer(name):
+    """The data-set workflows end in a bypassed group: launcher after the writer, verify after it."""
+    ui = json.loads((WF / f"{name}.json").read_text())
+    by_type = {n["type"]: n for n in ui["nodes"]}
+    launcher, verify = by_type["FDTATrainerLauncher"], by_type["FDTAVerify"]
+    assert launcher["mode"] == verify["mode"] == 4  # bypassed by default: the runner never trains
+    assert all(n["mode"] == 0 for n in ui["nodes"] if n["type"] not in ("FDTATrainerLauncher", "FDTAVerify"))
+    group = next(g for g in ui["groups"] if "Train" in g["title"])
+    x, y, w, h = group["bounding"]
+    for n in (launcher, verify):  # the group frames both nodes, so selecting it selects them
+        assert x <= n["pos"][0] and n["pos"][0] + n["size"][0] <= x + w
+        assert y <= n["pos"][1] and n["pos"][1] + n["size"][1] <= y + h
+    api = ui_to_api(ui, SCHEMAS)
+    assert not any(n["class_type"] in ("FDTATrainerLauncher", "FDTAVerify") for n in api.values())
+    # the toggle: the editor sets the group's nodes to mode 0
+    for n in ui["nodes"]:
+        n["mode"] = 0
+    full = ui_to_api(ui, SCHEMAS)
+    writer = next(k for k, n in full.items() if n["class_type"] == "FDTADatasetWriter")
+    lk = next(k for k, n in full.items() if n["class_type"] == "FDTATrainerLauncher")
+    vk = next(k for k, n in full.items() if n["class_type"] == "FDTAVerify")
+    assert full[lk]["inputs"]["dataset"] == [writer, 0]
+    assert full[vk]["inputs"]["model"] == [lk, 0]
+    # the paper's model: LResNet50E-IR (IResNet-50) with ArcFace
+    assert (full[lk]["inputs"]["network"], full[lk]["inputs"]["loss"]) == ("r50", "arcface")
+    bins = full[vk]["inputs"]["bins"].splitlines()
+    assert [b.rsplit("/", 1)[1] for b in bins] == [
+        "lfw.bin",
+        "cfp_fp.bin",
+        "cplfw.bin",
+        "agedb_30.bin",
+        "calfw.bin",
+    ]
+
+
+def test_train_and_verify_workflow():
+    ui = json.loads((WF / "train_and_verify.json").read_text())
+    api = ui_to_api(ui, SCHEMAS)
+    assert sorted(n["class_type"] for n in api.values()) == ["FDTATrainerLauncher", "FDTAVerify"]
+    launcher = next(n for n in api.values() if n["class_type"] == "FDTATrainerLauncher")["inputs"]
+    assert "dataset" not in launcher and launcher["dataset_dir"] == "fdta/syn_ms1m"
+    assert (launcher["preset"], launcher["network"], launcher["loss"]) == ("synthetic", "r50", "arcface")
+    for n in ui["nodes"]:
+        n["mode"] = 0
+    full = ui_to_api(ui, SCHEMAS)
+    merge = next(k for k, n in full.items() if n["class_type"] == "FDTADatasetMerge")
+    assert full[merge]["inputs"]["renumber"] is True
+    assert next(n for n in full.values() if n["class_type"] == "FDTATrainerLauncher")["inputs"][
+        "dataset"
+    ] == [
+        merge,
+        0,
+    ]
+
+
+def test_syn_mpie_uses_one_subject_per_identity_and_every_cell():
+    api = json.loads((WF / "api" / "syn_mpie.json").read_text())
+    mixer = next(n for n in api.values() if n["class_type"] == "FDTASTGMixer")["inputs"]
+    assert (mixer["style_policy"], mixer["images_per_identity"]) == ("grid_subject", 0)

@@ -27,7 +27,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from fdta_core.prompts.spec import default_spec_text  # noqa: E402
-from fdta_core.workflow import api_to_ui  # noqa: E402
+from fdta_core.workflow import MODE_BYPASSED, api_to_ui  # noqa: E402
 
 EDGE_IMAGE = "fdta_face_edges.png"
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -37,10 +37,15 @@ SAM = "sam_ffhq_aging.pt"
 PACK = "buffalo_l"
 RUN_SEED = 1
 CHUNK = 100
+#: The five benchmarks of FDTA Table 1, under ComfyUI's input (or output) folder.
+BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")
+BENCH_DIR = "fdta/benchmarks"
+TRAIN_GROUP = "Train and verify when the run has finished (bypassed: select the group, Ctrl+B to enable)"
 
 
-def _acg_front(title: str) -> dict[str, dict[str, Any]]:
-    """Nodes shared by both data sets: plan, ACG source faces, face models."""
+def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
+    """Nodes shared by both data sets: plan, ACG source faces, face models. The ACG keeps the run's
+    identities unique through ``identity_index`` (fdta run points it at RUN_DIR/identities)."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
@@ -113,6 +118,8 @@ def _acg_front(title: str) -> dict[str, dict[str, Any]]:
                 "age_tolerance": 10.0,
                 "uniqueness_threshold": 0.3,
                 "real_person_threshold": 0.3,
+                "identity_index": f"fdta/{slug}_identity_index",
+                "real_sets": "",
             },
             "_meta": {"title": "ACG: one source face per identity"},
         },  # fmt: skip
@@ -138,7 +145,10 @@ def _style_filter_write(
     min_images: int,
     output_name: str,
 ) -> dict[str, dict[str, Any]]:
-    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets."""
+    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets. The
+    reference bank also feeds the ACG (no identity may resemble a reference subject) and the CSIM filter
+    (styled faces that took on their reference subject's identity are dropped)."""
+    g["7"]["inputs"]["reference_bank"] = ["9", 0]
     g.update(
         {
             "9": {
@@ -181,6 +191,8 @@ def _style_filter_write(
                     "min_images_per_identity": min_images,
                     "batch_size": 64,
                     "sheet_identities": 8,
+                    "leak_threshold": 0.3,
+                    "reference_bank": ["9", 0],
                 },
                 "_meta": {"title": "CSIM filter: drop images that lost the identity"},
             },  # fmt: skip
@@ -208,7 +220,7 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
     """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
     (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
     g = _style_filter_write(
-        _acg_front("Syn-MS1M"),
+        _acg_front("Syn-MS1M", "syn_ms1m"),
         bank_path="fdta/ms1m_references",
         tags_csv="",
         bank_title="Real reference faces (one sub-folder per subject)",
@@ -233,23 +245,180 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
 
 
 def syn_mpie() -> dict[str, dict[str, Any]]:
-    """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles of tagged
-    Multi-PIE references (tags from a CSV or folder names)."""
+    """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles, all from one
+    real tagged Multi-PIE subject per identity (tags from a CSV or folder names)."""
     return _style_filter_write(
-        _acg_front("Syn-MPIE"),
+        _acg_front("Syn-MPIE", "syn_mpie"),
         bank_path="fdta/multipie_references",
         tags_csv="fdta/multipie_references/tags.csv",
         bank_title="Tagged references (subject, yaw, lighting, expression)",
-        policy="grid",
+        policy="grid_subject",
         images_per_identity=0,
-        stg_title="STG: 13 yaws x 7 lightings x 2 expressions",
+        stg_title="STG: 13 yaws x 7 lightings x 2 expressions of one real subject",
         csim_input=["10", 0],
         min_images=20,
         output_name="fdta/syn_mpie",
     )
 
 
-WORKFLOWS = {"syn_ms1m": syn_ms1m, "syn_mpie": syn_mpie}
+def syn_vggface2() -> dict[str, dict[str, Any]]:
+    """Syn-VGGFace2: each identity takes 60 styles of one real VGGFace2 subject (many images per subject,
+    wide pose range), each shown at its own age and aged twice to random ages in 10-80 (wide age range):
+    180 images per identity before CSIM."""
+    g = _style_filter_write(
+        _acg_front("Syn-VGGFace2", "syn_vggface2"),
+        bank_path="fdta/vggface2_references",
+        tags_csv="",
+        bank_title="Real reference faces (VGGFace2 layout: one sub-folder per subject)",
+        policy="subject",
+        images_per_identity=60,
+        stg_title="STG: identity of the ACG face, styles of one real subject",
+        csim_input=["12", 0],
+        min_images=20,
+        output_name="fdta/syn_vggface2",
+    )
+    g["11"] = {
+        "class_type": "FDTAAgeLoader",
+        "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
+    }
+    g["12"] = {
+        "class_type": "FDTAAgeShifter",
+        "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "10, 45, 80",
+                   "age_low": 10, "age_high": 80, "count": 2, "sampling": "random", "seed": RUN_SEED,
+                   "base_age": 30, "keep_originals": True, "batch_size": 0},
+    }  # fmt: skip
+    return g
+
+
+def syn_casia() -> dict[str, dict[str, Any]]:
+    """Syn-CASIA: about 10K identities (CASIA-WebFace has 10,575 subjects) x 50 styles of one real
+    CASIA-WebFace subject each (DCFace's 0.5M-image scale)."""
+    return _style_filter_write(
+        _acg_front("Syn-CASIA", "syn_casia"),
+        bank_path="fdta/casia_references",
+        tags_csv="",
+        bank_title="Real reference faces (CASIA-WebFace layout: one sub-folder per subject)",
+        policy="subject",
+        images_per_identity=50,
+        stg_title="STG: identity of the ACG face, styles of one real subject",
+        csim_input=["10", 0],
+        min_images=10,
+        output_name="fdta/syn_casia",
+    )
+
+
+def _launcher(run_name: str, dataset: list[Any] | None, dataset_dir: str = "") -> dict[str, Any]:
+    """The paper's recipe: LResNet50E-IR (IResNet-50) with its margin loss (ArcFace, s 64, m 0.5), the
+    synthetic-set schedule (SGD 0.1 per 1024, 34 epochs, fp16)."""
+    inputs: dict[str, Any] = {
+        "action": "start_or_resume",
+        "run_name": run_name,
+        "preset": "synthetic",
+        "dataset_dir": dataset_dir,
+        "network": "r50",
+        "loss": "arcface",
+        "epochs": 0,
+        "batch_size": 0,
+        "gpus": 1,
+        "device": "auto",
+        "val_bins": "",
+        "overrides": "{}",
+    }
+    if dataset is not None:
+        inputs["dataset"] = dataset
+    return {
+        "class_type": "FDTATrainerLauncher",
+        "inputs": inputs,
+        "_meta": {"title": "Train IResNet-50 + ArcFace (FDTA's recipe) on the whole data set"},
+    }
+
+
+def _verify(run: list[Any]) -> dict[str, Any]:
+    return {
+        "class_type": "FDTAVerify",
+        "inputs": {
+            "model": run,
+            "bins": "\n".join(f"{BENCH_DIR}/{b}.bin" for b in BENCHMARKS),
+            "batch_size": 64,
+        },
+        "_meta": {"title": "Verify: FDTA Table 1 (queue again when training has finished)"},
+    }
+
+
+def with_training_group(g: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    """The launcher after the writer (it trains on the writer's whole data set, every chunk) and
+    verification of the run's model, as one group that is bypassed until the user enables it."""
+    g["30"] = _launcher(f"fdta/train/{name}_r50", ["14", 0])
+    g["31"] = _verify(["30", 0])
+    return g
+
+
+def train_and_verify() -> dict[str, dict[str, Any]]:
+    """A written data set -> the trainer launcher (FDTA's recipe) -> verification on the five benchmarks
+    in FDTA Table 1's layout. The merge node (bypassed) combines independent sets first when enabled."""
+    return {
+        "1": {
+            "class_type": "FDTADatasetMerge",
+            "inputs": {
+                "output_name": "fdta/syn_ms1m_mpie",
+                "renumber": True,
+                "more_inputs": "fdta/syn_ms1m\nfdta/syn_mpie",
+            },
+            "_meta": {"title": "Combine Syn-MS1M and Syn-MPIE (bypassed: Ctrl+B to enable)"},
+        },
+        "2": _launcher("fdta/train/syn_ms1m_r50", ["1", 0], dataset_dir="fdta/syn_ms1m"),
+        "3": _verify(["2", 0]),
+    }
+
+
+#: name -> the full graph (every node, including those bypassed in the editor file).
+WORKFLOWS = {
+    "syn_ms1m": lambda: with_training_group(syn_ms1m(), "syn_ms1m"),
+    "syn_mpie": lambda: with_training_group(syn_mpie(), "syn_mpie"),
+    "syn_vggface2": lambda: with_training_group(syn_vggface2(), "syn_vggface2"),
+    "syn_casia": lambda: with_training_group(syn_casia(), "syn_casia"),
+    "train_and_verify": train_and_verify,
+}
+
+#: name -> editor groups ``(title, node ids, bypassed)``.
+GROUPS: dict[str, list[tuple[str, list[str], bool]]] = {
+    **{n: [(TRAIN_GROUP, ["30", "31"], True)] for n in ("syn_ms1m", "syn_mpie", "syn_vggface2", "syn_casia")},
+    "train_and_verify": [("Combine independent data sets (optional)", ["1"], True)],
+}
+
+
+def bypassed(name: str) -> set[str]:
+    return {nid for _t, ids, off in GROUPS.get(name, []) for nid in ids if off}
+
+
+def api_twin(name: str) -> dict[str, dict[str, Any]]:
+    """What ``fdta run`` queues and what the editor exports: the graph without its bypassed nodes (links
+    into them dropped, as ComfyUI's editor drops a bypassed node's output that no input can pass on)."""
+    full = WORKFLOWS[name]()
+    off = bypassed(name)
+    out: dict[str, dict[str, Any]] = {}
+    for nid, node in full.items():
+        if nid in off:
+            continue
+        inputs = {
+            k: v
+            for k, v in node["inputs"].items()
+            if not (isinstance(v, list) and len(v) == 2 and str(v[0]) in off)
+        }
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
+def ui_workflow(name: str, info: dict[str, Any]) -> dict[str, Any]:
+    groups = GROUPS.get(name, [])
+    return api_to_ui(
+        WORKFLOWS[name](),
+        info,
+        modes={nid: MODE_BYPASSED for nid in bypassed(name)},
+        groups=[
+            {"title": t, "nodes": ids, "color": "#8a6d3b" if off else "#3f789e"} for t, ids, off in groups
+        ],
+    )
 
 
 def draw_face_edges(size: int = 512):
@@ -299,10 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     (HERE / "inputs").mkdir(exist_ok=True)
     used: dict[str, Any] = {}
     for name, build in WORKFLOWS.items():
-        api = build()
-        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
-        (HERE / f"{name}.json").write_text(json.dumps(api_to_ui(api, info), indent=1) + "\n")
-        for node in api.values():
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api_twin(name), indent=1) + "\n")
+        (HERE / f"{name}.json").write_text(json.dumps(ui_workflow(name, info), indent=1) + "\n")
+        for node in build().values():
             used[node["class_type"]] = info[node["class_type"]]
     snapshot = REPO / "tests" / "data" / "workflow_object_info.json"
     snapshot.parent.mkdir(exist_ok=True)

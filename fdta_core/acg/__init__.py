@@ -9,6 +9,7 @@ The sampler is a callback, so this package never imports ComfyUI; ``nodes/nodes_
 built on ComfyUI's sampling API.
 """
 
+from ..faces.identity import IdentityIndex
 from .contact import contact_sheet
 from .edges import EDGE_METHODS, EdgeSettings, control_images, edge_map, fit_image
 from .engine import (
@@ -24,7 +25,6 @@ from .engine import (
 )
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
 from .selection import (
-    EmbeddingBank,
     FaceAnalysis,
     FaceAnalyzer,
     Rejection,
@@ -43,7 +43,7 @@ __all__ = [
     "CandidateJob",
     "CandidateRecord",
     "EdgeSettings",
-    "EmbeddingBank",
+    "IdentityIndex",
     "FaceAnalysis",
     "FaceAnalyzer",
     "Rejection",

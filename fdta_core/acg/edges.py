@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_choice
 
 #: ``none``: use the images as they are (already edge maps); ``canny``: OpenCV Canny with the given
 #: thresholds; ``canny_auto``: Canny with thresholds from the image median (robust to exposure);
@@ -40,12 +40,7 @@ class EdgeSettings:
     sigma: float = 0.33
 
     def __post_init__(self) -> None:
-        if self.method not in EDGE_METHODS:
-            raise InputError(
-                f"unknown edge method {self.method!r}",
-                where="edge_method",
-                fix=f"use one of {', '.join(EDGE_METHODS)}.",
-            )
+        check_choice(None, "edge_method", self.method, EDGE_METHODS)
         if not (0 <= self.low <= 255 and 0 <= self.high <= 255) or self.low > self.high:
             raise InputError(
                 f"Canny thresholds must satisfy 0 <= low <= high <= 255, got low={self.low} high={self.high}",

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FDTAError, InputError
+from ..errors import FDTAError, InputError, check_choice
+from ..faces.identity import IdentityIndex
 from ..faceset import FACE_SIZE, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
-from .selection import EmbeddingBank, FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
+from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,8 @@ class ACGSettings:
             raise InputError(f"retries must be >= 0, got {self.retries}", where="retries")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}", where="batch_size")
-        if self.control_policy not in CONTROL_POLICIES:
-            raise InputError(
-                f"unknown control assignment {self.control_policy!r}",
-                where="control_assignment",
-                fix=f"use one of {', '.join(CONTROL_POLICIES)}.",
-            )
-        if self.on_failure not in ON_FAILURE:
-            raise InputError(
-                f"unknown on_failure {self.on_failure!r}",
-                where="on_failure",
-                fix=f"use one of {', '.join(ON_FAILURE)}.",
-            )
+        check_choice(None, "control_assignment", self.control_policy, CONTROL_POLICIES)
+        check_choice(None, "on_failure", self.on_failure, ON_FAILURE, what="on_failure")
 
 
 @dataclass(frozen=True)
@@ -275,6 +266,16 @@ class ACGResult:
                 faces.append(center_face(rec.image))
         return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
 
+    def accepted_index(self) -> IdentityIndex:
+        """The identities this run accepted (checked ones with an embedding), for the run's index."""
+        out = IdentityIndex()
+        for s in self.chosen_slots:
+            a = self.chosen[s].analysis
+            if a is not None and a.embedding is not None:
+                ident = int(self.plan.identities[s].index)
+                out.add(f"identity {ident}", a.embedding, ident)
+        return out
+
     def images(self) -> np.ndarray:
         """Full-resolution chosen images [N,H,W,3] in plan order (N may be 0)."""
         imgs = [self.chosen[s].image for s in self.chosen_slots]
@@ -316,8 +317,8 @@ def run_acg(
     settings: ACGSettings = ACGSettings(),
     criteria: SelectionCriteria = SelectionCriteria(),
     analyzer: FaceAnalyzer | None = None,
-    real: EmbeddingBank | None = None,
-    prior: EmbeddingBank | None = None,
+    real: IdentityIndex | None = None,
+    prior: IdentityIndex | None = None,
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ACGResult:
@@ -333,8 +334,8 @@ def run_acg(
         raise InputError(
             "the identity plan is empty", where="plan", fix="give the attribute spec an identity_count >= 1."
         )
-    real = real or EmbeddingBank()
-    accepted = prior.copy() if prior is not None else EmbeddingBank()
+    real = real if real is not None else IdentityIndex()
+    accepted = prior.copy() if prior is not None else IdentityIndex()
     records: list[CandidateRecord] = []
     chosen: dict[int, CandidateRecord] = {}
     pending = list(range(len(plan)))
@@ -398,7 +399,7 @@ def run_acg(
                 rec = recs[pick]
                 chosen[slot] = rec
                 if rec.analysis is not None and rec.analysis.embedding is not None:
-                    accepted.add(f"identity {spec.index}", rec.analysis.embedding)
+                    accepted.add(f"identity {spec.index}", rec.analysis.embedding, int(spec.index))
         records.extend(round_recs)
         pending = still
         if not pending:

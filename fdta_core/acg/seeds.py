@@ -8,7 +8,7 @@ seed and control image) and chunks of a run compose.
 
 from __future__ import annotations
 
-from ..errors import InputError
+from ..errors import InputError, check_choice
 from ..seeds import derive_seed
 
 #: Stage name used in seed derivation and provenance (``Provenance.seeds["acg"]``).
@@ -52,8 +52,5 @@ def control_index(
         )
     if policy == "cycle":
         return (int(identity) + int(candidate) + int(attempt) * max(int(candidates), 1)) % n_controls
-    raise InputError(
-        f"unknown control assignment policy {policy!r}",
-        where="control_assignment",
-        fix=f"use one of {', '.join(CONTROL_POLICIES)}.",
-    )
+    check_choice(None, "control_assignment", policy, CONTROL_POLICIES)
+    raise AssertionError(f"control policy {policy!r} has no implementation")  # a new CONTROL_POLICIES entry

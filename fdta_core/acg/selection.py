@@ -7,9 +7,9 @@ wraps ``fdta_core.faces``).
 
 Rules (DESIGN 5.6): a candidate is acceptable when a face is detected (score >= ``min_det_score``) and
 aligned; its gender equals the planned gender; its age lies within ``age_tolerance`` years of the planned
-age; it is not a copy of a real person (cosine to every real reference face < ``real_person_threshold``)
-and not a duplicate of an identity already accepted in this chunk (cosine < ``uniqueness_threshold``;
-0.3 is the usual ArcFace same-identity threshold, as in DCFace's uniqueness metric). Among acceptable
+age; it breaks none of the identity rules of ``fdta_core.faces.identity`` (not a copy of a real person,
+not a duplicate of an identity accepted in this run; 0.3 is the usual ArcFace same-identity threshold,
+as in DCFace's uniqueness metric). Among acceptable
 candidates the one with the best detection score wins (then the smaller age error, then the earlier
 candidate). Every candidate keeps the list of reasons it was rejected.
 """
@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError
+from ..faces.identity import IdentityIndex, check_threshold, identity_violations
 
 
 @dataclass
@@ -68,9 +69,7 @@ class SelectionCriteria:
 
     def __post_init__(self) -> None:
         for name in ("uniqueness_threshold", "real_person_threshold"):
-            v = getattr(self, name)
-            if not -1.0 <= v <= 1.0:
-                raise InputError(f"{name} is a cosine similarity in [-1, 1], got {v}", where=name)
+            check_threshold(getattr(self, name), name)
         if self.age_tolerance is not None and self.age_tolerance < 0:
             raise InputError(f"age_tolerance must be >= 0, got {self.age_tolerance}", where="age_tolerance")
 
@@ -101,62 +100,14 @@ class Rejection:
         return self.SHORT.get(self.code, self.code)
 
 
-class EmbeddingBank:
-    """L2-normalised embeddings with labels; answers "most similar entry" by cosine similarity."""
-
-    def __init__(self) -> None:
-        self._vecs: list[np.ndarray] = []
-        self.labels: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._vecs)
-
-    @staticmethod
-    def _norm(v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, np.float64).reshape(-1)
-        n = float(np.linalg.norm(v))
-        if not np.isfinite(n) or n == 0.0:
-            raise InputError("an embedding is zero or not finite", where="EmbeddingBank")
-        return v / n
-
-    def add(self, label: str, embedding: np.ndarray) -> None:
-        self._vecs.append(self._norm(embedding))
-        self.labels.append(str(label))
-
-    def copy(self) -> EmbeddingBank:
-        out = EmbeddingBank()
-        out._vecs = list(self._vecs)
-        out.labels = list(self.labels)
-        return out
-
-    def extend(self, labels: Sequence[str], embeddings: np.ndarray) -> None:
-        for lab, e in zip(labels, embeddings, strict=True):
-            self.add(lab, e)
-
-    def most_similar(self, embedding: np.ndarray) -> tuple[float, str | None]:
-        """``(cosine, label)`` of the closest entry, or ``(-inf, None)`` for an empty bank."""
-        if not self._vecs:
-            return float("-inf"), None
-        q = self._norm(embedding)
-        m = np.stack(self._vecs)
-        if m.shape[1] != q.shape[0]:
-            raise InputError(
-                f"embedding size {q.shape[0]} differs from the bank's {m.shape[1]} (different face models?)",
-                where="EmbeddingBank",
-            )
-        sims = m @ q
-        i = int(np.argmax(sims))
-        return float(sims[i]), self.labels[i]
-
-
 def check_candidate(
     analysis: FaceAnalysis,
     *,
     gender: str | None,
     age: float | None,
     criteria: SelectionCriteria,
-    accepted: EmbeddingBank,
-    real: EmbeddingBank,
+    accepted: IdentityIndex,
+    real: IdentityIndex,
 ) -> list[Rejection]:
     """Every rule ``analysis`` breaks (empty: acceptable). Identity checks need an embedding."""
     if not analysis.detected:
@@ -178,22 +129,14 @@ def check_candidate(
                 )
             )
     if analysis.embedding is not None:
-        sim, lab = real.most_similar(analysis.embedding)
-        if lab is not None and sim >= criteria.real_person_threshold:
-            out.append(
-                Rejection(
-                    "real_person",
-                    f"resembles real face {lab} (cos {sim:.2f} >= {criteria.real_person_threshold:.2f})",
-                )
-            )
-        sim, lab = accepted.most_similar(analysis.embedding)
-        if lab is not None and sim >= criteria.uniqueness_threshold:
-            out.append(
-                Rejection(
-                    "duplicate",
-                    f"same identity as {lab} (cos {sim:.2f} >= {criteria.uniqueness_threshold:.2f})",
-                )
-            )
+        for v in identity_violations(
+            analysis.embedding,
+            accepted=accepted,
+            real=real,
+            uniqueness_threshold=criteria.uniqueness_threshold,
+            real_person_threshold=criteria.real_person_threshold,
+        ):
+            out.append(Rejection(v.code, v.detail))
     elif len(real) or len(accepted):
         out.append(Rejection("no_embedding", "no embedding: uniqueness and real-person checks impossible"))
     return out
@@ -211,8 +154,8 @@ def choose(
     gender: str | None,
     age: float | None,
     criteria: SelectionCriteria,
-    accepted: EmbeddingBank,
-    real: EmbeddingBank,
+    accepted: IdentityIndex,
+    real: IdentityIndex,
     names: Sequence[str] | None = None,
 ) -> tuple[int | None, list[list[Rejection]]]:
     """Pick one of an identity's candidates (in candidate order).

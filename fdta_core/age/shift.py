@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FDTAError, InputError
+from ..errors import FDTAError, InputError, check_choice
 from ..faceset import FaceSet, Provenance
 from ..seeds import derive_seed
 from .frame import faces_to_sam_input, sam_output_to_faces
@@ -54,16 +54,8 @@ class AgeTargets:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.sampling not in SAMPLINGS:
-            raise InputError(
-                f"unknown sampling '{self.sampling}'",
-                where="sampling",
-                fix=f"use one of {', '.join(SAMPLINGS)}.",
-            )
-        if self.mode not in MODES:
-            raise InputError(
-                f"unknown age mode '{self.mode}'", where="mode", fix=f"use one of {', '.join(MODES)}."
-            )
+        check_choice(None, "sampling", self.sampling, SAMPLINGS)
+        check_choice(None, "mode", self.mode, MODES, what="age mode")
         if self.mode in ("list", "relative") and not self.values:
             raise InputError(
                 "no ages given",

@@ -20,11 +20,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plan",
     "rec",
     "report",
+    "audit",
     "age",
     "run",
     "train",
     "verify",
     "stg",
+    "models",
+    "demo",
 )
 
 

@@ -41,21 +41,21 @@ def _info(args: argparse.Namespace) -> int:
     finally:
         close()
     lines = [
-        f"path:     {report['path']}",
-        f"layout:   {report['layout']}",
-        f"images:   {report['images']}",
-        f"classes:  {report['classes']}",
-        f"records:  {report['records']}",
-        f"property: {report.get('property')}",
-        f"decoded:  {report['decoded']}",
+        f"path:     {report.path}",
+        f"layout:   {report.layout}",
+        f"images:   {report.images}",
+        f"classes:  {report.classes}",
+        f"records:  {report.records}",
+        f"property: {report.property}",
+        f"decoded:  {report.decoded}",
     ]
-    if "chunks" in report:
-        lines.append(f"chunks:   {len(report['chunks'])}")
-    lines += [f"warning:  {w}" for w in report["warnings"]]
-    lines += [f"ERROR:    {e}" for e in report["errors"]]
-    lines.append("status:   OK" if report["ok"] else f"status:   BROKEN ({len(report['errors'])} error(s))")
-    _print(report, args.json, lines)
-    return 0 if report["ok"] else 1
+    if report.chunks is not None:
+        lines.append(f"chunks:   {len(report.chunks)}")
+    lines += [f"warning:  {w}" for w in report.warnings]
+    lines += [f"ERROR:    {e}" for e in report.errors]
+    lines.append("status:   OK" if report.ok else f"status:   BROKEN ({len(report.errors)} error(s))")
+    _print(report.to_dict(), args.json, lines)
+    return 0 if report.ok else 1
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def _merge(args: argparse.Namespace) -> int:
 
     progress, close = _bar("merging")
     try:
-        summary = merge(args.out, args.paths, progress=progress)
+        summary = merge(args.out, args.paths, renumber=args.renumber, progress=progress)
     finally:
         close()
     _print(
@@ -154,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rsub.add_parser("merge", help="join chunks/datasets into one train.rec with contiguous identities")
     p.add_argument("out", help="output folder (replaced atomically if it holds an earlier merge)")
     p.add_argument("paths", nargs="+", help="chunk folders, dataset folders (chunks/) or merged outputs")
+    p.add_argument(
+        "--renumber",
+        action="store_true",
+        help="the paths are independent data sets whose identity ids may overlap (e.g. Syn-MS1M and "
+        "Syn-MPIE): labels run over them in the order given, each set's identities kept apart",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_merge)
 

@@ -36,8 +36,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-images", type=int, default=0, help="read only the first N images (whole identities)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="faces per ArcFace batch")
+    p.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        help="the run's plan (fdta plan --json): adds planned vs written identities per quota field",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON summary on stdout")
     p.set_defaults(func=_report)
+
+
+def load_pack(args: argparse.Namespace):
+    """The insightface pack ``args.pack`` from ``--insightface-dir`` (or $FDTA_INSIGHTFACE_DIR,
+    ~/.insightface), recogniser required."""
+    from ..faces.models import load_face_pack
+
+    dirs = list(args.insightface_dir)
+    if not dirs:
+        env = os.environ.get("FDTA_INSIGHTFACE_DIR")
+        dirs = [d for d in (env, os.path.expanduser("~/.insightface")) if d]
+    return load_face_pack(dirs, args.pack, providers=args.provider, require=("recognizer",))
+
+
+def _read_plan(path: Path) -> list[dict]:
+    from ..errors import InputError
+
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot read plan {path}: {exc}", where="--plan", fix="pass fdta plan --json output."
+        ) from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "index" in r for r in rows):
+        raise InputError(f"{path} is not a plan", where="--plan", fix="pass the output of fdta plan --json.")
+    return rows
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -45,15 +77,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from ..faces.report import load_dataset, write_report
 
-    models = None
-    if args.pack:
-        from ..faces.models import load_face_pack
-
-        dirs = list(args.insightface_dir)
-        if not dirs:
-            env = os.environ.get("FDTA_INSIGHTFACE_DIR")
-            dirs = [d for d in (env, os.path.expanduser("~/.insightface")) if d]
-        models = load_face_pack(dirs, args.pack, providers=args.provider, require=("recognizer",))
+    models = load_pack(args) if args.pack else None
     bar = tqdm(total=0, desc="reading", unit="img", file=sys.stderr, disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -67,6 +91,8 @@ def _report(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    if args.plan is not None:
+        data.plan = _read_plan(args.plan)
     out = args.out or (args.dataset / "report")
     html_path, json_path, summary = write_report(data, out, args.threshold)
     if args.json:
@@ -84,6 +110,12 @@ def _report(args: argparse.Namespace) -> int:
             print(f"CSIM mean {f(summary['csim'].get('mean'))} +- {f(summary['csim'].get('std'))}")
         for row in summary["attribute_balance"]:
             print(f"{row['attribute']}: total variation requested vs achieved {row['total_variation']:.3f}")
+        for q in (summary.get("quotas") or {}).get("fields", []):
+            print(
+                f"plan vs written {q['field']}: {q['planned']} -> {q['written']} (max deviation {q['max_deviation']})"
+            )
+        if summary.get("quotas", {}).get("missing"):
+            print(f"missing planned identities: {summary['quotas']['missing'][:20]}")
         for note in summary["notes"]:
             print(f"note: {note}")
         print(f"wrote {html_path} and {json_path}")

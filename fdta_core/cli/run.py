@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds one chunk may take (default: no limit)"
     )
+    p.add_argument(
+        "--identity-index",
+        default=None,
+        metavar="FOLDER",
+        help="the run's identity index that every chunk's ACG consults and extends (default RUN_DIR/identities; "
+        "a server on another machine needs a name inside its output folder; '' turns it off)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the patched prompt of each chunk and exit")
     p.set_defaults(func=_run)
 
@@ -59,13 +66,19 @@ def _run(args: argparse.Namespace) -> int:
         overrides=[parse_override(s) for s in args.set],
         max_attempts=1 + max(0, args.retries),
         timeout=args.timeout,
+        identity_index=args.identity_index,
     )
     chunks = cfg.chunks()
     if args.dry_run:
         for c in chunks:
             print(
                 json.dumps(
-                    {"chunk": c.name, "prompt": patch_workflow(cfg.workflow, c, cfg.seed, cfg.overrides)}
+                    {
+                        "chunk": c.name,
+                        "prompt": patch_workflow(
+                            cfg.workflow, c, cfg.seed, cfg.overrides, identity_index=cfg.index_location()
+                        ),
+                    }
                 )
             )
         return 0

@@ -19,6 +19,13 @@ def register(subparsers) -> None:
     p.add_argument("bins", nargs="+", metavar="BIN", help="benchmark .bin files (name = file stem)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by benchmark name")
     p.add_argument(
+        "--table",
+        action="store_true",
+        help="print FDTA Table 1's layout (LFW, CFP-FP, CPLFW, AgeDB, CALFW, average; a .bin goes into "
+        "its column by file name: lfw, cfp_fp, cplfw, agedb_30, calfw) with the published rows beside "
+        "the model's (with --json: that table as JSON)",
+    )
+    p.add_argument(
         "--device", default="cpu", help="cpu or cuda (torch models); ONNX uses CUDA when available"
     )
     p.add_argument("--batch-size", type=int, default=64)
@@ -47,7 +54,14 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    if args.json:
+    if args.table:
+        from pathlib import Path
+
+        from ..eval.table import format_paper_table, paper_table
+
+        table = paper_table(results, _model_label(Path(args.model)))
+        print(json.dumps(table.to_dict(), indent=1) if args.json else format_paper_table(table))
+    elif args.json:
         out = {
             r.name: {
                 "accuracy_mean": r.accuracy_mean,
@@ -62,3 +76,8 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
     return 0
+
+
+def _model_label(path) -> str:
+    """A short row name: the run folder for ``<run>/model.pt``, else the file name."""
+    return path.parent.name if path.name == "model.pt" and path.parent.name else path.name

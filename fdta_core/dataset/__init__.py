@@ -3,7 +3,7 @@
 See ``docs/dataset.md`` for the on-disk layout and example manifest queries.
 """
 
-from .info import inspect
+from .info import ChunkSummary, InfoReport, inspect
 from .jpeg import JPEG_QUALITY, check_jpeg, decode_jpeg, jpeg_encoder
 from .manifest import EXAMPLE_QUERIES, MANIFEST_NAME, query, read_identities
 from .merge import merge
@@ -11,6 +11,7 @@ from .tools import rec2image, shuffle
 from .writer import (
     ChunkInfo,
     ChunkWriter,
+    DatasetChunk,
     chunk_name,
     chunk_range_of,
     list_chunks,
@@ -25,7 +26,10 @@ __all__ = [
     "JPEG_QUALITY",
     "MANIFEST_NAME",
     "ChunkInfo",
+    "ChunkSummary",
+    "InfoReport",
     "ChunkWriter",
+    "DatasetChunk",
     "check_jpeg",
     "chunk_name",
     "chunk_range_of",

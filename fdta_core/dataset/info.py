@@ -20,13 +20,14 @@ import concurrent.futures
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DatasetError
-from ..recordio import RecordReader, read_layout, read_property, unpack
+from ..recordio import IRHeader, Layout, RecordReader, read_layout, read_property, unpack
 from .jpeg import check_jpeg
 from .manifest import MANIFEST_NAME, open_manifest
 from .writer import CHUNKS_DIR, list_chunks
@@ -38,17 +39,69 @@ _LABEL_LIMIT = 1 << 24
 
 
 class _Report:
+    """Collects readable problems; past ``max_listed`` errors only a count is kept."""
+
     def __init__(self, max_listed: int) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.more = 0
         self.max_listed = max_listed
 
-    def error(self, text: str) -> None:
+    def error(self, text: str | None) -> None:
+        if not text:
+            return
         if len(self.errors) < self.max_listed:
             self.errors.append(text)
         else:
             self.more += 1
+
+    def finish(self) -> tuple[list[str], list[str]]:
+        if self.more:
+            self.errors.append(f"... and {self.more} more error(s)")
+            self.more = 0
+        return self.errors, self.warnings
+
+
+@dataclass
+class ChunkSummary:
+    """One chunk of a dataset folder as :func:`inspect` found it."""
+
+    path: str
+    images: int
+    classes: int
+    layout: str
+    ok: bool
+
+
+@dataclass
+class InfoReport:
+    """What :func:`inspect` found: counts, layout and every problem as a readable string.
+
+    ``manifest_rows`` is ``None`` when no manifest was checked; ``chunks`` is ``None`` for a single
+    record set and lists the chunks of a dataset folder.
+    """
+
+    path: str
+    images: int = 0
+    classes: int = 0
+    layout: str = "plain"
+    ok: bool = False
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    records: int = 0
+    property: list[int] | None = None
+    decoded: bool = True
+    manifest_rows: int | None = None
+    chunks: list[ChunkSummary] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``fdta rec info --json`` prints (``chunks`` only for a dataset folder)."""
+        out = asdict(self)
+        if self.chunks is None:
+            del out["chunks"]
+        else:
+            del out["manifest_rows"]
+        return out
 
 
 def resolve_rec(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -69,29 +122,13 @@ def inspect(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_listed: int = _MAX_LISTED,
-) -> dict[str, Any]:
-    """Check a RecordIO set (or a dataset folder of chunks); returns a JSON-able dict.
-
-    Keys: ``path``, ``images``, ``classes``, ``layout`` (``insightface``/``dali``/``plain``), ``ok``,
-    ``errors`` (readable strings), ``warnings``, ``records``, ``property``, ``decoded``, ``manifest_rows``.
-    """
+) -> InfoReport:
+    """Check a RecordIO set (or a dataset folder of chunks) and say what is wrong, never raise."""
     p = Path(path)
     if p.is_dir() and not (p / "train.rec").exists() and (p / CHUNKS_DIR).is_dir():
         return _inspect_dataset(p, decode=decode, workers=workers, progress=progress, max_listed=max_listed)
     report = _Report(max_listed)
-    out: dict[str, Any] = {
-        "path": str(p),
-        "images": 0,
-        "classes": 0,
-        "layout": "plain",
-        "ok": False,
-        "errors": report.errors,
-        "warnings": report.warnings,
-        "records": 0,
-        "property": None,
-        "decoded": decode,
-        "manifest_rows": None,
-    }
+    out = InfoReport(path=str(p), decoded=decode, errors=report.errors, warnings=report.warnings)
     try:
         rec, idx = resolve_rec(p)
         reader = RecordReader(rec, idx if idx.is_file() else None)
@@ -101,31 +138,48 @@ def inspect(
     if reader.idx_path is None:
         report.warnings.append(f"{idx} not found: keys are record positions (0, 1, ...)")
     with reader:
-        _check(reader, out, report, decode=decode, workers=workers, progress=progress)
+        out.records = len(reader.keys)
+        structure = _check_structure(reader, report)
+        if structure.layout is not None:
+            out.layout = structure.layout.kind
+            out.images = structure.layout.num_images
+            out.classes = structure.layout.num_classes
+        out.property = list(structure.prop) if structure.prop is not None else None
+        labels = _scan(reader, structure, report, decode=decode, workers=workers, progress=progress)
+        layout = structure.layout
+        if layout is not None and layout.kind != "insightface":
+            report.warnings.extend(_label_set_warnings(labels, structure.prop, reader.rec_path.parent))
+        manifest = reader.rec_path.parent / MANIFEST_NAME
+        if layout is not None and layout.kind == "insightface" and manifest.is_file():
+            out.manifest_rows = _check_manifest(manifest, layout.image_keys, labels, report)
     return _finish(out, report)
 
 
-def _finish(out: dict[str, Any], report: _Report) -> dict[str, Any]:
-    if report.more:
-        report.errors.append(f"... and {report.more} more error(s)")
-    out["ok"] = not report.errors
+def _finish(out: InfoReport, report: _Report) -> InfoReport:
+    out.errors, out.warnings = report.finish()
+    out.ok = not out.errors
     return out
 
 
-def _check(
-    reader: RecordReader,
-    out: dict[str, Any],
-    report: _Report,
-    *,
-    decode: bool,
-    workers: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    rec = reader.rec_path
-    size = rec.stat().st_size
-    out["records"] = len(reader.keys)
-    folder = rec.parent
-    # ---- layout (reads only the header and identity records for the insightface layout)
+@dataclass
+class _Structure:
+    """What the header, identity records and ``property`` say, read before the pass over the records.
+
+    ``expected_label[key]`` is the class the identity records assign to image ``key`` (insightface only).
+    """
+
+    layout: Layout | None
+    prop: tuple[int, int, int] | None
+    expected_label: np.ndarray | None
+
+    @property
+    def image_keys(self) -> list[int]:
+        return self.layout.image_keys if self.layout is not None else []
+
+
+def _check_structure(reader: RecordReader, report: _Report) -> _Structure:
+    """Layout (for insightface: the header and identity records only) and ``property``."""
+    folder = reader.rec_path.parent
     try:
         layout = read_layout(reader)
     except DatasetError as exc:
@@ -135,101 +189,124 @@ def _check(
     if (folder / "property").is_file():
         try:
             prop = read_property(folder)
-            out["property"] = list(prop)
         except DatasetError as exc:
             report.error(str(exc))
-    expected_label: np.ndarray | None = None
-    image_keys: list[int] = []
-    if layout is not None:
-        out["layout"] = layout.kind
-        out["images"] = layout.num_images
-        out["classes"] = layout.num_classes
-        image_keys = layout.image_keys
-        if layout.kind == "insightface":
-            if prop is None:
-                report.warnings.append(
-                    f"{folder / 'property'} is missing (rec2image and some tools expect it)"
-                )
-            expected_label = _check_insightface(reader, layout, prop, folder, report)
-    n_img = len(image_keys)
-    if image_keys == list(range(1, n_img + 1)):
-        first = 1
-        position = None
-    elif image_keys == list(range(n_img)):
-        first = 0
-        position = None
-    else:
-        first = 0
-        position = {k: i for i, k in enumerate(image_keys)}
-    labels = np.full(n_img, -1, np.int64)
+    expected_label = None
+    if layout is not None and layout.kind == "insightface":
+        if prop is None:
+            report.warnings.append(f"{folder / 'property'} is missing (rec2image and some tools expect it)")
+        expected_label = _check_insightface(reader, layout, prop, folder, report)
+    return _Structure(layout, prop, expected_label)
+
+
+def _image_index(image_keys: list[int]) -> Callable[[int], int]:
+    """``key -> position among the image keys`` (-1 for a non-image record), O(1) for contiguous keys."""
+    n = len(image_keys)
+    for first in (1, 0):
+        if image_keys == list(range(first, n + first)):
+            return lambda key, first=first: key - first if 0 <= key - first < n else -1
+    position = {k: i for i, k in enumerate(image_keys)}
+    return lambda key: position.get(key, -1)
+
+
+def _framing_problem(rec: Path, key: int, off: int, expected: int) -> str | None:
+    """A gap or an overlap between the record at ``off`` and the end of the previous one."""
+    if off > expected:
+        return f"{rec}: {off - expected} unindexed byte(s) at offset {expected} (before key {key})"
+    if off < expected:
+        return f"{rec}: key {key} at offset {off} overlaps the previous record (ends at {expected})"
+    return None
+
+
+def _tail_problem(rec: Path, size: int, end: int) -> str | None:
+    """Bytes after the last indexed record, or an index that points past the file."""
+    if end < size:
+        return f"{rec}: {size - end} trailing byte(s) after the last indexed record (offset {end})"
+    if end > size:
+        return f"{rec}: the index points past the end of the file ({size} bytes)"
+    return None
+
+
+def _label_of(key: int, header: IRHeader, structure: _Structure) -> tuple[int | None, list[str]]:
+    """The integer class an image record carries, and what is wrong with it."""
+    if header.is_array and not header.label:
+        return None, [f"key {key}: image record has an empty label array"]
+    label = header.label[0] if header.is_array else header.label
+    if not float(label).is_integer() or not 0 <= label < _LABEL_LIMIT:
+        return None, [f"key {key}: label {label:g} is not an integer class id in 0..2^24"]
+    problems = []
+    cls = int(label)
+    expected = structure.expected_label
+    if expected is not None and expected[key] != cls:
+        problems.append(
+            f"key {key}: label {cls} disagrees with the identity record that covers it "
+            f"(class {int(expected[key])})"
+        )
+    if structure.prop is not None and not 0 <= label < structure.prop[0]:
+        problems.append(f"key {key}: label {cls} is outside 0..{structure.prop[0] - 1} (property)")
+    return cls, problems
+
+
+def _scan(
+    reader: RecordReader,
+    structure: _Structure,
+    report: _Report,
+    *,
+    decode: bool,
+    workers: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """The one pass over every record in file order: framing and tiling, labels, JPEG payloads.
+
+    Returns the label of each image key (in ``structure.image_keys`` order; -1 where unreadable).
+    """
+    rec = reader.rec_path
+    index = _image_index(structure.image_keys)
+    labels = np.full(len(structure.image_keys), -1, np.int64)
+    prop = structure.prop
     size_expected = (prop[2], prop[1]) if prop is not None else None
     jobs: list[tuple[int, bytes]] = []
     pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) if decode else None
 
     def flush() -> None:
-        if not jobs:
-            return
         if pool is not None:
             results = list(pool.map(lambda kv: _jpeg_problem(kv[0], kv[1], True, size_expected), jobs))
         else:
             results = [_jpeg_problem(k, b, False, size_expected) for k, b in jobs]
         for problem in results:
-            if problem:
-                report.error(problem)
+            report.error(problem)
         jobs.clear()
 
-    # ---- one pass over every record in file order: framing, tiling, then image checks
     order = sorted(reader.keys, key=reader.offset)
     total = len(order)
-    expected_next = 0
+    end = 0
     try:
         for done, key in enumerate(order, 1):
             if progress is not None and done % 1024 == 0:
                 progress(done, total)
             off = reader.offset(key)
-            if off > expected_next:
-                report.error(
-                    f"{rec}: {off - expected_next} unindexed byte(s) at offset {expected_next} (before key {key})"
-                )
-            elif off < expected_next:
-                report.error(
-                    f"{rec}: key {key} at offset {off} overlaps the previous record (ends at {expected_next})"
-                )
+            report.error(_framing_problem(rec, key, off, end))
             try:
                 record = reader.read(key)
             except DatasetError as exc:
                 report.error(f"key {key}: {exc}")
-                expected_next = max(expected_next, off + 1)
+                end = max(end, off + 1)
                 continue
-            expected_next = reader._file().tell()
-            if position is None:
-                i = key - first
-                if not 0 <= i < n_img:
-                    continue
-            else:
-                i = position.get(key, -1)
-                if i < 0:
-                    continue
+            end = reader._file().tell()
+            i = index(key)
+            if i < 0:
+                continue
             try:
                 header, payload = unpack(record)
             except DatasetError as exc:
                 report.error(f"key {key}: {exc}")
                 continue
-            if header.is_array and not header.label:
-                report.error(f"key {key}: image record has an empty label array")
+            label, problems = _label_of(key, header, structure)
+            for problem in problems:
+                report.error(problem)
+            if label is None:
                 continue
-            label = header.label[0] if header.is_array else header.label
-            if not float(label).is_integer() or not 0 <= label < _LABEL_LIMIT:
-                report.error(f"key {key}: label {label:g} is not an integer class id in 0..2^24")
-                continue
-            labels[i] = int(label)
-            if expected_label is not None and expected_label[key] != labels[i]:
-                report.error(
-                    f"key {key}: label {int(label)} disagrees with the identity record that covers it "
-                    f"(class {int(expected_label[key])})"
-                )
-            if prop is not None and not 0 <= label < prop[0]:
-                report.error(f"key {key}: label {int(label)} is outside 0..{prop[0] - 1} (property)")
+            labels[i] = label
             jobs.append((key, payload))
             if len(jobs) >= 256:
                 flush()
@@ -237,34 +314,30 @@ def _check(
     finally:
         if pool is not None:
             pool.shutdown()
-    if expected_next < size:
-        report.error(
-            f"{rec}: {size - expected_next} trailing byte(s) after the last indexed record (offset {expected_next})"
-        )
-    elif expected_next > size:
-        report.error(f"{rec}: the index points past the end of the file ({size} bytes)")
+    report.error(_tail_problem(rec, rec.stat().st_size, end))
     if progress is not None:
         progress(total, total)
-    if layout is None:
-        return
-    if layout.kind != "insightface" and labels.size:
-        valid = labels[labels >= 0]
-        if valid.size:
-            present = np.unique(valid)
-            if present.size != int(valid.max()) + 1:
-                report.warnings.append(
-                    f"labels are not contiguous: {present.size} distinct labels, max {int(valid.max())}"
-                )
-            if prop is not None and prop[0] != int(valid.max()) + 1:
-                report.warnings.append(
-                    f"{folder / 'property'} says {prop[0]} classes, the labels say {int(valid.max()) + 1}"
-                )
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file() and layout.kind == "insightface":
-        _check_manifest(manifest, image_keys, labels, out, report)
+    return labels
 
 
-def _check_insightface(reader: RecordReader, layout, prop, folder: Path, report: _Report) -> np.ndarray:
+def _label_set_warnings(labels: np.ndarray, prop: tuple[int, int, int] | None, folder: Path) -> list[str]:
+    """Gaps in the class ids of a set without identity records, and a ``property`` that disagrees."""
+    valid = labels[labels >= 0]
+    if not valid.size:
+        return []
+    out = []
+    n_classes = int(valid.max()) + 1
+    present = np.unique(valid)
+    if present.size != n_classes:
+        out.append(f"labels are not contiguous: {present.size} distinct labels, max {n_classes - 1}")
+    if prop is not None and prop[0] != n_classes:
+        out.append(f"{folder / 'property'} says {prop[0]} classes, the labels say {n_classes}")
+    return out
+
+
+def _check_insightface(
+    reader: RecordReader, layout: Layout, prop: tuple[int, int, int] | None, folder: Path, report: _Report
+) -> np.ndarray:
     """Header/identity-record structure; returns the class each image key must carry (index = key)."""
     rec = reader.rec_path
     n, c = layout.num_images, layout.num_classes
@@ -301,16 +374,14 @@ def _jpeg_problem(key: int, payload: bytes, decode: bool, size: tuple[int, int] 
     return None
 
 
-def _check_manifest(
-    manifest: Path, keys: list[int], labels: np.ndarray, out: dict[str, Any], report: _Report
-) -> None:
+def _check_manifest(manifest: Path, keys: list[int], labels: np.ndarray, report: _Report) -> int | None:
+    """Compare ``manifest.sqlite`` with the records; returns its number of image rows."""
     try:
         with open_manifest(manifest) as conn:
-            rows = conn.execute("SELECT count(*) FROM images").fetchone()[0]
-            out["manifest_rows"] = int(rows)
+            rows = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
             if rows != len(keys):
                 report.error(f"{manifest}: {rows} rows for {len(keys)} images")
-                return
+                return rows
             want = dict(zip(keys, labels.tolist(), strict=True))
             bad = 0
             for key, label in conn.execute("SELECT key, label FROM images ORDER BY key"):
@@ -322,8 +393,10 @@ def _check_manifest(
                         )
             if bad > 1:
                 report.error(f"{manifest}: {bad} rows disagree with the records")
+            return rows
     except DatasetError as exc:
         report.error(str(exc))
+        return None
 
 
 def _inspect_dataset(
@@ -333,22 +406,17 @@ def _inspect_dataset(
     workers: int | None,
     progress: Callable[[int, int], None] | None,
     max_listed: int,
-) -> dict[str, Any]:
+) -> InfoReport:
     report = _Report(max_listed)
     chunks = list_chunks(root)
-    out: dict[str, Any] = {
-        "path": str(root),
-        "images": 0,
-        "classes": 0,
-        "layout": "insightface",
-        "ok": False,
-        "errors": report.errors,
-        "warnings": report.warnings,
-        "records": 0,
-        "property": None,
-        "decoded": decode,
-        "chunks": [],
-    }
+    out = InfoReport(
+        path=str(root),
+        layout="insightface",
+        decoded=decode,
+        chunks=[],
+        errors=report.errors,
+        warnings=report.warnings,
+    )
     if not chunks:
         report.error(f"{root / CHUNKS_DIR} holds no committed chunk")
     unfinished = [e.name for e in (root / CHUNKS_DIR).iterdir() if e.name.startswith((".tmp-", ".old-"))]
@@ -360,19 +428,19 @@ def _inspect_dataset(
             report.error(f"chunk {info.name} overlaps chunk {prev.name}")
         prev = info
         sub = inspect(info.path, decode=decode, workers=workers, max_listed=max_listed)
-        out["chunks"].append({k: sub[k] for k in ("path", "images", "classes", "layout", "ok")})
-        out["images"] += sub["images"]
-        out["classes"] += sub["classes"]
-        out["records"] += sub["records"]
-        for e in sub["errors"]:
+        out.chunks.append(ChunkSummary(sub.path, sub.images, sub.classes, sub.layout, sub.ok))
+        out.images += sub.images
+        out.classes += sub.classes
+        out.records += sub.records
+        for e in sub.errors:
             report.error(f"chunk {info.name}: {e}")
-        if sub["layout"] != "insightface":
-            report.error(f"chunk {info.name}: layout {sub['layout']}, expected insightface")
-        if sub["images"] != info.images or sub["classes"] != info.classes:
+        if sub.layout != "insightface":
+            report.error(f"chunk {info.name}: layout {sub.layout}, expected insightface")
+        if sub.images != info.images or sub.classes != info.classes:
             report.error(
                 f"chunk {info.name}: chunk.json says {info.images} images / {info.classes} classes, "
-                f"the records hold {sub['images']} / {sub['classes']}"
+                f"the records hold {sub.images} / {sub.classes}"
             )
         if progress is not None:
-            progress(out["images"], out["images"])
+            progress(out.images, out.images)
     return _finish(out, report)

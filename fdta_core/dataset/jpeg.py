@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import DatasetError, InputError
+from ..errors import DatasetError, InputError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,7 @@ def jpeg_encoder(
 
     ``auto`` picks simplejpeg when it is importable and Pillow otherwise.
     """
-    if backend not in BACKENDS:
-        raise InputError(
-            f"unknown JPEG backend {backend!r}", where="jpeg_backend", fix=f"use one of {BACKENDS}."
-        )
+    check_choice(None, "jpeg_backend", backend, BACKENDS, what="JPEG backend")
     if not 1 <= int(quality) <= 100:
         raise InputError(f"JPEG quality must be 1..100, got {quality}", where="quality")
     if backend in ("auto", "simplejpeg"):

@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -47,8 +46,8 @@ import numpy as np
 
 from ..errors import DatasetError, InputError
 from ..faceset import FACE_SIZE, FaceSet, Provenance
-from ..fsutil import atomic_write_text, fsync_dir
-from ..recordio import IRHeader, RecordWriter, encode_record, pack
+from ..fsutil import atomic_write_text, fsync_dir, swap_folder
+from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
 from .jpeg import JPEG_QUALITY, jpeg_encoder
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
@@ -109,6 +108,25 @@ class ChunkInfo:
             raise DatasetError(f"{p} is not a valid chunk description ({exc})") from None
         info.path = str(Path(folder))
         return info
+
+
+@dataclass(frozen=True)
+class DatasetChunk:
+    """``FDTA_DATASET``: what the dataset writer hands on, the data set root and the chunk it committed."""
+
+    dataset: str
+    chunk: ChunkInfo
+
+    @property
+    def path(self) -> str:
+        """The committed chunk folder (holds its own ``train.rec``)."""
+        return self.chunk.path
+
+    def train_folder(self) -> str:
+        """What to train on: the data set root, never the one chunk this prompt wrote. The trainer reads
+        the root's merged ``train.rec`` if it has one, else every committed chunk (labelled as merge
+        would: :class:`fdta_core.train.data.ChunkedFaceDataset`)."""
+        return self.dataset
 
 
 # ---------------------------------------------------------------------------- dataset folder
@@ -229,11 +247,6 @@ def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
 
 
 # ---------------------------------------------------------------------------- the writer
-#: IRHeader of an image record with a scalar label (what ``recordio.pack`` writes; packed directly here
-#: because this runs once per face).
-_IMAGE_HEADER = struct.Struct("<IfQQ")
-
-
 def _encode_batch(
     encode: Callable[[np.ndarray], bytes], items: list[tuple[int, int, np.ndarray]]
 ) -> list[tuple[bytes, int, str]]:
@@ -242,7 +255,7 @@ def _encode_batch(
         jpeg = encode(image)
         out.append(
             (
-                encode_record(_IMAGE_HEADER.pack(0, float(label), key, 0) + jpeg),
+                encode_record(pack_scalar(float(label), key, jpeg)),
                 len(jpeg),
                 hashlib.sha256(jpeg).hexdigest(),
             )
@@ -516,18 +529,10 @@ class ChunkWriter:
     def _swap_into_place(self) -> Path:
         chunks = self.root / CHUNKS_DIR
         final = chunks / self.name
-        old = chunks / f".old-{self.name}-{_HOST}-{os.getpid()}"
-        replaced = False
-        if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            replaced = True
-        os.replace(self.tmp, final)
+        # the .old-* name is the one recover() restores from when killed between the renames
+        replaced = swap_folder(self.tmp, final, old=chunks / f".old-{self.name}-{_HOST}-{os.getpid()}")
         _ACTIVE.discard(str(self.tmp))
-        fsync_dir(chunks)
         if replaced:
-            shutil.rmtree(old, ignore_errors=True)
             log.info("replaced earlier copy of chunk %s", self.name)
         return final
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_choice
 from ..faceset import FACE_SIZE, FaceSet
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class CSIMStats:
     csim: np.ndarray
     kept_mask: np.ndarray
     labels: np.ndarray
-    reasons: list[str] = field(default_factory=list)  # per input image: "" (kept), "csim", "identity"
+    reasons: list[str] = field(default_factory=list)  # per input image: "" (kept), "csim", "leak", "identity"
+    csim_subject: np.ndarray | None = None  # per input image: CSIM to its STG reference subject (NaN: none)
+    leak_threshold: float | None = None
     identities_in: int = 0
     identities_kept: int = 0
     dropped_identities: list[int] = field(default_factory=list)
@@ -98,6 +100,7 @@ class CSIMStats:
             "images_in": self.n_in,
             "images_kept": self.n_kept,
             "rejected_by_csim": int(sum(r == "csim" for r in self.reasons)),
+            "rejected_as_leak": int(sum(r == "leak" for r in self.reasons)),
             "dropped_with_identity": int(sum(r == "identity" for r in self.reasons)),
             "identities_in": self.identities_in,
             "identities_kept": self.identities_kept,
@@ -116,7 +119,7 @@ class CSIMStats:
             f"CSIM filter (reference={s['reference']}, threshold={s['threshold']:.3f}, "
             f"min images/identity={s['min_images_per_identity']})",
             f"kept {s['images_kept']} / {s['images_in']} images; rejected {s['rejected_by_csim']} by CSIM, "
-            f"{s['dropped_with_identity']} with their identity",
+            f"{s['rejected_as_leak']} as reference-identity leaks, {s['dropped_with_identity']} with their identity",
             f"identities kept {s['identities_kept']} / {s['identities_in']}"
             + (
                 f" (dropped: {s['dropped_identities'][:20]}{' ...' if len(s['dropped_identities']) > 20 else ''})"
@@ -155,8 +158,7 @@ def compute_csim(
     ``source``: the identity's source face (``source_embeddings`` maps identity -> embedding).
     ``mean``: the mean of the identity's L2-normalised embeddings.
     """
-    if reference not in REFERENCES:
-        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    check_choice("csim", "reference", reference, REFERENCES)
     emb = l2_normalize(embeddings)
     out = np.empty(len(faceset), np.float64)
     for ident, idx in faceset.by_identity().items():
@@ -180,16 +182,24 @@ def csim_filter(
     batch_size: int = 32,
     embeddings: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reference_subjects: dict[str, np.ndarray] | None = None,
+    leak_threshold: float | None = None,
 ) -> tuple[FaceSet, CSIMStats]:
     """Keep the images whose CSIM to their identity's reference is >= ``threshold``.
+
+    With ``reference_subjects`` (STG reference subject -> identity embedding, see
+    :func:`fdta_core.faces.identity.subject_embeddings`) every image styled after a subject (provenance
+    ``stg_reference_subject``) also gets its CSIM to that subject; the image is dropped as a leak (the
+    real subject's identity came through: DCFace's known failure) when that CSIM is at least its CSIM
+    to the source identity, or at least ``leak_threshold``. Both CSIMs go into the kept images'
+    provenance, and each kept image records how many images of its identity were dropped as leaks.
 
     The CSIM is written into each kept image's provenance (stage ``csim``). When
     ``min_images_per_identity`` > 0, an identity left with fewer kept images is dropped whole (a class
     with too few images hurts FR training more than it helps). ``models_or_fn`` is a
     :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
     """
-    if reference not in REFERENCES:
-        raise InputError(f"reference must be one of {REFERENCES}, got {reference!r}", where="csim.reference")
+    check_choice("csim", "reference", reference, REFERENCES)
     if not -1.0 <= float(threshold) <= 1.0:
         raise InputError(f"threshold must lie in [-1, 1], got {threshold}", where="csim.threshold")
     if int(min_images_per_identity) < 0:
@@ -211,6 +221,22 @@ def csim_filter(
     csim = compute_csim(faceset, embeddings, reference, src_emb) if n else np.zeros((0,))
     keep = csim >= float(threshold)
     reasons = ["" if k else "csim" for k in keep]
+    csim_subject = np.full(n, np.nan)
+    if reference_subjects:
+        to_source = compute_csim(faceset, embeddings, "source", src_emb) if src_emb is not None else csim
+        emb_n = l2_normalize(embeddings)
+        for i, p in enumerate(faceset.provenance):
+            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+            ref = reference_subjects.get(str(subj)) if subj is not None else None
+            if ref is None:
+                continue
+            csim_subject[i] = float(emb_n[i] @ l2_normalize(np.asarray(ref, np.float64)))
+            leaked = csim_subject[i] >= to_source[i] or (
+                leak_threshold is not None and csim_subject[i] >= float(leak_threshold)
+            )
+            if leaked:
+                keep[i] = False
+                reasons[i] = "leak"
     dropped: list[int] = []
     if min_images_per_identity > 0:
         for ident, idx in faceset.by_identity().items():
@@ -221,9 +247,22 @@ def csim_filter(
                         reasons[i] = "identity"
                 keep[idx] = False
     prov = list(faceset.provenance)
-    extra = {"csim_reference": reference, "csim_threshold": float(threshold)}
+    extra: dict[str, Any] = {"csim_reference": reference, "csim_threshold": float(threshold)}
+    leaks_of: dict[int, int] = {}
+    if reference_subjects:
+        extra["leak_threshold"] = None if leak_threshold is None else float(leak_threshold)
+        for i, r in enumerate(reasons):
+            if r == "leak":
+                leaks_of[int(faceset.labels[i])] = leaks_of.get(int(faceset.labels[i]), 0) + 1
     for i in np.nonzero(keep)[0]:
-        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=extra)
+        e = dict(extra)
+        if reference_subjects:
+            if src_emb is not None:
+                e["csim_to_source"] = round(float(to_source[i]), 6)
+            if np.isfinite(csim_subject[i]):
+                e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
+            e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
+        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
     full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
     kept = full.select(keep)
     stats = CSIMStats(
@@ -237,6 +276,8 @@ def csim_filter(
         identities_in=len(ids),
         identities_kept=len(kept.identities),
         dropped_identities=dropped,
+        csim_subject=csim_subject,
+        leak_threshold=None if leak_threshold is None else float(leak_threshold),
     )
     log.info(
         "[FDTA] csim: kept %d / %d images, %d / %d identities",
@@ -302,7 +343,7 @@ def contact_sheet(
         for c, i in enumerate(by_id[ident][:max_per_identity]):
             ok = bool(stats.kept_mask[i])
             face = faceset.images[i] if ok else _mark_rejected(faceset.images[i])
-            why = "" if ok else (" x" if stats.reasons[i] == "csim" else " id")
+            why = "" if ok else {"csim": " x", "leak": " leak"}.get(stats.reasons[i], " id")
             tile = _label(face, f"{stats.csim[i]:.3f}{why}", _GREEN if ok else _RED, cap)
             x = pad + (c + 1) * (t + pad)
             sheet[y : y + t + cap, x : x + t] = tile

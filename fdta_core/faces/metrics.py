@@ -1,7 +1,7 @@
 """Data-set quality metrics (DCFace's definitions, DESIGN 5.5) computed on in-memory embeddings.
 
 * **uniqueness**: greedy r-ball packing of the class centres. Centres are visited in order; a centre is
-  packed when its cosine similarity to every packed centre is at most ``threshold`` (0.3: r is the L2
+  packed when its cosine similarity to every packed centre is below ``threshold`` (the identity rule) (0.3: r is the L2
   radius ``sqrt(2 - 2 * 0.3)`` on the unit sphere). Uniqueness = packed / classes.
 * **intra-class consistency**: share of images whose cosine similarity to their own class centre is
   above ``threshold`` (within r of it).
@@ -19,35 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from .csim import csim_histogram, l2_normalize
-from .identity import DCFACE_THRESHOLD
+from .identity import DCFACE_THRESHOLD, greedy_unique, identity_centers
 
 
 def class_centers(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(class ids sorted, unit centres [C, D])``."""
-    emb = l2_normalize(embeddings)
-    lab = np.asarray(labels)
-    if emb.shape[0] != lab.shape[0]:
-        raise InputError(f"{emb.shape[0]} embeddings for {lab.shape[0]} labels", where="metrics")
-    ids, inv = np.unique(lab, return_inverse=True)
-    sums = np.zeros((len(ids), emb.shape[1]))
-    np.add.at(sums, inv, emb)
-    return ids, l2_normalize(sums)
+    """``(class ids sorted, unit centres [C, D])`` (the identity embedding of DESIGN 5.8)."""
+    return identity_centers(embeddings, labels)
 
 
 def greedy_packing(centers: np.ndarray, threshold: float = DCFACE_THRESHOLD) -> np.ndarray:
-    """Indices of the centres a greedy r-ball packing keeps (visit order = array order)."""
-    c = l2_normalize(centers)
-    kept: list[int] = []
-    if len(c) == 0:
+    """Indices of the centres a greedy r-ball packing keeps (visit order = array order): the identity
+    rules' first-come-first-kept pass, near-linear through one index range search."""
+    if len(centers) == 0:
         return np.zeros((0,), np.int64)
-    block = np.zeros((0, c.shape[1]))
-    for i in range(len(c)):
-        if block.shape[0] == 0 or float((block @ c[i]).max()) <= threshold:
-            kept.append(i)
-            block = np.vstack([block, c[i]])
-    return np.asarray(kept, np.int64)
+    return np.nonzero(greedy_unique(l2_normalize(centers), threshold))[0].astype(np.int64)
 
 
 def uniqueness(embeddings: np.ndarray, labels: np.ndarray, threshold: float = DCFACE_THRESHOLD) -> float:
@@ -150,6 +136,66 @@ def attribute_balance(
             BalanceRow(attr, proportions(requested.get(attr, [])), proportions(achieved.get(attr, [])))
         )
     return rows
+
+
+#: Plan fields whose per-value counts are quotas (the age quota is over the plan's age bins).
+QUOTA_FIELDS: tuple[str, ...] = ("gender", "race", "age_bin")
+
+
+def _quota_value(attrs: Mapping[str, Any], extra: Mapping[str, Any] | None, name: str) -> str | None:
+    if name == "age_bin":
+        v = (extra or {}).get("age_bin") or attrs.get("age_bin")
+        return str(v) if v not in (None, "") else age_bucket(attrs.get("age"))
+    v = attrs.get(name)
+    return None if v in (None, "") else str(v)
+
+
+@dataclass
+class QuotaRow:
+    """Planned vs written identities per value of one quota field; ``max_deviation`` in identities."""
+
+    field: str
+    planned: dict[str, int]
+    written: dict[str, int]
+
+    @property
+    def max_deviation(self) -> int:
+        keys = set(self.planned) | set(self.written)
+        return max((abs(self.planned.get(k, 0) - self.written.get(k, 0)) for k in keys), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "planned": self.planned,
+            "written": self.written,
+            "max_deviation": self.max_deviation,
+        }
+
+
+def plan_vs_written(
+    plan: Sequence[Mapping[str, Any]], written: Mapping[int, Mapping[str, Any]]
+) -> tuple[list[QuotaRow], list[int]]:
+    """Per quota field, how many identities the plan asked for per value and how many were written;
+    and the planned identities that are missing. ``plan`` rows are ``fdta plan --json`` objects
+    (``index``, ``attributes``, ``extra``); ``written`` maps identity -> its attributes."""
+    rows = []
+    planned_ids = {int(r["index"]): r for r in plan}
+    for name in QUOTA_FIELDS:
+        p = Counter(
+            v
+            for r in plan
+            if (v := _quota_value(r.get("attributes") or {}, r.get("extra"), name)) is not None
+        )
+        w = Counter()
+        for ident, attrs in written.items():
+            src = planned_ids.get(int(ident))
+            v = _quota_value((src or {}).get("attributes") or attrs, (src or {}).get("extra"), name)
+            if v is not None:
+                w[v] += 1
+        if p or w:
+            rows.append(QuotaRow(name, dict(sorted(p.items())), dict(sorted(w.items()))))
+    missing = sorted(i for i in planned_ids if i not in written)
+    return rows, missing
 
 
 @dataclass

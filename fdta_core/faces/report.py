@@ -21,7 +21,7 @@ from ..errors import DatasetError
 from ..fsutil import atomic_write_text
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
-from .metrics import DatasetMetrics, age_bucket, compute_metrics
+from .metrics import DatasetMetrics, age_bucket, compute_metrics, plan_vs_written
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class ReportData:
     samples: dict[int, list[np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
+    plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
 
 
 def build_report(
@@ -55,6 +57,14 @@ def build_report(
         threshold=threshold,
     )
     summary = {"name": data.name, **m.to_dict(), "notes": list(data.notes), "source": data.source}
+    if data.plan:
+        rows, missing = plan_vs_written(data.plan, data.written)
+        summary["quotas"] = {
+            "planned_identities": len(data.plan),
+            "written_identities": len(data.written),
+            "fields": [r.to_dict() for r in rows],
+            "missing": missing,
+        }
     return m, summary
 
 
@@ -198,6 +208,21 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
             else None,
         ),
     ]
+    for q in (summary.get("quotas") or {}).get("fields", []):
+        cats = sorted(set(q["planned"]) | set(q["written"]))
+        figs.append(
+            (
+                f"Plan vs written: {q['field']} (max deviation {q['max_deviation']} identities)",
+                bar_chart(
+                    cats,
+                    {
+                        "planned": [q["planned"].get(k, 0) for k in cats],
+                        "written": [q["written"].get(k, 0) for k in cats],
+                    },
+                    q["field"],
+                ),
+            )
+        )
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     body = "\n".join(
@@ -256,10 +281,17 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
             raise DatasetError(
                 f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
             )
-        want = [c for c in ("identity", "attributes", "csim", "age_target") if c in cols]
+        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra") if c in cols]
         out: dict[int, dict[str, Any]] = {}
         for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
             rec = dict(zip(want, row[1:], strict=True))
+            if isinstance(rec.get("extra"), str):
+                try:
+                    extra = json.loads(rec["extra"])
+                except json.JSONDecodeError:
+                    extra = {}
+                rec["leaked"] = extra.get("leaked_images_dropped") if isinstance(extra, dict) else None
+            rec.pop("extra", None)
             if isinstance(rec.get("attributes"), str):
                 try:
                     rec["attributes"] = json.loads(rec["attributes"])
@@ -391,7 +423,19 @@ def load_dataset(
         notes.append(
             "no face models given: uniqueness and consistency need embeddings (--insightface-dir/--pack)"
         )
+    leaks = [r.get("leaked") for r in first_row.values() if r.get("leaked") is not None]
+    if leaks:
+        notes.append(
+            f"{int(sum(leaks))} styled image(s) dropped by the CSIM filter because their reference subject's "
+            "identity leaked in"
+        )
+    written = {
+        int(r["identity"]): dict(r.get("attributes") or {})
+        for r in first_row.values()
+        if r.get("identity") is not None
+    }
     return ReportData(
+        written=written,
         name=root.name,
         labels=labels,
         embeddings=np.concatenate(embeddings) if embeddings else None,
@@ -401,6 +445,7 @@ def load_dataset(
         samples=samples,
         notes=notes,
         source={
+            "leaked_images_dropped": int(sum(leaks)) if leaks else None,
             "folder": str(root),
             "layout": layout.kind,
             "images_total": layout.num_images,

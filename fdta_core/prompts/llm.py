@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import ConfigError, ExternalServiceError
+from ..errors import ConfigError, ExternalServiceError, check_choice
 from ..fsutil import atomic_write_text
 from ..plan import FIELDS, IdentityPlan, IdentitySpec
 from ..seeds import derive_seed
@@ -96,18 +96,8 @@ class LLMSettings:
             raise ConfigError(
                 "model name is empty", where="model", fix="give a model such as gpt-4o-mini or llama3.1."
             )
-        if self.failure_policy not in POLICIES:
-            raise ConfigError(
-                f"unknown failure policy {self.failure_policy!r}",
-                where="failure_policy",
-                fix=f"use one of {POLICIES}.",
-            )
-        if self.response_format not in RESPONSE_FORMATS:
-            raise ConfigError(
-                f"unknown response format {self.response_format!r}",
-                where="response_format",
-                fix=f"use one of {RESPONSE_FORMATS}.",
-            )
+        check_choice(None, "failure_policy", self.failure_policy, POLICIES, error=ConfigError)
+        check_choice(None, "response_format", self.response_format, RESPONSE_FORMATS, error=ConfigError)
         if not 1 <= int(self.batch_size) <= 64:
             raise ConfigError(
                 f"batch_size {self.batch_size} out of range", where="batch_size", fix="use 1 to 64."

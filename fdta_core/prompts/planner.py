@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..errors import InputError
 from ..plan import FIELDS, IdentityPlan, IdentitySpec
-from ..seeds import derive_seed
+from ..seeds import check_seed, derive_seed
 from .grammar import GRAMMAR_VERSION, formulate
 from .spec import AttributeSpec
 from .strata import stratified_values
@@ -39,16 +39,7 @@ def _check_range(start: int, count: int, run_seed: int) -> None:
             where="identity_count",
             fix="use a smaller range.",
         )
-    if (
-        isinstance(run_seed, bool)
-        or not isinstance(run_seed, int)
-        or not (0 <= run_seed <= 0xFFFFFFFFFFFFFFFF)
-    ):
-        raise InputError(
-            f"seed {run_seed!r} must be an integer in 0 .. 2^64-1",
-            where="seed",
-            fix="use a fixed integer seed.",
-        )
+    check_seed(run_seed)
 
 
 def _group_labels(spec: AttributeSpec, by: str, seed: int, upto: int) -> list[str]:

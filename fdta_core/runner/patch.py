@@ -16,7 +16,9 @@ from .manifest import Chunk
 SPEC_NODE = "FDTAAttributeSpec"
 #: Seed-like inputs of ComfyUI's own nodes (KSampler, KSamplerAdvanced, RandomNoise, ...).
 CORE_SEED_INPUTS = ("seed", "noise_seed")
-_COMFY_SEED_MAX = (1 << 64) - 1
+#: Nodes that consult and extend the run's identity index, and the input that names it.
+INDEX_NODES = ("FDTAACGSampler",)
+INDEX_INPUT = "identity_index"
 
 
 def load_api_workflow(data: Mapping[str, Any], *, where: str = "workflow") -> dict[str, Any]:
@@ -58,6 +60,7 @@ def patch_workflow(
     chunk: Chunk,
     run_seed: int,
     overrides: list[tuple[str, str, Any]] | None = None,
+    identity_index: str | None = None,
 ) -> dict[str, Any]:
     """A copy of ``prompt`` set up for ``chunk``.
 
@@ -67,6 +70,8 @@ def patch_workflow(
     * ComfyUI's own nodes' literal ``seed``/``noise_seed`` inputs get a seed derived from the run seed,
       the node id and the chunk start;
     * any other node's literal ``identity_start``/``identity_count`` inputs get the chunk's range;
+    * every ACG node gets ``identity_index`` (the run's identity index folder), so no chunk repeats an
+      identity of an earlier chunk;
     * ``overrides`` (``(class_type or node id, input, value)``) are applied last.
     """
     out = copy.deepcopy(dict(prompt))
@@ -90,12 +95,14 @@ def patch_workflow(
         for key, value in (("identity_start", chunk.start), ("identity_count", chunk.count)):
             if key in inputs and not isinstance(inputs[key], list):
                 inputs[key] = value
+        if identity_index and cls in INDEX_NODES and not isinstance(inputs.get(INDEX_INPUT), list):
+            inputs[INDEX_INPUT] = str(identity_index)
         for key in CORE_SEED_INPUTS:
             if key in inputs and not isinstance(inputs[key], list):  # a list is a link to another node
                 if cls.startswith("FDTA"):
                     inputs[key] = int(run_seed)
                 else:
-                    inputs[key] = derive_seed(run_seed, "comfy", nid, chunk.start) & _COMFY_SEED_MAX
+                    inputs[key] = derive_seed(run_seed, "comfy", nid, chunk.start)  # <= SEED_MAX
     for target, name, value in overrides or []:
         hits = [n for nid, n in out.items() if nid == target or n.get("class_type") == target]
         if not hits:

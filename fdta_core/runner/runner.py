@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FDTAError
+from ..faces.identity import prepare_run_index
+from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
 from .patch import load_api_workflow, patch_workflow, workflow_hash
@@ -32,6 +34,12 @@ class RunConfig:
     overrides: list[tuple[str, str, Any]] = field(default_factory=list)
     max_attempts: int = 3
     timeout: float | None = None
+    identity_index: str | None = None  # None: RUN_DIR/identities (prepared here); "" disables
+
+    def __post_init__(self) -> None:
+        # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
+        # first FDTA node that range-checks it
+        self.seed = check_seed(self.seed, where="run --seed")
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:
@@ -68,6 +76,12 @@ class RunConfig:
     def chunks(self) -> list[Chunk]:
         return select_shard(plan_chunks(self.identities, self.chunk_size, self.first_identity), *self.shard)
 
+    def index_location(self) -> str:
+        """The identity-index folder every chunk's ACG consults and extends."""
+        if self.identity_index is not None:
+            return self.identity_index
+        return str((self.run_dir / "identities").resolve())
+
     def manifest_path(self) -> Path:
         i, n = self.shard
         return self.run_dir / f"run-shard{i:04d}-of-{n:04d}.json"
@@ -90,6 +104,8 @@ def run(
             "no ComfyUI server given", where="run.servers", fix="pass --server http://127.0.0.1:8188"
         )
     manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    if cfg.identity_index is None:
+        prepare_run_index(cfg.index_location(), {"run": cfg.run_key()})
     todo: queue.Queue[Chunk] = queue.Queue()
     for c in manifest.todo(cfg.max_attempts):
         todo.put(c)
@@ -110,7 +126,9 @@ def run(
             if on_chunk:
                 on_chunk(chunk, ChunkState.RUNNING)
             try:
-                prompt = patch_workflow(cfg.workflow, chunk, cfg.seed, cfg.overrides)
+                prompt = patch_workflow(
+                    cfg.workflow, chunk, cfg.seed, cfg.overrides, identity_index=cfg.index_location()
+                )
                 pid = client.queue(prompt)
                 with lock:
                     manifest.mark(chunk, ChunkState.RUNNING, prompt_id=pid)

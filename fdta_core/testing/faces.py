@@ -60,7 +60,7 @@ def export_onnx(
     return path
 
 
-def _det_module():
+def _det_module(anywhere: bool = False):
     torch = _torch()
     nn = torch.nn
     f = torch.nn.functional
@@ -75,7 +75,7 @@ def _det_module():
             self.strides = (8, 16, 32)
             # score = sigmoid(gain * (cell mean - bias)); bias 2 is unreachable (inputs are < 1)
             self.gain = 20.0
-            self.bias = {8: 2.0, 16: 2.0, 32: 0.5}
+            self.bias = {8: 2.0, 16: 2.0, 32: -2.0 if anywhere else 0.5}
             self.register_buffer("box", torch.full((1, 8, 1, 1), DET_HALF_BOX / DET_STRIDE))
             self.register_buffer(
                 "kps", torch.tensor(np.tile(kps.reshape(-1), 2), dtype=torch.float32).view(1, 20, 1, 1)
@@ -189,7 +189,9 @@ def write_random_detector(path: str | Path, *, seed: int = 0, batched: bool = Fa
     )
 
 
-def write_tiny_detector(path: str | Path) -> Path:
+def write_tiny_detector(path: str | Path, *, anywhere: bool = False) -> Path:
+    """The hand-set detector; ``anywhere=True`` makes every stride-32 cell a face (so the main-face
+    rule picks the central one): any picture, e.g. a random-weight SD sample, yields an aligned face."""
     torch = _torch()
     names = (
         [f"score_{s}" for s in (8, 16, 32)]
@@ -197,7 +199,7 @@ def write_tiny_detector(path: str | Path) -> Path:
         + [f"kps_{s}" for s in (8, 16, 32)]
     )
     dyn = {"input.1": {2: "h", 3: "w"}} | {n: {0: "anchors"} for n in names}
-    return export_onnx(_det_module(), path, torch.zeros(1, 3, 128, 128), "input.1", names, dyn)
+    return export_onnx(_det_module(anywhere), path, torch.zeros(1, 3, 128, 128), "input.1", names, dyn)
 
 
 def write_tiny_arcface(
@@ -235,6 +237,7 @@ def make_tiny_face_pack(
     seed: int = 0,
     genderage: bool = True,
     mxnet: bool = False,
+    detect_anywhere: bool = False,
 ) -> Path:
     """Write a tiny pack under ``folder/models/<pack>/`` (``folder`` plays ``models/insightface``).
 
@@ -242,7 +245,7 @@ def make_tiny_face_pack(
     """
     d = Path(folder) / "models" / pack
     d.mkdir(parents=True, exist_ok=True)
-    write_tiny_detector(d / "det_10g.onnx")
+    write_tiny_detector(d / "det_10g.onnx", anywhere=detect_anywhere)
     write_tiny_arcface(d / "w600k_r50.onnx", seed=seed, mxnet=mxnet)
     if genderage:
         write_tiny_genderage(d / "genderage.onnx", seed=seed + 1)

@@ -44,7 +44,8 @@ def _find_rec(path: str | Path) -> tuple[Path, Path | None]:
     if not rec.is_file():
         raise DatasetError(
             f"training set {rec} not found",
-            fix="pass a .rec file or a folder holding train.rec, train.idx and property (FDTADatasetWriter's output).",
+            fix="pass a .rec file, a folder holding train.rec, train.idx and property, or a data-set folder "
+            "holding chunks/ (FDTADatasetWriter's output).",
         )
     idx = rec.with_suffix(".idx")
     return rec, (idx if idx.is_file() else None)
@@ -182,6 +183,123 @@ class RecFaceDataset(torch.utils.data.Dataset):
             self.load(int(index), bool(flip), out[j])
             labels[j] = self.labels[int(index)]
         return torch.from_numpy(out), torch.from_numpy(labels)
+
+
+class ChunkedFaceDataset(torch.utils.data.Dataset):
+    """All committed chunks of a data-set folder (``<root>/chunks/<start>-<end>/``) as one training set.
+
+    Labels and image order are exactly those of ``fdta rec merge OUT ROOT``: identities are renumbered
+    ``0..C-1`` in the order of their original identity id (``chunk.json``), images grouped by identity in
+    key order. So training on the root and on its merged ``train.rec`` sees the same batches, without the
+    copy. Chunks that share an identity id are refused (as merge refuses them).
+    """
+
+    kind = "chunks"
+
+    def __init__(self, root: str | Path, *, image_size: int = 112, check_property: bool = True) -> None:
+        from ..dataset.writer import CHUNKS_DIR, list_chunks
+
+        self.root = Path(root)
+        chunks = list_chunks(self.root)
+        if not chunks:
+            raise DatasetError(
+                f"{self.root / CHUNKS_DIR} holds no committed chunk",
+                fix="let FDTADatasetWriter finish at least one chunk, or pass a folder holding train.rec.",
+            )
+        self.image_size = int(image_size)
+        self.parts = [
+            RecFaceDataset(c.path, image_size=image_size, check_property=check_property) for c in chunks
+        ]
+        entries: list[tuple[int, int, int]] = []  # (original identity, part, local label)
+        for p, (info, part) in enumerate(zip(chunks, self.parts, strict=True)):
+            part.reader.close()  # reopened lazily on first read (also in each DataLoader worker)
+            if len(info.identities) != part.num_classes:
+                raise DatasetError(
+                    f"{info.path}: chunk.json lists {len(info.identities)} identities, "
+                    f"the records hold {part.num_classes}",
+                    fix="run `fdta rec info` on the data set; rewrite the broken chunk.",
+                )
+            entries.extend((int(ident), p, local) for local, ident in enumerate(info.identities))
+        entries.sort()
+        for a, b in zip(entries, entries[1:], strict=False):
+            if a[0] == b[0]:
+                raise DatasetError(
+                    f"identity {a[0]} is in chunk {chunks[a[1]].name} and in chunk {chunks[b[1]].name}",
+                    fix="remove the duplicate chunk, or merge independent sets with `fdta rec merge --renumber`.",
+                )
+        # positions of each (part, local label) block inside the part; parts are grouped by label
+        part_idx, pos = [], []
+        labels = []
+        for new, (_ident, p, local) in enumerate(entries):
+            lab = self.parts[p].labels
+            lo, hi = np.searchsorted(lab, local, "left"), np.searchsorted(lab, local, "right")
+            if hi <= lo:
+                raise DatasetError(f"{chunks[p].path}: identity {_ident} has no images")
+            part_idx.append(np.full(hi - lo, p, np.int32))
+            pos.append(np.arange(lo, hi, dtype=np.int64))
+            labels.append(np.full(hi - lo, new, np.int64))
+        self._part = np.concatenate(part_idx)
+        self._pos = np.concatenate(pos)
+        self.labels = np.concatenate(labels)
+        self.num_classes = len(entries)
+        self.identities = [e[0] for e in entries]
+        self.chunks = [c.name for c in chunks]
+        log.info(
+            "training on %d chunk(s) of %s: %d images, %d identities",
+            len(chunks),
+            self.root,
+            len(self.labels),
+            self.num_classes,
+        )
+
+    @property
+    def reader(self) -> RecordReader:
+        """The first chunk's reader (what callers that log a path need)."""
+        return self.parts[0].reader
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int, flip: bool, out: np.ndarray) -> None:
+        self.parts[int(self._part[index])].load(int(self._pos[index]), flip, out)
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
+        self.load(int(index), bool(flip), out)
+        return torch.from_numpy(out), int(self.labels[int(index)])
+
+    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
+        labels = np.empty(len(items), np.int64)
+        for j, (index, flip) in enumerate(items):
+            self.load(int(index), bool(flip), out[j])
+            labels[j] = self.labels[int(index)]
+        return torch.from_numpy(out), torch.from_numpy(labels)
+
+
+def open_face_dataset(
+    path: str | Path, *, image_size: int = 112
+) -> RecFaceDataset | ChunkedFaceDataset:
+    """The training set at ``path``: a ``.rec`` file or a folder holding ``train.rec`` (one set), or a
+    data-set folder holding ``chunks/`` (every committed chunk, labelled as ``fdta rec merge`` would).
+
+    A folder with neither is refused; a data-set folder is never silently reduced to one chunk.
+    """
+    from ..dataset.writer import CHUNKS_DIR
+
+    p = Path(path)
+    if p.is_dir() and not (p / "train.rec").is_file():
+        if (p / CHUNKS_DIR).is_dir():
+            return ChunkedFaceDataset(p, image_size=image_size)
+        raise DatasetError(
+            f"{p} holds neither train.rec nor a chunks/ folder",
+            fix="pass a folder holding train.rec/train.idx/property, a data-set folder written by "
+            "FDTADatasetWriter (chunks/), or the output of `fdta rec merge`.",
+        )
+    if p.is_dir() and (p / CHUNKS_DIR).is_dir():
+        log.warning("%s holds both train.rec and chunks/: training on train.rec", p)
+    return RecFaceDataset(p, image_size=image_size)
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelFormatError
+from ..errors import ConfigError, ModelFormatError, check_choice
 
 #: Blocks per stage of the published depths (arcface_torch ``iresnet18`` ... ``iresnet200``).
 LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -142,11 +142,9 @@ def build_backbone(
     """Build ``r18``/``r34``/``r50``/``r100``/``r200`` (or explicit ``layers``) as arcface_torch does."""
     if layers is None:
         key = network.lower().replace("iresnet", "r")
-        if key not in LAYERS:
-            raise ConfigError(
-                f"unknown network '{network}'",
-                fix=f"use one of {', '.join(LAYERS)} (or give explicit layers such as 1,1,1,1).",
-            )
+        check_choice(
+            None, "network", key, LAYERS, error=ConfigError, fix="or give explicit layers such as 1,1,1,1"
+        )
         layers = LAYERS[key]
     return IResNet(layers, num_features=num_features, dropout=dropout, width=width, input_size=input_size)
 

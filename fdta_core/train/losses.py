@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 
 #: Named presets: (m1, m2, m3).
 MARGINS: dict[str, tuple[float, float, float]] = {
@@ -49,8 +49,7 @@ class MarginSpec:
                     fix="write it as combined:m1,m2,m3, e.g. combined:1,0.3,0.2",
                 ) from None
             return cls(s, m1, m2, m3)
-        if name not in MARGINS:
-            raise ConfigError(f"unknown loss '{loss}'", fix="use arcface, cosface or combined:m1,m2,m3.")
+        check_choice(None, "loss", name, MARGINS, error=ConfigError, fix="or combined:m1,m2,m3")
         m1, m2, m3 = MARGINS[name]
         if m is not None:
             if name == "arcface":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 
 
 @dataclass
@@ -177,8 +177,7 @@ def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a preset plus overrides (``None`` values are ignored)."""
     base: dict[str, Any] = {}
     if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset '{preset}'", fix=f"use one of {', '.join(PRESETS)}.")
+        check_choice(None, "preset", preset, PRESETS, error=ConfigError)
         base.update(PRESETS[preset])
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(base)

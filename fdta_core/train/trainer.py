@@ -38,10 +38,10 @@ from ..fsutil import atomic_open, atomic_write_text
 from ..seeds import derive_seed
 from .data import (
     EpochBatchSampler,
-    RecFaceDataset,
     dali_available,
     make_dali_loader,
     make_loader,
+    open_face_dataset,
     to_model_input,
 )
 from .iresnet import build_backbone
@@ -188,7 +188,7 @@ class Trainer:
         self._stop_signal = False
         c = config
 
-        self.dataset = RecFaceDataset(c.data, image_size=c.image_size)
+        self.dataset = open_face_dataset(c.data, image_size=c.image_size)
         self.num_classes = self.dataset.num_classes
         if c.num_classes and c.num_classes != self.num_classes:
             raise DatasetError(
@@ -271,6 +271,23 @@ class Trainer:
         self._saved_step = -1
 
     # -------------------------------------------------------------- checkpoints
+    def _check_same_data(self) -> None:
+        """A data-set folder of chunks can grow between launches; a checkpoint only resumes on the data
+        it was trained on (the class layer and the sample order depend on it)."""
+        try:
+            old = json.loads((self.files.root / "run.json").read_text())
+        except (OSError, ValueError):
+            return
+        was = (old.get("num_classes"), old.get("num_images"))
+        now = (self.num_classes, len(self.dataset))
+        if None not in was and tuple(was) != now:
+            raise DatasetError(
+                f"the checkpoint was trained on {was[0]} identities / {was[1]} images, "
+                f"{self.config.data} now holds {now[0]} / {now[1]} (chunks added or removed?)",
+                where="resume",
+                fix="start a new run folder to train on the changed data, or restore the data the run began with.",
+            )
+
     def _resume(self) -> None:
         latest = latest_checkpoint(self.files.root)
         if self.info.world_size > 1:
@@ -280,6 +297,7 @@ class Trainer:
             latest = box[0]
         if latest is None:
             return
+        self._check_same_data()
         if int(latest["world_size"]) != self.info.world_size:
             raise ConfigError(
                 f"the checkpoint at step {latest['step']} was written by {latest['world_size']} processes, "

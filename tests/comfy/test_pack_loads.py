@@ -41,3 +41,25 @@ def test_nodes_are_documented_and_categorised(comfy: ComfyServer) -> None:
                 assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
         tips = spec.get("output_tooltips") or []
         assert len(tips) == len(spec["output"]) and all(tips), f"{node_id} outputs need tooltips"
+
+
+def test_frontend_extension_and_its_imports_are_served(comfy: ComfyServer) -> None:
+    """The browser loads every script the server lists under /extensions, and each relative import in
+    it resolves against the script's own URL: a wrong number of ``../`` 404s in the browser only."""
+    import urllib.parse
+    import urllib.request
+
+    scripts = [s for s in comfy.get("/extensions") if "/ComfyUI-FDTA/" in s]
+    assert scripts, "the pack's web/ folder is not served"
+    for script in scripts:
+        url = urllib.parse.urljoin(comfy.url + "/", script.lstrip("/"))
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200
+            source = r.read().decode()
+        imports = re.findall(r"""^\s*import\s[^;]*?from\s+["']([^"']+)["']""", source, re.M)
+        for spec in imports:
+            if not spec.startswith("."):
+                continue
+            target = urllib.parse.urljoin(url, spec)
+            with urllib.request.urlopen(target, timeout=30) as r:  # raises HTTPError on 404
+                assert r.status == 200, target

@@ -8,9 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from tests.chat_server import ChatServer
 from tests.comfy.conftest import LIVE_KEY_ENV
 from tests.comfy.harness import ComfyServer, node_outputs
-from tests.test_prompts_llm import ChatServer
 
 
 def _graph(spec: str | None = None, *, seed: int = 3, count: int = 4, **prompt_kw) -> dict:

@@ -1,5 +1,5 @@
 // ComfyUI-FDTA frontend extension: colours FDTA nodes so the pipeline stages stand out in a graph.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js"; // served at /extensions/<pack>/js/fdta.js
 
 app.registerExtension({
   name: "FDTA.NodeColours",

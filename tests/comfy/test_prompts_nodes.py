@@ -1,7 +1,7 @@
 """The attribute nodes inside ComfyUI's own interpreter (no server): import as part of the pack, schema
 facts (seed never randomised, tooltips), execution with and without the LLM, errors, key hygiene.
 
-Skips unless ``COMFYUI_DIR`` points at a ComfyUI checkout with an interpreter (as ``tests/comfy``).
+Skips unless ``COMFYUI_DIR`` points at a ComfyUI checkout with an interpreter, as all of ``tests/comfy``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.chat_server import KEY, ChatServer
 from tests.comfy.harness import REPO, comfy_or_skip
-from tests.test_prompts_llm import KEY, ChatServer
 
 SCRIPT = textwrap.dedent(
     r"""
@@ -99,7 +99,7 @@ def test_nodes_in_comfyui_interpreter(comfy_python, tmp_path):
         assert all(node["output_tooltips"])
     assert out["FDTAAttributeSpec"]["inputs"]["spec"][1]["dynamicPrompts"] is False
     seed = out["FDTAAttributeSpec"]["inputs"]["seed"][1]
-    assert seed["control_after_generate"] is False and seed["max"] == 2**64 - 1
+    assert seed["control_after_generate"] is False and seed["max"] == 2**63 - 1
     assert "api_key" not in json.dumps(out["FDTAAttributePrompt"]["inputs"]).replace("api_key_env", "")
     plan = out["spec_plan"]
     assert [i["index"] for i in plan["identities"]] == [2, 3, 4, 5]

@@ -26,8 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._steady import load_average, steady_ratio  # noqa: E402
+from fdta_core.faces import load_face_pack  # noqa: E402
 from fdta_core.faces.csim import csim_filter  # noqa: E402
-from fdta_core.faces.models import _to_blob, load_face_pack  # noqa: E402
+from fdta_core.faces.providers import to_blob  # noqa: E402
 from fdta_core.faceset import FaceSet, Provenance  # noqa: E402
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces  # noqa: E402
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ratio batched / one-at-a-time: {batched / single:.2f}x (target >= 3x)")
             # The ceiling: onnxruntime alone on already converted input (no pre-processing, no wrapper).
             rec = models.recognizer
-            blob = _to_blob(faces, rec.mean, rec.std)
+            blob = to_blob(faces, rec.mean, rec.std)
             raw = {"single": float("inf"), "batched": float("inf")}
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         # `models` is the 1-thread load of the loop above; bare onnxruntime uses its session
         rec = models.recognizer
         src_list = [sources[i] for i in sorted(set(labels.tolist()))]
-        blob = _to_blob(np.concatenate([faces, np.stack(src_list)]), rec.mean, rec.std)
+        blob = to_blob(np.concatenate([faces, np.stack(src_list)]), rec.mean, rec.std)
         n_img = len(fs)
 
         def filter_rate() -> float:

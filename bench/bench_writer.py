@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from bench._steady import load_average, pin_threads, steady_ratio  # noqa: E402
 from fdta_core.dataset import ChunkWriter  # noqa: E402
-from fdta_core.dataset.jpeg import jpeg_encoder  # noqa: E402
 from fdta_core.faceset import Provenance  # noqa: E402
+from fdta_core.imagecodec import jpeg_encoder  # noqa: E402
 from fdta_core.recordio import IRHeader, RecordWriter, pack  # noqa: E402
 
 PER_ID = 50

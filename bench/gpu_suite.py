@@ -91,7 +91,7 @@ def main() -> int:
     del model
 
     # IResNet-50 embedding (ArcFace r50 topology) and AMP training
-    from fdta_core.train.iresnet import iresnet50
+    from fdta_core.iresnet import iresnet50
 
     net = iresnet50().to(dev).eval().to(memory_format=torch.channels_last)
     x = torch.randn(256, 3, 112, 112, device=dev).contiguous(memory_format=torch.channels_last)

@@ -87,14 +87,49 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Something a stage left out, and why: an identity without an acceptable ACG candidate, an image
+    below the CSIM threshold, an identity left with too few images. Facesets carry these records to the
+    dataset writer, which stores them in the manifest (table ``dropped``), so nothing disappears silently.
+
+    ``reasons`` are stable codes (``gender``, ``age``, ``duplicate``, ``csim``, ...); ``detail`` says it in
+    words; ``record`` holds JSON details (the dropped image's provenance, or the candidates tried).
+    """
+
+    stage: str
+    identity: int
+    reasons: tuple[str, ...]
+    detail: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Dropped:
+        return cls(
+            str(data["stage"]),
+            int(data["identity"]),
+            tuple(str(r) for r in data.get("reasons", ())),
+            str(data.get("detail", "")),
+            dict(data.get("record") or {}),
+        )
+
+
 @dataclass
 class FaceSet:
-    """A batch of aligned faces with labels, provenance and the source face of each identity."""
+    """A batch of aligned faces with labels, provenance and the source face of each identity.
+
+    ``dropped`` lists what earlier stages left out (:class:`Dropped`); every stage passes it on and adds
+    its own, and the dataset writer records it.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     provenance: list[Provenance]
     sources: dict[int, np.ndarray] = field(default_factory=dict)
+    dropped: list[Dropped] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = _check_images(np.ascontiguousarray(self.images), "FaceSet.images")
@@ -166,7 +201,7 @@ class FaceSet:
         sources: dict[int, np.ndarray] = {}
         for s in sets:
             sources.update(s.sources)
-        return cls(images, labels, prov, sources)
+        return cls(images, labels, prov, sources, dropped=[d for s in sets for d in s.dropped])
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -207,6 +242,7 @@ class FaceSet:
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
+            dropped=list(self.dropped),
         )
 
     def by_identity(self) -> dict[int, np.ndarray]:
@@ -223,7 +259,8 @@ class FaceSet:
 
     def summary(self) -> str:
         n_id = len(self.identities)
-        return f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
+        text = f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
+        return text + (f"; {len(self.dropped)} dropped on the way" if self.dropped else "")
 
     # ------------------------------------------------------------------ serialisation
     def provenance_json(self) -> str:
@@ -244,6 +281,9 @@ class FaceSet:
             provenance=np.frombuffer(self.provenance_json().encode("utf-8"), np.uint8),
             source_ids=src_ids,
             source_images=src,
+            dropped=np.frombuffer(
+                json.dumps([d.to_dict() for d in self.dropped], sort_keys=True).encode("utf-8"), np.uint8
+            ),
         )
 
     @classmethod
@@ -251,7 +291,12 @@ class FaceSet:
         with np.load(path, allow_pickle=False) as z:
             prov = [Provenance.from_dict(d) for d in json.loads(z["provenance"].tobytes().decode("utf-8"))]
             sources = {int(i): z["source_images"][k] for k, i in enumerate(z["source_ids"])}
-            return cls(z["images"], z["labels"], prov, sources)
+            dropped = (
+                [Dropped.from_dict(d) for d in json.loads(z["dropped"].tobytes().decode("utf-8"))]
+                if "dropped" in z.files
+                else []
+            )
+            return cls(z["images"], z["labels"], prov, sources, dropped=dropped)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions

@@ -51,10 +51,23 @@ def load_node_classes() -> list[type[io.ComfyNode]]:
     return classes
 
 
+def warn_onnxruntime_conflict() -> None:
+    """One clear warning at load when onnxruntime and onnxruntime-gpu are both installed (they share files,
+    so the face nodes may fail in confusing ways later); it says which to uninstall."""
+    try:
+        from ..fdta_core.faces.providers import onnxruntime_conflict
+    except Exception:  # noqa: BLE001 - the faces module's own import error is reported with its nodes
+        return
+    message = onnxruntime_conflict()
+    if message:
+        log.warning(message)
+
+
 class FDTAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.64 does not call on_load(); folders are registered here, before any node runs.
         from ._common import register_model_folders
 
         register_model_folders()
+        warn_onnxruntime_conflict()
         return load_node_classes()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io
 
+from ..fdta_core.faces import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
 from ..fdta_core.faces.identity import subject_embeddings
-from ..fdta_core.faces.models import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ._common import (
     CATEGORY,

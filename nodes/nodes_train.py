@@ -18,7 +18,15 @@ from ..fdta_core.dataset.merge import MergedDataset
 from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
-from ._common import CATEGORY, Dataset, model_folders, node_errors, output_roots, progress_callback
+from ._common import (
+    CATEGORY,
+    Dataset,
+    model_folders,
+    node_errors,
+    output_roots,
+    patch_module,
+    progress_callback,
+)
 
 AREA = f"{CATEGORY}/training"
 
@@ -282,12 +290,10 @@ class FDTAVerify(io.ComfyNode):
     @classmethod
     def execute(cls, model, bins, batch_size) -> io.NodeOutput:
         import comfy.model_management as mm
-        import comfy.model_patcher
 
-        from ..fdta_core.eval.models import load_state, onnx_embedder, torch_embedder
+        from ..fdta_core.eval.models import load_model_embedder
         from ..fdta_core.eval.table import format_paper_table, paper_table
         from ..fdta_core.eval.verification import format_table, verify
-        from ..fdta_core.train.iresnet import backbone_from_state_dict
 
         with node_errors("FDTAVerify"):
             if not model.strip():
@@ -315,22 +321,15 @@ class FDTAVerify(io.ComfyNode):
                     "no .bin files given", where="bins", fix="list lfw.bin, cfp_fp.bin, ... one per line."
                 )
             device = mm.get_torch_device()
-            if path.lower().endswith(".onnx"):
-                embed = onnx_embedder(
-                    path,
-                    ["CUDAExecutionProvider", "CPUExecutionProvider"]
-                    if device.type == "cuda"
-                    else ["CPUExecutionProvider"],
-                )
-                size = getattr(embed, "input_size", 112)
-            else:
-                state, arch = load_state(path)
-                net = backbone_from_state_dict(state, arch).eval()
-                patcher = comfy.model_patcher.ModelPatcher(
-                    net, load_device=device, offload_device=mm.unet_offload_device()
-                )
+
+            def managed(net):  # ComfyUI's model manager places the torch network
+                patcher = patch_module(net)
                 mm.load_models_gpu([patcher])
-                embed, size = torch_embedder(patcher.model, str(device)), net.input_size
+                return patcher.model
+
+            embed, size = load_model_embedder(
+                path, str(device), providers="CUDA" if device.type == "cuda" else "CPU", prepare=managed
+            )
             progress = progress_callback(1)
             results = verify(embed, files, batch_size=int(batch_size), size=size, progress=progress)
             label = Path(path).parent.name if Path(path).name == "model.pt" else Path(path).name

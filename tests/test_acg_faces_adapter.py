@@ -10,6 +10,8 @@ import pytest
 from fdta_core.acg import ACGSettings, FaceAnalysis, FaceAnalyzer, run_acg
 from fdta_core.acg.faces_adapter import FaceModelsAnalyzer, as_analyzer, main_face
 from fdta_core.errors import InputError
+from fdta_core.faces import load_face_pack
+from fdta_core.testing import faces as testing_faces
 from tests.acg_helpers import make_plan
 
 
@@ -20,7 +22,7 @@ class Det:
 
 
 @dataclass
-class Face:  # the shape of fdta_core.faces.models.FaceAnalysis
+class Face:  # the shape of fdta_core.faces.pack.FaceAnalysis
     detection: Det
     aligned: np.ndarray
     embedding: np.ndarray | None = None
@@ -99,13 +101,8 @@ def test_main_face_rule():
 
 def test_tiny_face_pack_end_to_end(tmp_path):
     """With the faces stage's tiny ONNX pack (real detector/ArcFace/gender-age code paths)."""
-    faces_models = pytest.importorskip("fdta_core.faces.models", reason="fdta_core.faces is not merged yet")
-    testing_faces = pytest.importorskip(
-        "fdta_core.testing.faces", reason="fdta_core.testing.faces is not merged yet"
-    )
-    pytest.importorskip("onnxruntime")
     testing_faces.make_tiny_face_pack(tmp_path, "tiny")
-    models = faces_models.load_face_pack([tmp_path], "tiny", providers="cpu")
+    models = load_face_pack([tmp_path], "tiny", providers="cpu")
     face_img = testing_faces.tiny_face_image(256, 256)[0]
     blank = np.zeros((256, 256, 3), np.uint8)
 

@@ -15,7 +15,6 @@ from fdta_core.dataset import (
     ChunkWriter,
     DatasetChunk,
     check_jpeg,
-    decode_jpeg,
     inspect,
     list_chunks,
     query,
@@ -24,6 +23,7 @@ from fdta_core.dataset import (
 )
 from fdta_core.errors import DatasetError, InputError
 from fdta_core.faceset import FaceSet, Provenance
+from fdta_core.imagecodec import decode_image
 from fdta_core.recordio import RecordReader, RecordWriter, read_layout, read_property, unpack
 
 
@@ -79,7 +79,7 @@ def test_chunk_is_a_sound_insightface_set_with_manifest(tmp_path):
             h, payload = unpack(r.read(k))
             assert h.flag == 0 and h.id == k
             check_jpeg(payload)
-            err = np.abs(decode_jpeg(payload).astype(int) - fs.images[k - 1].astype(int)).mean()
+            err = np.abs(decode_image(payload).astype(int) - fs.images[k - 1].astype(int)).mean()
             assert err < 4.0
     # manifest: one row per image with the original identity and the provenance
     rows = query(

@@ -16,8 +16,9 @@ import torch
 from fdta_core.cli import main as cli_main
 from fdta_core.errors import DatasetError, UnsafeFileError
 from fdta_core.eval.verification import evaluate_pairs, load_bin, load_bin_raw, normalise_embeddings
-from fdta_core.testing.train import encode_jpeg, write_synthetic_bin
-from fdta_core.train.iresnet import build_backbone
+from fdta_core.imagecodec import encode_jpeg
+from fdta_core.iresnet import build_backbone
+from fdta_core.testing.train import write_synthetic_bin
 
 
 def reference_protocol(emb, emb_flip, issame):

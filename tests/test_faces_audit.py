@@ -12,7 +12,7 @@ import pytest
 
 from fdta_core.cli import main
 from fdta_core.dataset.writer import write_faceset
-from fdta_core.faces.models import load_face_pack
+from fdta_core.faces import load_face_pack
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces
 
@@ -138,3 +138,25 @@ def test_audit_bad_input_exits_2(planted, capsys, tmp_path):
     assert rc == 2 and "cosine" in out.err
     rc, out = _run(capsys, "audit", str(ds), "--pack", "nope", "--insightface-dir", str(base / "insightface"))
     assert rc == 2 and "nope" in out.err
+
+
+def test_merge_audits_across_chunks(planted, capsys, tmp_path):
+    """Identity 4 of the second chunk repeats identity 1 of the first: each chunk alone is unique, the
+    merge finds the pair on the way (exit 1) and names the later identity."""
+    base, _models, _ds, _npy, _ = planted
+    rng = np.random.default_rng(9)
+    src, images, labels = synthetic_identity_faces(6, PER, noise=20, seed=4)
+    images = images.copy()
+    images[labels == 4] = _noisy(rng, src[1], PER)
+    ds = tmp_path / "two"
+    for lo, hi in ((0, 3), (3, 6)):
+        sel = (labels >= lo) & (labels < hi)
+        prov = [Provenance(identity=int(x)) for x in labels[sel]]
+        write_faceset(FaceSet(images[sel], labels[sel], prov), ds, start=lo, count=hi - lo)
+    pack = ["--pack", "tiny_pack", "--insightface-dir", str(base / "insightface")]
+    rc, out = _run(capsys, "rec", "merge", str(tmp_path / "m"), str(ds), "--audit", *pack, "--json")
+    summary = json.loads(out.out)
+    assert rc == 1 and [p[:2] for p in summary["audit"]["duplicate_pairs"]] == [[1, 4]]
+    assert summary["audit"]["flagged"] == [4] and summary["classes"] == 6
+    rc, out = _run(capsys, "rec", "merge", str(tmp_path / "m2"), str(ds), "--audit")
+    assert rc == 2 and "--pack" in out.err

@@ -111,7 +111,7 @@ def test_min_images_drops_whole_identity():
 
 
 def test_filter_with_face_models_uses_batches(tmp_path):
-    from fdta_core.faces.models import load_face_pack
+    from fdta_core.faces import load_face_pack
     from fdta_core.testing.faces import make_tiny_face_pack
 
     make_tiny_face_pack(tmp_path, "p", genderage=False)

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from fdta_core.errors import InputError, ModelFormatError, ModelNotFoundError
-from fdta_core.faces.align import ARCFACE_TEMPLATE_112, align_face, warp_points
-from fdta_core.faces.models import (
+from fdta_core.faces import (
     ALIGNED_FACE_BOX,
     FaceModels,
     list_packs,
@@ -20,6 +20,7 @@ from fdta_core.faces.models import (
     provider_choices,
     resolve_providers,
 )
+from fdta_core.faces.align import ARCFACE_TEMPLATE_112, align_face, warp_points
 from fdta_core.testing.faces import (
     make_tiny_face_pack,
     synthetic_identity_faces,
@@ -113,10 +114,11 @@ def test_wrong_shape_models(tmp_path, root):
         load_face_pack([tmp_path], "bad")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without CUDA")
 def test_unavailable_provider_falls_back_to_cpu(root, caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_providers("CUDA") == ["CPUExecutionProvider"]
-    assert "CUDA is not available" in caplog.text and "CPUExecutionProvider" in caplog.text
+    assert "CUDA is not usable here" in caplog.text and "CPUExecutionProvider" in caplog.text
     m = load_face_pack([root], "tiny_pack", providers="TensorRT", det_size=256)
     assert m.providers == ["CPUExecutionProvider"]
     assert m.embed(np.zeros((1, 112, 112, 3), np.uint8)).shape == (1, 512)

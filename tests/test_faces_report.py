@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fdta_core.cli import main
+from fdta_core.faces import load_face_pack
 from fdta_core.faces.metrics import compute_metrics, intra_class_consistency, uniqueness
-from fdta_core.faces.models import load_face_pack
 from fdta_core.faces.report import ReportData, load_dataset, write_report
 from fdta_core.recordio import IRHeader, RecordWriter, pack, write_property
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces

@@ -10,7 +10,7 @@ from PIL import Image
 from fdta_core.errors import InputError
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.stg import ReferenceBank, STGSampler, mix, pick_styles
-from fdta_core.stg.mixer import image_seed
+from fdta_core.stg.mixer import CAPTION, OUTPUT_COLOUR, REFERENCE_COLOUR, SOURCE_COLOUR, image_seed
 from fdta_core.stg.policies import mpie_axes
 from fdta_core.stg.sampler import GenerationRequest
 from fdta_core.testing.stg import tiny_model
@@ -252,7 +252,27 @@ def test_mix_provenance_and_sheet(sampler):
         fs.provenance[0].extra["stg_reference_subject"],
         fs.provenance[1].extra["stg_reference_subject"],
     } == {p.extra["stg_reference_subject"]}
-    assert res.contact_sheet.shape == (4 * 116 + 4, 3 * 116 + 4, 3)
+    # 2 identities x (references row + outputs row), source + 2 styles; each tile has a 16 px caption
+    assert res.contact_sheet.shape == (4 * (116 + CAPTION) + 4, 3 * 116 + 4, 3)
+    # every tile is labelled (issue 12): source, reference and output captions in their own colours;
+    # the cell under the source (the outputs row has none there) stays blank
+    sheet = res.contact_sheet
+
+    def caption(row: int, col: int) -> np.ndarray:
+        y, x = 4 + row * (116 + CAPTION) + 112, 4 + col * 116
+        return sheet[y : y + CAPTION, x : x + 112]
+
+    def has(strip: np.ndarray, colour) -> bool:
+        return bool((np.abs(strip.astype(int) - colour).sum(-1) < 60).any())
+
+    assert has(caption(0, 0), SOURCE_COLOUR) and not has(caption(0, 0), REFERENCE_COLOUR)
+    assert has(caption(0, 1), REFERENCE_COLOUR) and has(caption(0, 2), REFERENCE_COLOUR)
+    assert has(caption(1, 1), OUTPUT_COLOUR) and not has(caption(1, 1), REFERENCE_COLOUR)
+    assert (caption(1, 0) == 255).all()
+    np.testing.assert_array_equal(sheet[4 : 4 + 112, 4 : 4 + 112], src_imgs[0])
+    np.testing.assert_array_equal(
+        sheet[4 + 116 + CAPTION : 4 + 116 + CAPTION + 112, 4 + 116 : 4 + 116 + 112], fs.images[0]
+    )
 
 
 def test_half_precision_and_channels_last_paths():

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fdta_core.errors import ConfigError, DatasetError
+from fdta_core.imagecodec import encode_jpeg
 from fdta_core.recordio import IRHeader, RecordWriter, pack, write_property
-from fdta_core.testing.train import encode_jpeg, write_synthetic_rec
+from fdta_core.testing.train import write_synthetic_rec
 from fdta_core.train.data import EpochBatchSampler, RecFaceDataset, make_loader, to_model_input
 from fdta_core.train.recipes import make_config
 from fdta_core.train.trainer import run_training

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from fdta_core.errors import ConfigError, ModelFormatError
-from fdta_core.train.iresnet import arch_from_state_dict, backbone_from_state_dict, build_backbone
+from fdta_core.iresnet import arch_from_state_dict, backbone_from_state_dict, build_backbone
 from fdta_core.train.losses import CombinedMarginLoss, MarginSpec
 from fdta_core.train.partial_fc import PartialFC
 from fdta_core.train.trainer import lr_at

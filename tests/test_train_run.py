@@ -15,9 +15,9 @@ import torch
 
 from fdta_core.eval.models import load_model_embedder, torch_embedder
 from fdta_core.eval.verification import verify
+from fdta_core.iresnet import build_backbone
 from fdta_core.testing.train import write_synthetic_bin, write_synthetic_rec
 from fdta_core.train import launch
-from fdta_core.train.iresnet import build_backbone
 from fdta_core.train.recipes import make_config
 from fdta_core.train.trainer import run_training
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..grid import Cell, render_grid
 from .engine import ACGResult, CandidateRecord
 
 #: Frame colours by status.
@@ -25,12 +26,6 @@ CAPTION = 26
 LABEL_W = 150
 BG = (24, 24, 24)
 FG = (235, 235, 235)
-
-
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
 
 
 def _caption(rec: CandidateRecord) -> tuple[str, str]:
@@ -49,44 +44,44 @@ def _caption(rec: CandidateRecord) -> tuple[str, str]:
 
 def contact_sheet(result: ACGResult, *, tile: int = 128, rows_per_page: int = 16) -> np.ndarray:
     """Render the candidates of ``result`` as uint8 pages [P, H, W, 3]."""
-    from PIL import Image, ImageDraw
-
     tile = max(32, int(tile))
     plan = result.plan
     rows_per_page = max(1, min(int(rows_per_page), len(plan)))
     per_slot = [result.records_of(s) for s in range(len(plan))]
     cols = max([len(r) for r in per_slot] + [1])
-    cell_w, cell_h = tile + 2 * BORDER, tile + 2 * BORDER + CAPTION
-    width = LABEL_W + cols * cell_w
-    height = rows_per_page * cell_h
-    font = _font()
     pages = []
     n_pages = max(1, -(-len(plan) // rows_per_page))
     for p in range(n_pages):
-        canvas = Image.new("RGB", (width, height), BG)
-        draw = ImageDraw.Draw(canvas)
-        for row, slot in enumerate(range(p * rows_per_page, min(len(plan), (p + 1) * rows_per_page))):
+        rows: list[list[Cell | None]] = []
+        labels: list[list[tuple[str, tuple[int, int, int]]]] = []
+        for slot in range(p * rows_per_page, min(len(plan), (p + 1) * rows_per_page)):
             spec = plan.identities[slot]
-            y = row * cell_h
             if slot in result.chosen:
                 outcome, colour = "ok", COLOURS["chosen" if result.checked else "unchecked"]
             else:
                 outcome, colour = "FAILED", COLOURS["rejected"]
-            text = [
-                f"identity {spec.index}",
-                f"{spec.gender or '?'}, {spec.age if spec.age is not None else '?'}",
-                outcome,
-            ]
-            for i, t in enumerate(text):
-                draw.text((6, y + 8 + 14 * i), t, fill=colour if i == 2 else FG, font=font)
-            for col, rec in enumerate(per_slot[slot]):
-                x = LABEL_W + col * cell_w
+            age = spec.age if spec.age is not None else "?"
+            labels.append(
+                [(f"identity {spec.index}", FG), (f"{spec.gender or '?'}, {age}", FG), (outcome, colour)]
+            )
+            row: list[Cell | None] = []
+            for rec in per_slot[slot]:
                 frame = COLOURS.get(rec.status, COLOURS["pending"])
-                draw.rectangle([x, y, x + cell_w - 1, y + tile + 2 * BORDER - 1], fill=frame)
-                thumb = Image.fromarray(rec.thumbnail).resize((tile, tile), Image.BILINEAR)
-                canvas.paste(thumb, (x + BORDER, y + BORDER))
                 l1, l2 = _caption(rec)
-                draw.text((x + 2, y + tile + 2 * BORDER + 1), l1, fill=FG, font=font)
-                draw.text((x + 2, y + tile + 2 * BORDER + 13), l2, fill=frame, font=font)
-        pages.append(np.asarray(canvas, dtype=np.uint8))
+                row.append(Cell(rec.thumbnail, [(l1, FG), (l2, frame)], frame=frame))
+            rows.append(row)
+        pages.append(
+            render_grid(
+                rows,
+                tile=tile,
+                gap=0,
+                border=BORDER,
+                caption_height=CAPTION,
+                background=BG,
+                label_width=LABEL_W,
+                row_labels=labels,
+                n_rows=rows_per_page,
+                n_cols=cols,
+            )
+        )
     return np.stack(pages)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import FDTAError, InputError, check_choice
 from ..faces.identity import IdentityIndex
-from ..faceset import FACE_SIZE, FaceSet, Provenance
+from ..faceset import FACE_SIZE, Dropped, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
 from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
@@ -251,11 +251,42 @@ class ACGResult:
             extra={STAGE: acg},
         )
 
+    def dropped(self) -> list[Dropped]:
+        """One record per identity without an acceptable candidate: every reason any of its candidates
+        was rejected for (in first-seen order), the report line, and the candidates tried."""
+        out = []
+        for slot in self.failed:
+            spec: IdentitySpec = self.plan.identities[slot]
+            recs = self.records_of(slot)
+            codes = list(dict.fromkeys(r.code for rec in recs for r in rec.reasons))
+            details = list(dict.fromkeys(r.detail for rec in recs for r in rec.reasons))
+            out.append(
+                Dropped(
+                    STAGE,
+                    int(spec.index),
+                    tuple(codes),
+                    f"no acceptable candidate after {len(recs)} candidates: " + "; ".join(details),
+                    {
+                        "attributes": dict(spec.attributes),
+                        "planned_gender": spec.gender,
+                        "planned_age": spec.age,
+                        "prompt": spec.prompt,
+                        "run_seed": self.plan.run_seed,
+                        "sampler_seed": self.settings.seed,
+                        "candidates": [r.summary() for r in recs],
+                    },
+                )
+            )
+        return out
+
     def faceset(self) -> FaceSet:
-        """The source faceset: one aligned 112x112 face per chosen identity, in plan order."""
+        """The source faceset: one aligned 112x112 face per chosen identity, in plan order; identities
+        without an acceptable candidate are listed in its ``dropped`` records."""
         slots = self.chosen_slots
         if not slots:
-            return FaceSet.empty()
+            empty = FaceSet.empty()
+            empty.dropped = self.dropped()
+            return empty
         faces = []
         for s in slots:
             rec = self.chosen[s]
@@ -264,7 +295,9 @@ class ACGResult:
             else:
                 assert rec.image is not None
                 faces.append(center_face(rec.image))
-        return FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
+        out = FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
+        out.dropped = self.dropped()
+        return out
 
     def accepted_index(self) -> IdentityIndex:
         """The identities this run accepted (checked ones with an embedding), for the run's index."""

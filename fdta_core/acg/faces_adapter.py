@@ -1,4 +1,4 @@
-"""Adapter from an ``FDTA_FACE_MODELS`` object (``fdta_core.faces.models.FaceModels``) to the
+"""Adapter from an ``FDTA_FACE_MODELS`` object (``fdta_core.faces.pack.FaceModels``) to the
 :class:`~fdta_core.acg.selection.FaceAnalyzer` protocol that candidate selection uses.
 
 The adapter relies only on the public methods of ``FaceModels`` (``analyze(image, threshold)`` returning
@@ -14,20 +14,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..faces.detector import main_face_index
 from .selection import FaceAnalysis, FaceAnalyzer
 
 
 def main_face(faces: Sequence[Any], shape: tuple[int, ...]) -> Any:
-    """The face a portrait is about: large and central (box area minus twice the squared offset of its
-    centre from the image centre, insightface's rule for one face per image)."""
-    h, w = shape[:2]
-    best, best_v = None, -np.inf
-    for f in faces:
-        x1, y1, x2, y2 = (float(v) for v in f.detection.bbox)
-        v = (x2 - x1) * (y2 - y1) - 2.0 * (((x1 + x2) / 2 - w / 2) ** 2 + ((y1 + y2) / 2 - h / 2) ** 2)
-        if v > best_v:
-            best, best_v = f, v
-    return best
+    """The face a portrait is about, by the faces stage's one rule (:func:`~fdta_core.faces.main_face_index`)
+    applied to each face's ``detection.bbox``."""
+    return faces[main_face_index([f.detection.bbox for f in faces], shape)]
 
 
 class FaceModelsAnalyzer:

@@ -60,20 +60,42 @@ def _info(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from ..dataset import merge
+    from ..errors import InputError
+
+    if args.audit and not args.pack:
+        raise InputError(
+            "--audit embeds every identity and needs --pack", where="rec merge", fix="add --pack buffalo_l."
+        )
+    if args.audit:
+        from ..faces.identity import check_threshold
+
+        check_threshold(args.threshold, "--threshold")
 
     progress, close = _bar("merging")
     try:
         summary = merge(args.out, args.paths, renumber=args.renumber, progress=progress)
     finally:
         close()
-    _print(
-        summary,
-        args.json,
-        [
-            f"merged {len(summary['sources'])} source(s) into {summary['path']}: {summary['images']} images, {summary['classes']} identities"
-        ],
-    )
-    return 0
+    lines = [
+        f"merged {len(summary['sources'])} source(s) into {summary['path']}: {summary['images']} images, {summary['classes']} identities"
+    ]
+    flagged = False
+    if args.audit:
+        # the shards' identities meet here for the first time: check them across shards on the way
+        from ..faces.audit import audit_identities, dataset_identities
+        from .report import load_pack
+
+        data = dataset_identities(args.out, load_pack(args))
+        result = audit_identities(data, (), args.threshold)
+        summary["audit"] = result.to_dict()
+        flagged = bool(result.flagged)
+        lines.append(
+            f"audit: {len(result.duplicate_pairs)} duplicate pair(s) at cosine >= {result.threshold}; "
+            f"flagged {result.flagged[:20]}"
+            + (" (fdta audit OUT --write-filtered CLEAN drops them)" if flagged else "")
+        )
+    _print(summary, args.json, lines)
+    return 1 if flagged else 0
 
 
 def _shuffle(args: argparse.Namespace) -> int:
@@ -160,6 +182,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the paths are independent data sets whose identity ids may overlap (e.g. Syn-MS1M and "
         "Syn-MPIE): labels run over them in the order given, each set's identities kept apart",
     )
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="after merging, find duplicate identities across the inputs (needs --pack); exit 1 if any",
+    )
+    p.add_argument("--pack", default=None, help="insightface pack for --audit, e.g. buffalo_l")
+    p.add_argument("--insightface-dir", action="append", default=[], help="folder holding models/<pack>/")
+    p.add_argument("--provider", default="auto", help="ONNX provider for --audit (default auto)")
+    p.add_argument("--threshold", type=float, default=0.3, help="same-identity cosine for --audit (0.3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_merge)
 

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_pack(args: argparse.Namespace):
     """The insightface pack ``args.pack`` from ``--insightface-dir`` (or $FDTA_INSIGHTFACE_DIR,
     ~/.insightface), recogniser required."""
-    from ..faces.models import load_face_pack
+    from ..faces import load_face_pack
 
     dirs = list(args.insightface_dir)
     if not dirs:
@@ -116,6 +116,17 @@ def _report(args: argparse.Namespace) -> int:
             )
         if summary.get("quotas", {}).get("missing"):
             print(f"missing planned identities: {summary['quotas']['missing'][:20]}")
+        drop = summary["dropped"]
+        if drop["total"]:
+            counts = "; ".join(
+                f"{stage}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+                for stage, reasons in sorted(drop["by_stage"].items())
+            )
+            print(f"dropped on the way: {drop['total']} ({counts})")
+            for d in drop["items"][:20]:
+                print(f"  {d['stage']}: identity {d['identity']} [{', '.join(d['reasons'])}] {d['detail']}")
+            if drop["total"] > 20:
+                print(f"  ... {drop['total'] - 20} more in report.json and the manifest's 'dropped' table")
         for note in summary["notes"]:
             print(f"note: {note}")
         print(f"wrote {html_path} and {json_path}")

@@ -3,8 +3,8 @@
 See ``docs/dataset.md`` for the on-disk layout and example manifest queries.
 """
 
+from ..imagecodec import JPEG_QUALITY, check_jpeg, jpeg_encoder
 from .info import ChunkSummary, InfoReport, inspect
-from .jpeg import JPEG_QUALITY, check_jpeg, decode_jpeg, jpeg_encoder
 from .manifest import EXAMPLE_QUERIES, MANIFEST_NAME, query, read_identities
 from .merge import merge
 from .tools import rec2image, shuffle
@@ -33,7 +33,6 @@ __all__ = [
     "check_jpeg",
     "chunk_name",
     "chunk_range_of",
-    "decode_jpeg",
     "inspect",
     "jpeg_encoder",
     "list_chunks",

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
+from ..imagecodec import check_jpeg
 from ..recordio import IRHeader, Layout, RecordReader, read_layout, read_property, unpack
-from .jpeg import check_jpeg
 from .manifest import MANIFEST_NAME, open_manifest
 from .writer import CHUNKS_DIR, list_chunks
 

@@ -9,12 +9,16 @@ Tables::
     images(key, label, identity, chunk, source_key, attributes, seeds, reference_key, age_target,
            csim, history, extra, jpeg_bytes, sha256)
     identities(label, identity, chunk, first_key, end_key, images)
+    dropped(id, chunk, stage, identity, reasons, detail, record)
     meta(name, value)
 
 ``key``/``label`` are the record key and class label in the ``train.rec`` beside the manifest;
 ``identity`` is the original identity id of the plan (stable across chunks and merges); ``chunk`` and
 ``source_key`` name the chunk and key an image was first written under. ``attributes``, ``seeds``,
 ``history`` and ``extra`` are JSON text (query them with SQLite's ``json_extract``).
+``dropped`` lists what the pipeline left out of the chunk and why (an identity without an acceptable
+ACG candidate, an image below the CSIM threshold, ...): ``reasons`` is a JSON list of codes, ``record``
+JSON details (manifests written before this table existed simply lack it).
 """
 
 from __future__ import annotations
@@ -59,7 +63,17 @@ CREATE TABLE identities (
     images INTEGER NOT NULL
 );
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE dropped (
+    id INTEGER PRIMARY KEY,
+    chunk TEXT,
+    stage TEXT NOT NULL,
+    identity INTEGER NOT NULL,
+    reasons TEXT NOT NULL DEFAULT '[]',
+    detail TEXT NOT NULL DEFAULT '',
+    record TEXT NOT NULL DEFAULT '{}'
+);
 """
+DROPPED_COLUMNS = ("chunk", "stage", "identity", "reasons", "detail", "record")
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
 CREATE INDEX IF NOT EXISTS images_label ON images(label);
@@ -89,6 +103,10 @@ EXAMPLE_QUERIES: dict[str, str] = {
         "count(DISTINCT identity) AS identities FROM images GROUP BY gender ORDER BY gender"
     ),
     "low-CSIM images": "SELECT key, identity, csim FROM images WHERE csim < 0.5 ORDER BY csim",
+    "what was dropped, and why": (
+        "SELECT stage, json_extract(reasons, '$[0]') AS reason, count(*) AS n, count(DISTINCT identity) "
+        "AS identities FROM dropped GROUP BY stage, reason ORDER BY stage, reason"
+    ),
     "where did identity 42 come from": (
         "SELECT key, chunk, source_key, json_extract(seeds, '$.acg') AS acg_seed, reference_key, "
         "age_target, history FROM images WHERE identity = 42 ORDER BY key"
@@ -164,6 +182,16 @@ class ManifestWriter:
             (int(label), int(identity), chunk, int(first_key), int(end_key), int(end_key - first_key)),
         )
 
+    def add_dropped(self, chunk: str | None, records: Iterable[Any]) -> None:
+        """Record what was left out (:class:`~fdta_core.faceset.Dropped` records) under ``chunk``."""
+        self.conn.executemany(
+            f"INSERT INTO dropped ({', '.join(DROPPED_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (chunk, d.stage, int(d.identity), _ENCODE(list(d.reasons)), d.detail, _json(d.record))
+                for d in records
+            ],
+        )
+
     def set_meta(self, **values: Any) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -220,6 +248,28 @@ def read_identities(path: str | os.PathLike) -> list[tuple[int, int, str | None,
                 "SELECT label, identity, chunk, first_key, end_key FROM identities ORDER BY label"
             )
         ]
+
+
+def read_dropped(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``dropped`` row of a manifest as a dict (reasons and record decoded); [] for manifests
+    written before the table existed."""
+    with open_manifest(path) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='dropped'").fetchone():
+            return []
+        rows = conn.execute(f"SELECT {', '.join(DROPPED_COLUMNS)} FROM dropped ORDER BY id").fetchall()
+    out = []
+    for chunk, stage, identity, reasons, detail, record in rows:
+        out.append(
+            {
+                "chunk": chunk,
+                "stage": stage,
+                "identity": int(identity),
+                "reasons": json.loads(reasons or "[]"),
+                "detail": detail,
+                "record": json.loads(record or "{}"),
+            }
+        )
+    return out
 
 
 def query(path: str | os.PathLike, sql: str, params: Iterable[Any] = ()) -> list[tuple]:

@@ -29,7 +29,14 @@ from typing import Any
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_layout, read_property, unpack
-from .manifest import IMAGE_COLUMNS, MANIFEST_NAME, ManifestWriter, image_row, read_identities
+from .manifest import (
+    DROPPED_COLUMNS,
+    IMAGE_COLUMNS,
+    MANIFEST_NAME,
+    ManifestWriter,
+    image_row,
+    read_identities,
+)
 from .writer import CHUNKS_DIR, list_chunks
 
 log = logging.getLogger(__name__)
@@ -366,6 +373,18 @@ def _merge_manifests(
                 "FROM src.images s JOIN keymap m ON m.source = ? AND m.old_label = s.label",
                 ((_group_of(idents, i), i) if renumber else (i,)),
             )
+            has_dropped = conn.execute(
+                "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has_dropped:  # what each source dropped stays on record (older manifests lack the table)
+                # a dropped identity has no new label: it keeps its id, and a renumbered merge says which
+                # input set that id belongs to
+                dcols = ", ".join(DROPPED_COLUMNS)
+                scols = dcols.replace("record", "json_set(record, '$.source_set', ?)") if renumber else dcols
+                conn.execute(
+                    f"INSERT INTO dropped ({dcols}) SELECT {scols} FROM src.dropped ORDER BY id",
+                    (_group_of(idents, i),) if renumber else (),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

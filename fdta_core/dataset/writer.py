@@ -47,8 +47,8 @@ import numpy as np
 from ..errors import DatasetError, InputError
 from ..faceset import FACE_SIZE, FaceSet, Provenance
 from ..fsutil import atomic_write_text, fsync_dir, swap_folder
+from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
-from .jpeg import JPEG_QUALITY, jpeg_encoder
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
 log = logging.getLogger(__name__)
@@ -420,10 +420,27 @@ class ChunkWriter:
         return key
 
     def add_faceset(self, faceset: FaceSet) -> None:
-        """Add every image of a faceset, grouped by identity (stable within an identity)."""
+        """Add every image of a faceset, grouped by identity (stable within an identity), and record
+        what the pipeline dropped on the way (``faceset.dropped``) in the manifest."""
         images, labels, prov = faceset.images, faceset.labels, faceset.provenance
         for i in np.argsort(labels, kind="stable").tolist():  # views, no copy of the faceset
             self.add(images[i], int(labels[i]), prov[i])
+        self.add_dropped(faceset.dropped)
+
+    def add_dropped(self, records) -> None:
+        """Record :class:`~fdta_core.faceset.Dropped` records (identities and images left out upstream)."""
+        records = list(records)
+        if not records:
+            return
+        outside = [d.identity for d in records if not self.start <= int(d.identity) < self.end]
+        if outside:
+            self._fail(
+                InputError(
+                    f"dropped records of identities {outside[:5]} lie outside chunk {self.name}",
+                    where="faceset.dropped",
+                )
+            )
+        self._manifest.add_dropped(self.name, records)
 
     def _submit(self) -> None:
         if not self._batch:

@@ -7,13 +7,20 @@ embeddings), so the protocol code never knows which runtime produced the numbers
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError, ModelFormatError
+from ..faces.providers import mxnet_normalisation, onnx_session, resolve_providers
 from .verification import EmbedFn
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..iresnet import IResNet
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +68,18 @@ def torch_embedder(model, device: str = "cpu") -> EmbedFn:
     return embed
 
 
-def onnx_embedder(path: str | Path, providers: list[str] | None = None) -> EmbedFn:
-    """Wrap an insightface-convention ONNX model (N x 3 x 112 x 112 RGB) as an :data:`EmbedFn`.
+def onnx_embedder(path: str | Path, providers: str | Sequence[str] = "auto") -> tuple[EmbedFn, int]:
+    """``(embed, input size)`` for an insightface-convention ONNX model (N x 3 x S x S RGB).
 
-    As insightface does, a graph that starts with Sub/Mul nodes carries its own normalisation and gets
-    raw 0..255 values; any other gets (x - 127.5) / 127.5.
+    Providers and sessions as the face models make them (``auto`` takes CUDA when onnxruntime offers
+    it); as insightface does, a graph converted from MXNet carries its own normalisation and gets raw
+    0..255 values, any other gets (x - 127.5) / 127.5.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ModelFormatError(
-            f"evaluating an ONNX model needs onnxruntime ({exc})",
-            fix="pip install onnxruntime (or onnxruntime-gpu)",
-        ) from None
-    try:
-        import onnx
-
-        ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node[:8]]
-    except ImportError:
-        log.warning("package 'onnx' not installed: assuming %s expects (x - 127.5) / 127.5 input", path)
-        ops = []
-    raw = "Sub" in ops and "Mul" in ops
-    avail = ort.get_available_providers()
-    providers = [p for p in (providers or ("CUDAExecutionProvider", "CPUExecutionProvider")) if p in avail]
-    log.info("ONNX %s on %s (%s input)", path, providers, "raw 0-255" if raw else "normalised")
-    sess = ort.InferenceSession(str(path), providers=providers)
+    path = Path(path)
+    prov = resolve_providers(providers)
+    raw = mxnet_normalisation(path)
+    log.info("ONNX %s on %s (%s input)", path, prov, "raw 0-255" if raw else "normalised")
+    sess = onnx_session(path, prov)
     inp = sess.get_inputs()[0]
     fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     size = inp.shape[2] if isinstance(inp.shape[2], int) else 112
@@ -98,21 +92,35 @@ def onnx_embedder(path: str | Path, providers: list[str] | None = None) -> Embed
             return np.concatenate([sess.run(None, {inp.name: x[i : i + 1]})[0] for i in range(len(x))])
         return sess.run(None, {inp.name: x})[0]
 
-    embed.input_size = size  # type: ignore[attr-defined]
-    return embed
+    return embed, int(size)
 
 
-def load_model_embedder(path: str | Path, device: str = "cpu") -> tuple[EmbedFn, int]:
-    """``(embed, input size)`` for a ``.onnx`` file or a torch IResNet checkpoint."""
+def load_backbone(path: str | Path) -> IResNet:
+    """The IResNet of a checkpoint (see :func:`load_state`), weights loaded strictly, in eval mode."""
+    from ..iresnet import backbone_from_state_dict  # imports torch
+
+    state, arch = load_state(path)
+    return backbone_from_state_dict(state, arch).eval()
+
+
+def load_model_embedder(
+    path: str | Path,
+    device: str = "cpu",
+    *,
+    providers: str | Sequence[str] = "auto",
+    prepare: Callable[[IResNet], torch.nn.Module] | None = None,
+) -> tuple[EmbedFn, int]:
+    """``(embed, input size)`` for a ``.onnx`` file (run with ``providers``) or a torch IResNet
+    checkpoint (run on ``device``).
+
+    ``prepare`` receives the loaded torch network and returns the module to run (ComfyUI's nodes use it
+    to hand the network to the model manager); ONNX files never reach it.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file {path} not found", fix="pass a .pt/.pth checkpoint or an .onnx file.")
     if path.suffix.lower() == ".onnx":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        embed = onnx_embedder(path, providers)
-        return embed, getattr(embed, "input_size", 112)
-    from ..train.iresnet import backbone_from_state_dict
-
-    state, arch = load_state(path)
-    model = backbone_from_state_dict(state, arch)
-    return torch_embedder(model, device), model.input_size
+        return onnx_embedder(path, providers)
+    net = load_backbone(path)
+    size = net.input_size
+    return torch_embedder(prepare(net) if prepare is not None else net, device), size

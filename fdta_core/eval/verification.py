@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, InputError, UnsafeFileError
+from ..imagecodec import decode_into
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,10 @@ def load_bin_raw(path: str | Path) -> tuple[list[bytes], np.ndarray]:
 
 def decode_images(encoded: Sequence[bytes], size: int = 112) -> np.ndarray:
     """Decode JPEG/PNG bytes to an N x size x size x 3 RGB uint8 array (resized when needed)."""
-    from ..train.data import decode_into
-
     out = np.empty((len(encoded), size, size, 3), np.uint8)
     for i, buf in enumerate(encoded):
         try:
-            decode_into(buf, out[i])
+            decode_into(buf, out[i], where=f"image {i} of the benchmark")
         except DatasetError:
             raise DatasetError(f"image {i} of the benchmark could not be decoded") from None
     return out

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InputError
+from ..imagecodec import decode_image
 from .identity import DCFACE_THRESHOLD, SearchInfo, check_threshold, range_pairs, unit_rows
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def dataset_identities(
 ) -> IdentitySet:
     """Embed every image of a record folder (``train.rec``) and average per class label."""
     from ..recordio import RecordReader, read_layout
-    from .report import _decode
 
     root = Path(folder)
     if not (root / "train.rec").is_file():
@@ -76,7 +76,7 @@ def dataset_identities(
 
         for n, key in enumerate(keys):
             _h, payload = reader.read_unpacked(key)
-            buf.append(_decode(payload, key, str(reader.rec_path)))
+            buf.append(decode_image(payload, where=f"{reader.rec_path}: record {key}"))
             buf_rows.append(n)
             if len(buf) >= batch_size:
                 flush()

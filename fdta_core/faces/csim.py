@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, check_choice
-from ..faceset import FACE_SIZE, FaceSet
+from ..faceset import FACE_SIZE, Dropped, FaceSet
+from ..grid import GREEN, RED, WHITE, Cell, render_grid
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def csim_filter(
     The CSIM is written into each kept image's provenance (stage ``csim``). When
     ``min_images_per_identity`` > 0, an identity left with fewer kept images is dropped whole (a class
     with too few images hurts FR training more than it helps). ``models_or_fn`` is a
-    :class:`~fdta_core.faces.models.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
+    :class:`~fdta_core.faces.pack.FaceModels` or a function uint8 [N,112,112,3] -> [N, D].
     """
     check_choice("csim", "reference", reference, REFERENCES)
     if not -1.0 <= float(threshold) <= 1.0:
@@ -263,8 +264,11 @@ def csim_filter(
                 e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
             e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
         prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources, dropped=list(faceset.dropped))
     kept = full.select(keep)
+    kept.dropped = list(faceset.dropped) + _dropped_records(
+        faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep, csim_subject
+    )
     stats = CSIMStats(
         threshold=float(threshold),
         reference=reference,
@@ -289,32 +293,49 @@ def csim_filter(
     return kept, stats
 
 
+def _dropped_records(
+    faceset: FaceSet,
+    csim: np.ndarray,
+    reasons: list[str],
+    threshold: float,
+    reference: str,
+    min_images: int,
+    keep: np.ndarray,
+    csim_subject: np.ndarray,
+) -> list[Dropped]:
+    """One :class:`Dropped` per image the filter left out (its provenance without the ACG details, which
+    stay with the identity), saying whether its own CSIM or its identity's count dropped it."""
+    kept_per_id = {int(i): int(keep[idx].sum() + sum(reasons[j] == "identity" for j in idx))
+                   for i, idx in faceset.by_identity().items()}  # fmt: skip
+    out = []
+    for i, why in enumerate(reasons):
+        if not why:
+            continue
+        p = faceset.provenance[i]
+        ident, c = int(faceset.labels[i]), float(csim[i])
+        if why == "csim":
+            detail = f"CSIM {c:.3f} < threshold {threshold:.3f} (reference: {reference})"
+        elif why == "leak":
+            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+            detail = (
+                f"reference subject {subj}'s identity leaked in: CSIM {float(csim_subject[i]):.3f} to the "
+                f"subject vs {c:.3f} to the source ({reference})"
+            )
+        else:
+            detail = (
+                f"CSIM {c:.3f} passes, but identity {ident} keeps {kept_per_id[ident]} image(s) "
+                f"< min_images_per_identity {min_images}: dropped whole"
+            )
+        record = {k: v for k, v in p.to_dict().items() if k != "extra"}
+        record["extra"] = {k: v for k, v in p.extra.items() if k != "acg"}
+        record.update(csim=round(c, 6), csim_threshold=threshold, csim_reference=reference)
+        if np.isfinite(csim_subject[i]):
+            record["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
+        out.append(Dropped("csim", ident, (why,), detail, record))
+    return out
+
+
 # ----------------------------------------------------------------------------- pictures
-_RED = (220, 40, 40)
-_GREEN = (40, 180, 60)
-_WHITE = (255, 255, 255)
-
-
-def _label(tile: np.ndarray, text: str, color=_WHITE, height: int = 18) -> np.ndarray:
-    """``tile`` with a black caption strip of ``height`` pixels under it."""
-    import cv2
-
-    strip = np.zeros((height, tile.shape[1], 3), np.uint8)
-    cv2.putText(strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, color, 1, cv2.LINE_AA)
-    return np.concatenate([tile, strip], axis=0)
-
-
-def _mark_rejected(tile: np.ndarray) -> np.ndarray:
-    import cv2
-
-    t = tile.copy()
-    h, w = t.shape[:2]
-    cv2.rectangle(t, (1, 1), (w - 2, h - 2), _RED, 3)
-    cv2.line(t, (4, 4), (w - 5, h - 5), _RED, 2)
-    cv2.line(t, (w - 5, 4), (4, h - 5), _RED, 2)
-    return t
-
-
 def contact_sheet(
     faceset: FaceSet,
     stats: CSIMStats,
@@ -328,26 +349,22 @@ def contact_sheet(
     t = FACE_SIZE
     by_id = faceset.by_identity()
     ids = list(by_id)[: max(1, max_identities)]
-    cap = 18
     cols = 1 + min(max_per_identity, max((len(v) for v in by_id.values()), default=0))
-    row_h = t + cap + pad
-    sheet = np.full((max(1, len(ids)) * row_h + pad, cols * (t + pad) + pad, 3), 32, np.uint8)
-    for r, ident in enumerate(ids):
-        y = pad + r * row_h
+    rows: list[list[Cell | None]] = []
+    for ident in ids:
         src = faceset.sources.get(ident)
         if src is not None:
-            tile = _label(src, f"id {ident} source", _WHITE, cap)
+            row: list[Cell | None] = [Cell(src, [(f"id {ident} source", WHITE)])]
         else:
-            tile = _label(np.zeros((t, t, 3), np.uint8), f"id {ident} (no source)", _WHITE, cap)
-        sheet[y : y + t + cap, pad : pad + t] = tile
-        for c, i in enumerate(by_id[ident][:max_per_identity]):
+            row = [Cell(np.zeros((t, t, 3), np.uint8), [(f"id {ident} (no source)", WHITE)])]
+        for i in by_id[ident][:max_per_identity]:
             ok = bool(stats.kept_mask[i])
-            face = faceset.images[i] if ok else _mark_rejected(faceset.images[i])
             why = "" if ok else {"csim": " x", "leak": " leak"}.get(stats.reasons[i], " id")
-            tile = _label(face, f"{stats.csim[i]:.3f}{why}", _GREEN if ok else _RED, cap)
-            x = pad + (c + 1) * (t + pad)
-            sheet[y : y + t + cap, x : x + t] = tile
-    return sheet
+            row.append(
+                Cell(faceset.images[i], [(f"{stats.csim[i]:.3f}{why}", GREEN if ok else RED)], crossed=not ok)
+            )
+        rows.append(row)
+    return render_grid(rows, tile=t, gap=pad, caption_height=18, n_cols=cols)
 
 
 def histogram_image(
@@ -374,7 +391,7 @@ def histogram_image(
         )
     if threshold is not None:
         x = m + int((float(threshold) + 1) / 2 * plot_w)
-        cv2.line(img, (x, m), (x, height - m), _RED, 2)
+        cv2.line(img, (x, m), (x, height - m), RED, 2)
     cv2.putText(
         img,
         f"CSIM (n={int(counts.sum())}, max bin {top})",

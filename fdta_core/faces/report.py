@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ..dataset.manifest import read_dropped
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
+from ..grid import Cell, render_grid
+from ..imagecodec import decode_image, encode_png
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
 from .metrics import DatasetMetrics, age_bucket, compute_metrics, plan_vs_written
@@ -40,8 +43,37 @@ class ReportData:
     samples: dict[int, list[np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
     written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
     plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
+
+
+#: How many dropped items the JSON summary lists one by one (all are counted).
+DROPPED_LISTED = 500
+
+
+def dropped_summary(dropped: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the pipeline left out, from the manifest's ``dropped`` rows: counts per stage and reason,
+    the identities lost whole at ACG, and the items (stage, identity, reasons, detail, key facts)."""
+    by: dict[str, dict[str, int]] = {}
+    for d in dropped:
+        for r in d["reasons"] or ["unknown"]:
+            by.setdefault(d["stage"], {}).setdefault(r, 0)
+            by[d["stage"]][r] += 1
+    items = []
+    for d in dropped[:DROPPED_LISTED]:
+        rec = d.get("record") or {}
+        item = {k: d[k] for k in ("stage", "identity", "reasons", "detail", "chunk")}
+        for k in ("csim", "reference_key", "age_target", "history", "planned_gender", "planned_age"):
+            if rec.get(k) is not None:
+                item[k] = rec[k]
+        items.append(item)
+    return {
+        "total": len(dropped),
+        "by_stage": by,
+        "identities_without_source": sorted({d["identity"] for d in dropped if d["stage"] == "acg"}),
+        "items": items,
+    }
 
 
 def build_report(
@@ -56,7 +88,13 @@ def build_report(
         achieved=data.achieved or None,
         threshold=threshold,
     )
-    summary = {"name": data.name, **m.to_dict(), "notes": list(data.notes), "source": data.source}
+    summary = {
+        "name": data.name,
+        **m.to_dict(),
+        "notes": list(data.notes),
+        "source": data.source,
+        "dropped": dropped_summary(data.dropped),
+    }
     if data.plan:
         rows, missing = plan_vs_written(data.plan, data.written)
         summary["quotas"] = {
@@ -124,27 +162,14 @@ def sample_grid(
     samples: dict[int, list[np.ndarray]], max_rows: int = 8, max_cols: int = 8, tile: int = 56
 ) -> np.ndarray:
     """One row of faces per identity (downscaled to ``tile`` pixels)."""
-    import cv2
-
-    rows = list(samples.items())[:max_rows]
+    rows = [[Cell(f) for f in faces[:max_cols]] for _ident, faces in list(samples.items())[:max_rows]]
     if not rows:
         return np.full((tile, tile, 3), 255, np.uint8)
-    cols = min(max_cols, max(len(v) for _, v in rows))
-    grid = np.full((len(rows) * (tile + 2), cols * (tile + 2), 3), 255, np.uint8)
-    for r, (_ident, faces) in enumerate(rows):
-        for c, f in enumerate(faces[:cols]):
-            small = cv2.resize(np.ascontiguousarray(f), (tile, tile), interpolation=cv2.INTER_AREA)
-            grid[r * (tile + 2) : r * (tile + 2) + tile, c * (tile + 2) : c * (tile + 2) + tile] = small
-    return grid
+    return render_grid(rows, tile=tile, gap=2, background=(255, 255, 255))
 
 
 def _png_data_uri(img: np.ndarray) -> str:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
-        raise RuntimeError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode("ascii")
 
 
 def _fmt(v: Any) -> str:
@@ -208,6 +233,8 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
             else None,
         ),
     ]
+    drop = summary["dropped"]
+    rows.append(("dropped on the way (identities at ACG, images at CSIM, ...)", drop["total"]))
     for q in (summary.get("quotas") or {}).get("fields", []):
         cats = sorted(set(q["planned"]) | set(q["written"]))
         figs.append(
@@ -224,6 +251,18 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
             )
         )
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    drop_rows = "".join(
+        f"<tr><td>{html.escape(d['stage'])}</td><td>{d['identity']}</td>"
+        f"<td>{html.escape(', '.join(d['reasons']))}</td><td>{html.escape(d['detail'])}</td></tr>"
+        for d in drop["items"]
+    )
+    drop_html = (
+        "<h2>Dropped, and why</h2><table><tr><th>stage</th><th>identity</th><th>reasons</th><th>detail</th></tr>"
+        + drop_rows
+        + "</table>"
+        if drop_rows
+        else ""
+    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     body = "\n".join(
         f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{_png_data_uri(img)}'>" for t, img in figs
@@ -235,6 +274,7 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{border:1px so
 <body><h1>FDTA data-set report: {html.escape(data.name)}</h1>
 <table>{table}</table>
 {"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
+{drop_html}
 {body}
 <h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=1, default=str)[:20000])}</pre>
 </body></html>
@@ -255,20 +295,6 @@ def write_report(
 
 
 # ----------------------------------------------------------------------------- dataset on disk
-def _decode(payload: bytes, key: int, where: str) -> np.ndarray:
-    import cv2
-
-    img = None
-    if payload:
-        try:
-            img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            img = None
-    if img is None:
-        raise DatasetError(f"{where}: record {key} does not hold a decodable image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
     """``key -> {identity, attributes, csim, age_target}`` from a dataset's ``manifest.sqlite`` (read-only)."""
     try:
@@ -317,7 +343,7 @@ def load_dataset(
 ) -> ReportData:
     """Read a written dataset (``train.rec``/``.idx`` + optional ``manifest.sqlite``) into :class:`ReportData`.
 
-    With ``models`` (a :class:`~fdta_core.faces.models.FaceModels`) the images are embedded (uniqueness,
+    With ``models`` (a :class:`~fdta_core.faces.pack.FaceModels`) the images are embedded (uniqueness,
     consistency) and, when the pack has a gender/age model, gender and age are predicted per image
     (majority gender and median age per identity = *achieved*). *Requested* attributes come from the
     manifest. ``max_images`` > 0 reads only the first identities that fit.
@@ -346,6 +372,7 @@ def load_dataset(
             )
         manifest_path = root / "manifest.sqlite"
         rows = read_manifest_rows(manifest_path) if manifest_path.is_file() else {}
+        dropped = read_dropped(manifest_path) if manifest_path.is_file() else []
         if not rows:
             notes.append("no manifest.sqlite: requested attributes and CSIM are unknown")
         need_pixels = models is not None
@@ -370,7 +397,7 @@ def load_dataset(
             ) < samples_per_identity
             if need_pixels or want_sample:
                 _h, payload = reader.read_unpacked(key)
-                img = _decode(payload, key, str(reader.rec_path))
+                img = decode_image(payload, where=f"{reader.rec_path}: record {key}")
                 if img.shape[:2] != (112, 112):
                     raise DatasetError(
                         f"{reader.rec_path}: record {key} is {img.shape[1]}x{img.shape[0]}, not 112x112"
@@ -444,6 +471,7 @@ def load_dataset(
         achieved=achieved,
         samples=samples,
         notes=notes,
+        dropped=dropped,
         source={
             "leaked_images_dropped": int(sum(leaks)) if leaks else None,
             "folder": str(root),

@@ -20,7 +20,6 @@ the run seed. Validation errors name the bad entry (``spec.fields.eyes.values[3]
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -32,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from ..plan import FIELDS
 
 SPEC_FORMAT = "fdta-attribute-spec/1"
@@ -296,12 +295,9 @@ def _check_cases(f: FieldSpec, fields: dict[str, FieldSpec], age: AgeSpec | None
     else:
         raise _err(f"{where}.by", f"conditions on {f.by!r}, which is not in the spec", f"add a {f.by} field.")
     for key, _, _ in f.cases:
-        if key not in keys:
-            raise _err(
-                f"{where}.cases.{key}",
-                f"{key!r} is not a {f.by} value (or age bin) of this spec",
-                f"use one of: {', '.join(keys)}.",
-            )
+        check_choice(
+            None, f"{where}.cases.{key}", key, keys, what=f"{f.by} value (or age bin)", error=ConfigError
+        )
     missing = [k for k in keys if k not in {c[0] for c in f.cases}]
     if missing and not f.values:
         raise _err(
@@ -465,12 +461,7 @@ def parse_spec(text: str | dict[str, Any], *, source: str = "spec") -> Attribute
     if not isinstance(fields_raw, dict) or not fields_raw:
         raise _err("spec.fields", "missing or empty", f"give at least one of: {', '.join(FIELDS)}.")
     for name in fields_raw:
-        if name not in FIELDS:
-            close = difflib.get_close_matches(str(name).lower().replace(" ", "_"), FIELDS, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise _err(
-                f"spec.fields.{name}", f"unknown field {name!r}", f"{hint}fields are: {', '.join(FIELDS)}."
-            )
+        check_choice(None, f"spec.fields.{name}", name, FIELDS, what="field", error=ConfigError)
     fields: dict[str, FieldSpec] = {}
     age: AgeSpec | None = None
     for name in FIELDS:

@@ -10,7 +10,6 @@ needs no face models itself. Optional tags per image (``subject``, ``yaw``, ``li
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InputError
+from ..imagecodec import decode_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class ReferenceBank:
                 per_subject[subject] = 0
             if max_per_subject and per_subject[subject] >= max_per_subject:
                 continue
-            face = _ensure_aligned(_read_image(path), align, str(rel))
+            face = _ensure_aligned(read_image(path, where="ReferenceBank"), align, str(rel))
             if face is None:
                 continue
             per_subject[subject] += 1
@@ -189,7 +189,9 @@ class ReferenceBank:
                     rec_keys = rec_keys[:max_per_subject]
                 for k in rec_keys:
                     _header, payload = unpack(reader.read(k))
-                    face = _ensure_aligned(_decode(payload, f"{name}#{k}"), align, f"{name}#{k}")
+                    face = _ensure_aligned(
+                        decode_image(payload, where=f"ReferenceBank {name}#{k}"), align, f"{name}#{k}"
+                    )
                     if face is None:
                         continue
                     out.append(face)
@@ -257,28 +259,6 @@ def read_tags_csv(path: str | Path) -> dict[str, dict[str, str]]:
                     tags[k] = v.strip()
             out[Path(row["path"].strip()).as_posix()] = tags
     return out
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}", where="ReferenceBank") from None
-
-
-def _decode(payload: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(payload)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as exc:
-        raise DatasetError(
-            f"{where}: record payload is not an image ({exc})", where="ReferenceBank.rec"
-        ) from None
 
 
 def _ensure_aligned(img: np.ndarray, align: AlignFn | None, where: str) -> np.ndarray | None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..faceset import FaceSet
+from ..grid import Cell, render_grid
 from ..seeds import derive_seed
 from .bank import ReferenceBank
 from .ddim import DEFAULT_ETA, DEFAULT_STEPS
@@ -24,6 +25,8 @@ from .solvers import DDIM
 log = logging.getLogger(__name__)
 
 STAGE = "stg"
+#: Caption strip under each tile of the contact sheet (one line).
+CAPTION = 16
 
 
 @dataclass
@@ -105,9 +108,17 @@ def mix(
             )
         )
     labels = np.array([p.identity for p in picks], np.int64)
-    styled = FaceSet(images, labels, prov, {i: source.source_of(i) for i in identities})
+    styled = FaceSet(
+        images, labels, prov, {i: source.source_of(i) for i in identities}, dropped=list(source.dropped)
+    )
     sheet = contact_sheet(styled, bank, picks)
     return MixResult(styled, sheet, picks)
+
+
+#: Caption colours of the STG sheet (on white): source, reference, output.
+SOURCE_COLOUR = (0, 0, 0)
+REFERENCE_COLOUR = (30, 90, 200)
+OUTPUT_COLOUR = (30, 140, 50)
 
 
 def contact_sheet(
@@ -119,24 +130,22 @@ def contact_sheet(
     max_styles: int = 8,
 ) -> np.ndarray:
     """The paper's figure layout: per identity one row of [source | references] above one row of
-    [blank | generated images]; at most ``max_identities`` x ``max_styles``."""
+    [blank | generated images]; at most ``max_identities`` x ``max_styles``. Every tile says what it is:
+    ``source id N``, ``reference <subject>`` (the real face whose style is taken) or ``output <style>``."""
     ids = styled.identities[:max_identities]
     by_id: dict[int, list[int]] = {}
     for i, p in enumerate(picks):
         if p.identity in ids and len(by_id.setdefault(p.identity, [])) < max_styles:
             by_id[p.identity].append(i)
     cols = 1 + max((len(v) for v in by_id.values()), default=0)
-    tile, gap = 112, 4
-    rows = 2 * len(ids)
-    sheet = np.full((rows * (tile + gap) + gap, cols * (tile + gap) + gap, 3), 255, np.uint8)
-
-    def put(r: int, c: int, img: np.ndarray) -> None:
-        y, x = gap + r * (tile + gap), gap + c * (tile + gap)
-        sheet[y : y + tile, x : x + tile] = img
-
-    for k, ident in enumerate(ids):
-        put(2 * k, 0, styled.source_of(ident))
-        for c, i in enumerate(by_id.get(ident, []), start=1):
-            put(2 * k, c, bank.images[picks[i].bank_index])
-            put(2 * k + 1, c, styled.images[i])
-    return sheet
+    rows: list[list[Cell | None]] = []
+    for ident in ids:
+        refs: list[Cell | None] = [Cell(styled.source_of(ident), [(f"source id {ident}", SOURCE_COLOUR)])]
+        outs: list[Cell | None] = [None]
+        for i in by_id.get(ident, []):
+            pick = picks[i]
+            subject = str(bank.subjects[pick.bank_index])
+            refs.append(Cell(bank.images[pick.bank_index], [(f"reference {subject}"[:20], REFERENCE_COLOUR)]))
+            outs.append(Cell(styled.images[i], [(f"output {pick.style_index}", OUTPUT_COLOUR)]))
+        rows += [refs, outs]
+    return render_grid(rows, tile=112, gap=4, caption_height=CAPTION, background=(255, 255, 255), n_cols=cols)

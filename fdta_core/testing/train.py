@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imagecodec import encode_jpeg
 from ..recordio import IRHeader, RecordWriter, pack, write_property
 from ..seeds import numpy_rng
 
@@ -46,15 +47,6 @@ class SyntheticClasses:
         img = self._protos[cls][dy : dy + self.size, dx : dx + self.size]
         img = img * rng.uniform(0.8, 1.2) + rng.normal(0, self.noise, img.shape)
         return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def write_synthetic_rec(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError
+from ..imagecodec import decode_into
 from ..recordio import IR_HEADER_SIZE, RecordReader, read_layout, read_property
 from ..seeds import derive_seed, numpy_rng
 
@@ -51,51 +52,32 @@ def _find_rec(path: str | Path) -> tuple[Path, Path | None]:
     return rec, (idx if idx.is_file() else None)
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError:  # opencv is a declared dependency; PIL is the slower fallback
-        return None
-    return cv2
+class _FaceItems(torch.utils.data.Dataset):
+    """Item access shared by the face datasets: subclasses set ``image_size`` and ``labels`` and
+    implement ``load(index, flip, out)``."""
+
+    image_size: int
+    labels: np.ndarray
+
+    def load(self, index: int, flip: bool, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
+        self.load(int(index), bool(flip), out)
+        return torch.from_numpy(out), int(self.labels[int(index)])
+
+    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
+        labels = np.empty(len(items), np.int64)
+        for j, (index, flip) in enumerate(items):
+            self.load(int(index), bool(flip), out[j])
+            labels[j] = self.labels[int(index)]
+        return torch.from_numpy(out), torch.from_numpy(labels)
 
 
-def decode_into(buf: bytes | memoryview, out: np.ndarray, flip: bool = False) -> None:
-    """Decode an encoded image into ``out`` (H x W x 3 RGB uint8), resized if needed, mirrored if ``flip``.
-
-    OpenCV >= 4.10 decodes straight to RGB; the flip (or plain copy) into the batch is then the only
-    extra pass. (A numpy ``[:, :, ::-1]`` channel swap would cost a third of the decode time.)
-    """
-    cv2 = _cv2()
-    size = out.shape[0]
-    if cv2 is None:
-        import io
-
-        from PIL import Image
-
-        try:
-            pil = Image.open(io.BytesIO(bytes(buf))).convert("RGB")
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
-            raise DatasetError(f"an image record could not be decoded ({exc})") from None
-        if pil.size != (size, size):
-            pil = pil.resize((size, size), Image.BILINEAR)
-        img = np.asarray(pil)
-        np.copyto(out, img[:, ::-1] if flip else img)
-        return
-    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
-    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag)
-    if img is None:
-        raise DatasetError("an image record could not be decoded (not a JPEG/PNG payload)")
-    if rgb_flag is None:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.shape[0] != size or img.shape[1] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    if flip:
-        cv2.flip(img, 1, out)
-    else:
-        np.copyto(out, img)
-
-
-class RecFaceDataset(torch.utils.data.Dataset):
+class RecFaceDataset(_FaceItems):
     """Images and class labels of a RecordIO face set (insightface, DALI or plain layout).
 
     Indices are positions in :attr:`image_keys`. ``__getitems__`` takes ``(index, flip)`` pairs (what
@@ -170,22 +152,8 @@ class RecFaceDataset(torch.utils.data.Dataset):
         """Decode image ``index`` into ``out`` (H x W x 3 RGB), flipped horizontally if asked."""
         decode_into(self._payload(self.reader.read(int(self.image_keys[index]))), out, flip)
 
-    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
-        self.load(int(index), bool(flip), out)
-        return torch.from_numpy(out), int(self.labels[int(index)])
 
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(len(items), np.int64)
-        for j, (index, flip) in enumerate(items):
-            self.load(int(index), bool(flip), out[j])
-            labels[j] = self.labels[int(index)]
-        return torch.from_numpy(out), torch.from_numpy(labels)
-
-
-class ChunkedFaceDataset(torch.utils.data.Dataset):
+class ChunkedFaceDataset(_FaceItems):
     """All committed chunks of a data-set folder (``<root>/chunks/<start>-<end>/``) as one training set.
 
     Labels and image order are exactly those of ``fdta rec merge OUT ROOT``: identities are renumbered
@@ -262,20 +230,6 @@ class ChunkedFaceDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, flip: bool, out: np.ndarray) -> None:
         self.parts[int(self._part[index])].load(int(self._pos[index]), flip, out)
-
-    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
-        self.load(int(index), bool(flip), out)
-        return torch.from_numpy(out), int(self.labels[int(index)])
-
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = np.empty((len(items), self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(len(items), np.int64)
-        for j, (index, flip) in enumerate(items):
-            self.load(int(index), bool(flip), out[j])
-            labels[j] = self.labels[int(index)]
-        return torch.from_numpy(out), torch.from_numpy(labels)
 
 
 def open_face_dataset(

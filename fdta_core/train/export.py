@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFormatError
+from ..eval.models import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, *, opset: int = 17, 
     """
     import torch
 
-    from ..eval.models import load_state
-    from .iresnet import backbone_from_state_dict
-
-    state, arch = load_state(checkpoint)
-    model = backbone_from_state_dict(state, arch).eval()
+    model = load_backbone(checkpoint)
     size = model.input_size
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

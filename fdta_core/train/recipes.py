@@ -63,7 +63,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if not self.data:
             raise ConfigError(
-                "no training data given", where="recipe.data", fix="pass the folder holding train.rec."
+                "no training data given",
+                where="recipe.data",
+                fix="pass the folder holding train.rec, or a data-set folder (chunks/: every chunk is read).",
             )
         if not self.output:
             raise ConfigError("no output (run) directory given", where="recipe.output")

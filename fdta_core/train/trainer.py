@@ -34,7 +34,10 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, DatasetError
+from ..eval.models import torch_embedder
+from ..eval.verification import verify
 from ..fsutil import atomic_open, atomic_write_text
+from ..iresnet import build_backbone
 from ..seeds import derive_seed
 from .data import (
     EpochBatchSampler,
@@ -44,7 +47,6 @@ from .data import (
     open_face_dataset,
     to_model_input,
 )
-from .iresnet import build_backbone
 from .losses import MarginSpec
 from .partial_fc import PartialFC
 from .recipes import TrainConfig
@@ -384,9 +386,6 @@ class Trainer:
         """Verification on the recipe's ``.bin`` files (rank 0 only), logged and returned."""
         if not self.info.main or not self.config.val_bins:
             return {}
-        from ..eval.models import torch_embedder
-        from ..eval.verification import verify
-
         was_training = self.backbone.training
         try:
             results = verify(

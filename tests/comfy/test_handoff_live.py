@@ -119,11 +119,12 @@ def test_syn_ms1m_training_group_trains_on_all_chunks_then_verify_prints_table_1
     launcher_sets = [
         "FDTATrainerLauncher.run_name=fdta/train/handoff_ms1m", "FDTATrainerLauncher.preset=tiny",
         "FDTATrainerLauncher.network=preset", "FDTATrainerLauncher.batch_size=4", "FDTATrainerLauncher.epochs=2",
-        "FDTATrainerLauncher.device=cpu", 'FDTATrainerLauncher.overrides={"save_every": 4, "log_every": 1}',
+        "FDTATrainerLauncher.device=cpu",
     ]  # fmt: skip
     last = plan_chunks(4, 2)[-1]
     prompt = patch_workflow(full, last, SEED, [parse_override(s) for s in [*sets, *launcher_sets]])
     lk = next(k for k, n in prompt.items() if n["class_type"] == "FDTATrainerLauncher")
+    prompt[lk]["inputs"]["overrides"] = json.dumps({"save_every": 4, "log_every": 1})
     vk = next(k for k, n in prompt.items() if n["class_type"] == "FDTAVerify")
     wk = next(k for k, n in prompt.items() if n["class_type"] == "FDTADatasetWriter")
     assert prompt[lk]["inputs"]["dataset"] == [wk, 0] and prompt[vk]["inputs"]["model"] == [lk, 0]

@@ -23,7 +23,9 @@ def test_no_import_error_of_this_pack(comfy: ComfyServer) -> None:
         line
         for line in log.splitlines()
         if re.search(r"IMPORT FAILED|Cannot import|Traceback|could not be loaded", line)
-        and ("FDTA" in line or "ComfyUI-FDTA" in line or "fdta" in line)
+        # the pack's folder, its log prefix or its library; not a bare "fdta", which also matches a ComfyUI
+        # unpacked under .fdta/ (as .ci/run does) reporting its own optional modules
+        and ("ComfyUI-FDTA" in line or "[FDTA]" in line or "fdta_core" in line)
     ]
     assert not bad, "\n".join(bad)
     assert "[FDTA] loaded" in log
@@ -63,3 +65,32 @@ def test_frontend_extension_and_its_imports_are_served(comfy: ComfyServer) -> No
             target = urllib.parse.urljoin(url, spec)
             with urllib.request.urlopen(target, timeout=30) as r:  # raises HTTPError on 404
                 assert r.status == 200, target
+
+
+def test_two_onnxruntime_builds_are_reported_once(comfy: ComfyServer) -> None:
+    """ComfyUI's Python with onnxruntime and onnxruntime-gpu side by side gets one warning at load that
+    says which to uninstall; with one build, no warning."""
+    import subprocess
+
+    from fdta_core.faces.providers import ORT_DISTRIBUTIONS
+
+    probe = (
+        "from importlib import metadata\n"
+        f"names = {list(ORT_DISTRIBUTIONS)!r}\n"
+        "found = []\n"
+        "for n in names:\n"
+        "    try:\n"
+        "        metadata.distribution(n)\n"
+        "    except metadata.PackageNotFoundError:\n"
+        "        continue\n"
+        "    found.append(n)\n"
+        "print(','.join(found))\n"
+    )
+    out = subprocess.run([str(comfy.python), "-c", probe], capture_output=True, text=True, check=True)
+    builds = [b for b in out.stdout.strip().split(",") if b]
+    warnings = [line for line in comfy.log_text().splitlines() if "[FDTA] both" in line]
+    if len(builds) >= 2:
+        assert len(warnings) == 1, warnings
+        assert "pip uninstall -y" in warnings[0]
+    else:
+        assert warnings == []

@@ -1,4 +1,6 @@
-"""IResNet backbones with exactly the parameter names of insightface ``arcface_torch`` (DESIGN 5.4).
+"""IResNet backbones with exactly the parameter names of insightface ``arcface_torch`` (DESIGN 5.4): the
+FR model that ``train`` trains and ``eval`` loads, so it lives beside both (``stg.iresnet`` is AdaFace's
+different IR-50 layout).
 
 Matching the names and shapes means a published ``backbone.pth`` (arcface_torch r18/r34/r50/r100) or
 FDTA's released LResNet50E-IR weights load with ``load_state_dict(strict=True)``, and what we train can
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelFormatError, check_choice
+from .errors import ConfigError, ModelFormatError, check_choice
 
 #: Blocks per stage of the published depths (arcface_torch ``iresnet18`` ... ``iresnet200``).
 LAYERS: dict[str, tuple[int, int, int, int]] = {

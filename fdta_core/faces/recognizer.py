@@ -1,0 +1,63 @@
+"""ArcFace recogniser (insightface's ``w600k_r50.onnx`` and friends)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, ModelFormatError
+from .align import ensure_rgb_uint8
+from .providers import BatchedModel, mxnet_normalisation, static_dims
+
+log = logging.getLogger(__name__)
+
+
+class ArcFaceRecognizer(BatchedModel):
+    """ArcFace embedding model (``w600k_r50.onnx`` and friends): N x 3 x 112 x 112 RGB -> N x D."""
+
+    role = "recognizer"
+
+    def __init__(self, path: Path, session: Any) -> None:
+        super().__init__(path, session)
+        shape, outs = self.input_dims, self.outputs
+        if len(shape) != 4 or shape[1] != 3 or shape[2] != 112 or shape[3] != 112:
+            raise ModelFormatError(
+                f"{path.name}: an ArcFace model takes N x 3 x 112 x 112, this one takes {self.input_shape}",
+                where="faces.recognizer",
+                fix="use an insightface recognition model such as w600k_r50.onnx.",
+            )
+        oshape = static_dims(outs[0].shape)
+        if len(outs) != 1 or len(oshape) != 2 or not oshape[1] or oshape[1] < 64:
+            raise ModelFormatError(
+                f"{path.name}: an ArcFace model returns one N x D embedding, this one returns "
+                f"{[o.shape for o in outs]}",
+                where="faces.recognizer",
+            )
+        self.dim = int(oshape[1])
+        if mxnet_normalisation(path):
+            self.mean, self.std = 0.0, 1.0
+            log.info(
+                "[FDTA] faces: %s normalises inside the graph (MXNet export); feeding raw 0-255", path.name
+            )
+        else:
+            self.mean, self.std = 127.5, 127.5
+
+    def embed(self, faces: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Unnormalised embeddings of aligned uint8 RGB faces ``[N, 112, 112, 3]``, in batches."""
+        arr = np.asarray(faces)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[1:] != (112, 112, 3):
+            raise InputError(
+                f"embeddings need aligned faces [N, 112, 112, 3], got {list(arr.shape)}",
+                where="embed",
+                fix="align the faces first (FDTAAlignFaces / FaceModels.align_batch).",
+            )
+        if arr.dtype != np.uint8:
+            arr = np.stack([ensure_rgb_uint8(a) for a in arr]) if len(arr) else arr.astype(np.uint8)
+        if len(arr) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.run_batches(arr, batch_size).astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,6 +456,7 @@ def _cli(argv: list[str], step: str) -> None:
 
 def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
     """Run every step; return the summary (the JSON line of ``fdta demo``). The server is always stopped."""
+    t0 = time.monotonic()
     pack = pack_root()
     comfy_dir, python = resolve_comfyui(cfg, say)
     ensure_pack_requirements(python, pack, say)
@@ -549,7 +551,8 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
     }
     say(f"verification on {bin_path.name} (pairs drawn from the data set itself): "
         f"{100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f} %")  # fmt: skip
-    say("where everything is:")
+    seconds = round(time.monotonic() - t0, 1)
+    say(f"done in {seconds:.0f} s; where everything is:")
     for label, p in (("workflow", wf_path), ("run manifest", demo / "run"), ("chunks", server.output_dir / OUTPUT_NAME),
                      ("data set", dataset), ("report", report_dir / "report.html"), ("training run", train_dir),
                      ("model", model), ("ComfyUI log", server.log_path)):  # fmt: skip
@@ -562,4 +565,5 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
         "model": str(model),
         "verify": verify_d,
         "models": {"real": models.real, "tiny": models.tiny},
+        "seconds": seconds,
     }

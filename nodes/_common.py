@@ -16,6 +16,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..fdta_core.errors import FDTAError, ModelNotFoundError
+from ..fdta_core.models_catalog import FOLDERS
 from ..fdta_core.seeds import SEED_MAX
 
 T = TypeVar("T")
@@ -48,12 +49,11 @@ def seed_input(tooltip: str) -> io.Int.Input:
 
 
 # ---------------------------------------------------------------------------- model folders
-#: ComfyUI folder name -> default sub-folder of ``models/`` (DESIGN section 4).
+#: FDTA's own ComfyUI folder names -> default sub-folder of ``models/`` (DESIGN section 4); the one table
+#: is ``fdta_core.models_catalog.FOLDERS`` (``fdta models`` reads it too).
 MODEL_FOLDERS: dict[str, str] = {
-    "insightface": "insightface",
-    "fdta_stg": os.path.join("fdta", "stg"),
-    "fdta_age": os.path.join("fdta", "age"),
-    "fdta_fr": os.path.join("fdta", "fr"),
+    name: os.path.join(*FOLDERS[name].split("/"))
+    for name in ("insightface", "fdta_stg", "fdta_age", "fdta_fr")
 }
 
 

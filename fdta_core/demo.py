@@ -488,6 +488,13 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
             say(f"tiny random-weight stand-ins (missing real files): {', '.join(models.tiny)}")
     if not models.face_checks:
         del workflow["7"]["inputs"]["face_models"]  # FDTAACGSampler samples without the face checks
+        workflow["7"]["inputs"].pop("reference_bank", None)  # ...and without the real-person check
+    if models.tiny:
+        # the CSIM filter's identity-leak check compares styled images with their reference subjects: on
+        # random models its verdict is a coin flip that may empty a chunk
+        for node in workflow.values():
+            if node.get("class_type") == "FDTACSIMFilter":
+                node["inputs"].pop("reference_bank", None)
         say("ACG face selection and the CSIM filter are off: random models draw no detectable face")
     wf_path = demo / "workflow" / "syn_ms1m_demo.json"
     wf_path.write_text(json.dumps(workflow, indent=1))

@@ -88,6 +88,73 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ChunkStamp:
+    """The identity range a faceset was planned for, and what planned it.
+
+    The ACG stamps the plan's ``[start, end)`` on its faceset and every stage passes the stamp on, so the
+    dataset writer commits the chunk under the planned range even when some identities were dropped on
+    the way, and the UI, the runner and a hand-built graph cannot disagree about it. ``spec_hash`` and
+    ``run_seed`` say which run made the chunk: a chunk on disk is replaced without ``overwrite`` only by
+    the same run (a re-run after a crash).
+    """
+
+    start: int
+    end: int
+    spec_hash: str = ""
+    run_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.start) < 0 or int(self.end) <= int(self.start):
+            raise InputError(
+                f"chunk range [{self.start}, {self.end}) is empty or negative", where="ChunkStamp"
+            )
+
+    @property
+    def count(self) -> int:
+        return int(self.end) - int(self.start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ChunkStamp | None:
+        if not data:
+            return None
+        seed = data.get("run_seed")
+        return cls(int(data["start"]), int(data["end"]), str(data.get("spec_hash") or ""),
+                   None if seed is None else int(seed))  # fmt: skip
+
+    def same_run(self, other: ChunkStamp | None) -> bool:
+        """Whether ``other`` comes from the same run (same spec and run seed, both known)."""
+        return (
+            other is not None
+            and bool(self.spec_hash)
+            and self.run_seed is not None
+            and (self.spec_hash, self.run_seed) == (other.spec_hash, other.run_seed)
+        )
+
+
+def join_stamps(stamps: Iterable[ChunkStamp | None]) -> ChunkStamp | None:
+    """The stamp of several facesets joined: equal stamps stay, adjacent ranges of one run merge,
+    anything else (an unstamped part, two runs, a gap) gives None (the writer then needs a range)."""
+    out: ChunkStamp | None = None
+    first = True
+    for s in sorted(stamps, key=lambda x: (x is not None, x.start if x else 0)):
+        if s is None:
+            return None
+        if first:
+            out, first = s, False
+            continue
+        assert out is not None
+        if s == out:
+            continue
+        if (s.spec_hash, s.run_seed) != (out.spec_hash, out.run_seed) or s.start != out.end:
+            return None
+        out = dataclasses.replace(out, end=s.end)
+    return out
+
+
+@dataclass(frozen=True)
 class Dropped:
     """Something a stage left out, and why: an identity without an acceptable ACG candidate, an image
     below the CSIM threshold, an identity left with too few images. Facesets carry these records to the
@@ -121,6 +188,7 @@ class Dropped:
 class FaceSet:
     """A batch of aligned faces with labels, provenance and the source face of each identity.
 
+    ``chunk`` is the planned identity range (:class:`ChunkStamp`), or None for a faceset built by hand.
     ``dropped`` lists what earlier stages left out (:class:`Dropped`); every stage passes it on and adds
     its own, and the dataset writer records it.
     """
@@ -129,6 +197,7 @@ class FaceSet:
     labels: np.ndarray
     provenance: list[Provenance]
     sources: dict[int, np.ndarray] = field(default_factory=dict)
+    chunk: ChunkStamp | None = None
     dropped: list[Dropped] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -167,6 +236,13 @@ class FaceSet:
                     f"source face of identity {ident} must be a 112x112x3 uint8 array",
                     where="FaceSet.sources",
                 )
+        if self.chunk is not None and self.labels.size:
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < self.chunk.start or hi >= self.chunk.end:
+                raise InputError(
+                    f"labels {lo}..{hi} lie outside the planned chunk {self.chunk.start}..{self.chunk.end - 1}",
+                    where="FaceSet.chunk",
+                )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,7 +251,12 @@ class FaceSet:
 
     @classmethod
     def from_sources(
-        cls, images: np.ndarray, provenance: Sequence[Provenance], *, stage: str | None = None
+        cls,
+        images: np.ndarray,
+        provenance: Sequence[Provenance],
+        *,
+        stage: str | None = None,
+        chunk: ChunkStamp | None = None,
     ) -> FaceSet:
         """A faceset in which every image is the source face of its own identity (the ACG output)."""
         images = _check_images(np.ascontiguousarray(images), "FaceSet.images")
@@ -188,7 +269,7 @@ class FaceSet:
                 "source facesets need exactly one image per identity", where="FaceSet.from_sources"
             )
         sources = {int(lab): images[i].copy() for i, lab in enumerate(labels)}
-        return cls(images, labels, prov, sources)
+        return cls(images, labels, prov, sources, chunk)
 
     @classmethod
     def concat(cls, sets: Iterable[FaceSet]) -> FaceSet:
@@ -201,7 +282,14 @@ class FaceSet:
         sources: dict[int, np.ndarray] = {}
         for s in sets:
             sources.update(s.sources)
-        return cls(images, labels, prov, sources, dropped=[d for s in sets for d in s.dropped])
+        return cls(
+            images,
+            labels,
+            prov,
+            sources,
+            join_stamps(s.chunk for s in sets),
+            dropped=[d for s in sets for d in s.dropped],
+        )
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -242,6 +330,20 @@ class FaceSet:
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
+            self.chunk,
+            dropped=list(self.dropped),
+        )
+
+    def derived(self, images: np.ndarray, labels: Any, provenance: list[Provenance],
+                sources: dict[int, np.ndarray] | None = None) -> FaceSet:  # fmt: skip
+        """A new faceset made by a stage from this one: same planned chunk and dropped records (and
+        source faces unless given)."""
+        return FaceSet(
+            images,
+            labels,
+            provenance,
+            dict(self.sources) if sources is None else sources,
+            self.chunk,
             dropped=list(self.dropped),
         )
 
@@ -260,6 +362,8 @@ class FaceSet:
     def summary(self) -> str:
         n_id = len(self.identities)
         text = f"FaceSet: {len(self)} images, {n_id} identities, {len(self.sources)} source faces"
+        if self.chunk is not None:
+            text += f", planned chunk {self.chunk.start}..{self.chunk.end - 1}"
         return text + (f"; {len(self.dropped)} dropped on the way" if self.dropped else "")
 
     # ------------------------------------------------------------------ serialisation
@@ -281,6 +385,9 @@ class FaceSet:
             provenance=np.frombuffer(self.provenance_json().encode("utf-8"), np.uint8),
             source_ids=src_ids,
             source_images=src,
+            chunk=np.frombuffer(
+                json.dumps(self.chunk.to_dict() if self.chunk else None).encode("utf-8"), np.uint8
+            ),
             dropped=np.frombuffer(
                 json.dumps([d.to_dict() for d in self.dropped], sort_keys=True).encode("utf-8"), np.uint8
             ),
@@ -291,12 +398,17 @@ class FaceSet:
         with np.load(path, allow_pickle=False) as z:
             prov = [Provenance.from_dict(d) for d in json.loads(z["provenance"].tobytes().decode("utf-8"))]
             sources = {int(i): z["source_images"][k] for k, i in enumerate(z["source_ids"])}
+            chunk = (
+                ChunkStamp.from_dict(json.loads(z["chunk"].tobytes().decode("utf-8")))
+                if "chunk" in z.files
+                else None
+            )
             dropped = (
                 [Dropped.from_dict(d) for d in json.loads(z["dropped"].tobytes().decode("utf-8"))]
                 if "dropped" in z.files
                 else []
             )
-            return cls(z["images"], z["labels"], prov, sources, dropped=dropped)
+            return cls(z["images"], z["labels"], prov, sources, chunk, dropped=dropped)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions

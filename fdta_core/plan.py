@@ -28,6 +28,15 @@ FIELDS: tuple[str, ...] = (
 )
 
 
+#: Digits of each bound in a chunk name (``000000000-000000100``): 2^24 identities fit, names sort.
+CHUNK_NAME_DIGITS = 9
+
+
+def chunk_name(start: int, end: int) -> str:
+    """Name of the chunk of identities ``[start, end)``, shared by the runner and the dataset writer."""
+    return f"{int(start):0{CHUNK_NAME_DIGITS}d}-{int(end):0{CHUNK_NAME_DIGITS}d}"
+
+
 @dataclass(frozen=True)
 class IdentitySpec:
     """One planned identity.

@@ -52,6 +52,7 @@ from ._common import (
     progress_callback,
     seed_input,
 )
+from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -174,6 +175,16 @@ class ComfyBatchSampler:
         if images.ndim == 5:  # video VAEs return [B, T, H, W, C]
             images = images.reshape(-1, *images.shape[-3:])
         return image_to_uint8(images, where="VAE decode")
+
+
+def check_acg(values: dict, graph: PromptGraph | None) -> None:
+    lo, hi = values.get("start_percent"), values.get("end_percent")
+    if lo is not None and hi is not None and float(lo) > float(hi):
+        raise InputError(
+            f"start_percent {lo} is after end_percent {hi}",
+            where="start_percent",
+            fix="the ControlNet acts from start_percent to end_percent: make start_percent <= end_percent.",
+        )
 
 
 class FDTAACGSampler(io.ComfyNode):
@@ -393,6 +404,25 @@ class FDTAACGSampler(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+        check_acg(values, graph)
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        control_preprocess=None,
+        control_assignment=None,
+        sampler_name=None,
+        scheduler=None,
+        on_failure=None,
+        start_percent=None,
+        end_percent=None,
+    ) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

@@ -38,6 +38,7 @@ from ._common import (
     progress_callback,
     seed_input,
 )
+from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -92,6 +93,10 @@ def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 class FDTAAgeLoader(io.ComfyNode):
     @classmethod
+    def MODEL_RESOLVERS(cls) -> dict:
+        return {"model_name": lambda name: AGE_FILES.resolve(name, where="model_name")}
+
+    @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="FDTAAgeLoader",
@@ -123,6 +128,15 @@ class FDTAAgeLoader(io.ComfyNode):
                 AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values, cls.MODEL_RESOLVERS())
+
+    @classmethod
+    def validate_inputs(cls, model_name=None, device=None, dtype=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, model_name: str, device: str = "auto", dtype: str = "auto") -> io.NodeOutput:
@@ -214,6 +228,15 @@ class FDTAAgeShifter(io.ComfyNode):
                 io.Image.Output(display_name="preview", tooltip="The output faces as an IMAGE batch."),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, mode=None, sampling=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

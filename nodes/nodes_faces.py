@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io
 
+from ..fdta_core.errors import ModelNotFoundError
 from ..fdta_core.faces import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
 from ..fdta_core.faces.identity import subject_embeddings
+from ..fdta_core.faces.pack import DEFAULT_FILES, pack_dirs
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ._common import (
     CATEGORY,
@@ -22,6 +24,7 @@ from ._common import (
     node_errors,
     progress_callback,
 )
+from ._validation import PromptGraph, check_widgets, validate
 
 _CAT = f"{CATEGORY}/faces"
 
@@ -35,7 +38,25 @@ def _packs() -> list[str]:
     return packs or ["buffalo_l"]
 
 
+def _check_pack(pack: str) -> None:
+    """The pack folder exists and holds ONNX files (what load_face_pack needs first)."""
+    candidates = pack_dirs(model_folders("insightface"), str(pack))
+    if not any(d.is_dir() and any(d.glob("*.onnx")) for d in candidates):
+        raise ModelNotFoundError(
+            f"face model pack '{pack}'",
+            searched=candidates,
+            expected=[DEFAULT_FILES[r] for r in ("detector", "recognizer", "genderage")],
+            where="pack",
+            fix=f"put the pack's .onnx files in models/insightface/models/{pack}/ "
+            "(insightface model weights are for non-commercial research only).",
+        )
+
+
 class FDTAFaceModelLoader(io.ComfyNode):
+    @classmethod
+    def MODEL_RESOLVERS(cls) -> dict:
+        return {"pack": _check_pack}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         packs = _packs()
@@ -82,6 +103,15 @@ class FDTAFaceModelLoader(io.ComfyNode):
             ],
             outputs=[FaceModels.Output(display_name="face_models", tooltip="The loaded face models.")],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values, cls.MODEL_RESOLVERS())
+
+    @classmethod
+    def validate_inputs(cls, pack=None, provider=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, pack: str, provider: str, det_size: int, det_threshold: float) -> io.NodeOutput:
@@ -149,6 +179,15 @@ class FDTAAlignFaces(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, min_face_size=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(
@@ -263,6 +302,15 @@ class FDTACSIMFilter(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, reference=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

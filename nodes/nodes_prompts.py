@@ -20,6 +20,7 @@ from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, desc
 from ..fdta_core.prompts.planner import build_plan, plan_preview
 from ..fdta_core.prompts.spec import default_spec_text, parse_spec
 from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback, seed_input
+from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -50,6 +51,12 @@ def llm_cache_dir() -> str:
     import folder_paths
 
     return os.path.join(folder_paths.get_user_directory(), "fdta_cache", "llm")
+
+
+def check_spec(values: dict, graph: PromptGraph | None) -> None:
+    """The spec parses (errors name the bad entry), so a typo is refused before any node runs."""
+    if isinstance(values.get("spec"), str):
+        parse_spec(values["spec"], source="spec")
 
 
 class FDTAAttributeSpec(io.ComfyNode):
@@ -104,6 +111,16 @@ class FDTAAttributeSpec(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+        check_spec(values, graph)
+
+    @classmethod
+    def validate_inputs(cls, spec=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, spec: str, identity_start: int, identity_count: int, seed: int) -> io.NodeOutput:
@@ -192,6 +209,15 @@ class FDTAAttributePrompt(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, failure_policy=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from ._common import (
     seed_input,
 )
 from ._common import ReferenceBank as ReferenceBankType
+from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -53,7 +55,46 @@ STG_FILES = ModelFiles(
 )
 
 
+def check_bank(values: dict, graph: PromptGraph | None) -> None:
+    """The reference folder / .rec / tags CSV exist under ComfyUI's input folder."""
+    import folder_paths
+
+    root = folder_paths.get_input_directory()
+    source = values.get("source", "folder")
+    if source in ("folder", "rec") and isinstance(values.get("path"), str):
+        p = resolve_inside(values["path"], [root], where="path")
+        if not p.exists():
+            raise InputError(
+                f"the reference {'folder' if source == 'folder' else '.rec file'} {p} does not exist",
+                where="path",
+                fix=_bank_fix(source, values["path"], root),
+            )
+    tags = values.get("tags_csv")
+    if isinstance(tags, str) and tags.strip():
+        t = resolve_inside(tags, [root], where="tags_csv")
+        if not t.is_file():
+            raise InputError(
+                f"tags CSV {t} does not exist",
+                where="tags_csv",
+                fix="put the CSV (columns path, subject, yaw, lighting, expression) there, or clear tags_csv.",
+            )
+
+
+def _bank_fix(source: str, path: str, root: str) -> str:
+    if source == "rec":
+        return f"copy the reference train.rec/train.idx under ComfyUI's input folder ({root}) and set 'path' to it."
+    return (
+        f"create {os.path.join(root, path)} with one sub-folder per real reference subject holding their face "
+        f"images (e.g. {os.path.join(path, 'subject0', '0.png')}), or set 'path' to an existing folder "
+        "relative to ComfyUI's input folder."
+    )
+
+
 class FDTASTGLoader(io.ComfyNode):
+    @classmethod
+    def MODEL_RESOLVERS(cls) -> dict:
+        return {"checkpoint": lambda name: STG_FILES.resolve(name, where="checkpoint")}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -74,6 +115,15 @@ class FDTASTGLoader(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values, cls.MODEL_RESOLVERS())
+
+    @classmethod
+    def validate_inputs(cls, checkpoint=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, checkpoint: str) -> io.NodeOutput:
@@ -168,6 +218,16 @@ class FDTAReferenceBank(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+        check_bank(values, graph)
+
+    @classmethod
+    def validate_inputs(cls, source=None, path=None, tags_csv=None) -> bool | str:
+        return validate(cls, locals())
+
+    @classmethod
     def execute(
         cls,
         source: str,
@@ -190,6 +250,12 @@ class FDTAReferenceBank(io.ComfyNode):
                 bank = ReferenceBank.from_images(image_to_uint8(images, where="images"), align=align)
             elif source == "folder":
                 folder = resolve_inside(path, [root], where="path")
+                if not folder.is_dir():
+                    raise InputError(
+                        f"the reference folder {folder} does not exist",
+                        where="path",
+                        fix=_bank_fix(source, path, root),
+                    )
                 csv_path = resolve_inside(tags_csv, [root], where="tags_csv") if tags_csv.strip() else None
                 bank = ReferenceBank.from_folder(
                     folder,
@@ -284,6 +350,15 @@ class FDTASTGMixer(io.ComfyNode):
                 io.Image.Output(display_name="images", tooltip="the styled images as an IMAGE batch"),
             ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, style_policy=None, precision=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(

@@ -27,6 +27,7 @@ from ._common import (
     patch_module,
     progress_callback,
 )
+from ._validation import PromptGraph, check_widgets, validate
 
 AREA = f"{CATEGORY}/training"
 
@@ -196,6 +197,15 @@ class FDTATrainerLauncher(io.ComfyNode):
         return time.time()  # the state changes on its own: never serve this node from the cache
 
     @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, action=None, preset=None, network=None, loss=None, device=None) -> bool | str:
+        return validate(cls, locals())
+
+    @classmethod
     def execute(
         cls,
         action,
@@ -286,6 +296,15 @@ class FDTAVerify(io.ComfyNode):
             ],
             is_output_node=True,
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+
+    @classmethod
+    def validate_inputs(cls, batch_size=None) -> bool | str:
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, model, bins, batch_size) -> io.NodeOutput:

@@ -21,7 +21,7 @@ CHILD = textwrap.dedent(
     import sys, time
     import numpy as np
     from fdta_core.dataset import write_faceset, list_chunks
-    from fdta_core.faceset import FaceSet, Provenance
+    from fdta_core.faceset import ChunkStamp, FaceSet, Provenance
 
     root, hang_at = sys.argv[1], int(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
@@ -30,7 +30,9 @@ CHILD = textwrap.dedent(
         labels = np.repeat(np.arange(start, start + n_id), per)
         rng = np.random.default_rng(start + seed)
         imgs = rng.integers(0, 256, (len(labels), 112, 112, 3), dtype=np.uint8)
-        return FaceSet(imgs, labels, [Provenance(identity=int(x), seeds={"run": seed}) for x in labels])
+        # one run (same spec and run seed): re-writing its own chunk after a crash is allowed
+        return FaceSet(imgs, labels, [Provenance(identity=int(x), seeds={"run": seed}) for x in labels],
+                       chunk=ChunkStamp(start, start + n_id, "crash-test-spec", 7))
 
     def hang(done, total):
         if done >= 8:
@@ -42,7 +44,7 @@ CHILD = textwrap.dedent(
         name = f"{start:09d}-{start + 4:09d}"
         if name in done and i != hang_at:
             continue
-        write_faceset(faceset(start, 4, 6), root, start=start, count=4, batch_size=4, workers=2,
+        write_faceset(faceset(start, 4, 6), root, batch_size=4, workers=2,
                       progress=hang if i == hang_at else None)
         print("COMMITTED", name, flush=True)
     print("DONE", flush=True)

@@ -148,3 +148,16 @@ def test_report_on_mxnet_written_golden_set(shared_testdata, setup, tmp_path):
     counts = sorted(np.unique(data.labels, return_counts=True)[1].tolist())
     assert counts == sorted(expected["images_per_identity"])
     assert data.embeddings.shape == (expected["N"], 512) and 0 < summary["uniqueness"] <= 1
+
+
+def test_report_without_pack_makes_up_no_attribute_balance(setup, tmp_path, capsys):
+    """Issue 12: without a gender/age model nothing achieved was measured, so no variation is printed."""
+    rc = main(["report", str(setup / "ds"), "--out", str(tmp_path / "out"), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = summary["attribute_balance"]
+    assert rows and all(r["total_variation"] is None and r["achieved"] == {} for r in rows)
+    assert main(["report", str(setup / "ds"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "total variation" not in out and "achieved proportions not measured" in out
+    assert "total variation 0.500" not in (tmp_path / "out" / "report.html").read_text()

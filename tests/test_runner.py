@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,8 @@ from fdta_core.runner import (
 from fdta_core.runner.manifest import parse_shard
 from fdta_core.runner.patch import load_api_workflow, parse_override
 from fdta_core.seeds import SEED_MAX
+
+REPO = Path(__file__).resolve().parent.parent
 
 WORKFLOW = {
     "1": {
@@ -62,7 +65,15 @@ def test_patch_sets_range_and_derives_every_seed():
     assert core != 5 and core == patch_workflow(WORKFLOW, c, 77)["3"]["inputs"]["seed"]
     assert core != patch_workflow(WORKFLOW, plan_chunks(300, 100)[2], 77)["3"]["inputs"]["seed"]
     assert p["4"]["inputs"]["name"] == "fdta/run1"
-    assert (p["4"]["inputs"]["identity_start"], p["4"]["inputs"]["identity_count"]) == (100, 100)
+    # only the spec gets the range: the writer follows the plan stamped on the faceset
+    assert (p["4"]["inputs"]["identity_start"], p["4"]["inputs"]["identity_count"]) == (-1, 0)
+    # an old workflow whose writer sets its own range is refused before anything is queued
+    old = json.loads(json.dumps(WORKFLOW))
+    old["4"]["inputs"].update(identity_start=0, identity_count=100)
+    with pytest.raises(
+        ConfigError, match=r"node 4 \(FDTADatasetWriter\)\.identity_start.*set identity_start to -1"
+    ):
+        patch_workflow(old, c, 77)
     assert WORKFLOW["1"]["inputs"]["identity_start"] == 0  # the original is not modified
     with pytest.raises(ConfigError, match="exactly one FDTAAttributeSpec"):
         patch_workflow({"3": WORKFLOW["3"]}, c, 1)
@@ -75,7 +86,8 @@ def test_patch_sets_range_and_derives_every_seed():
 class FakeComfy:
     """Answers /prompt and /history like ComfyUI; chunks listed in ``fail`` fail that many times."""
 
-    def __init__(self, fail: dict[int, int] | None = None) -> None:
+    def __init__(self, fail: dict[int, int] | None = None, object_info: dict | None = None) -> None:
+        self.object_info = object_info or {}
         self.prompts: list[dict] = []
         self.fail = dict(fail or {})
         self.history: dict[str, dict] = {}
@@ -116,6 +128,8 @@ class FakeComfy:
                     self._send({})
 
             def do_GET(self):
+                if self.path == "/object_info":
+                    return self._send(outer.object_info)
                 pid = self.path.rsplit("/", 1)[-1]
                 self._send({pid: outer.history[pid]} if pid in outer.history else {})
 
@@ -187,7 +201,77 @@ def test_cli_dry_run_and_shard(tmp_path, capsys):
                    "--seed", "3", "--shard", "1/2", "--dry-run"])  # fmt: skip
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["chunk"] for x in lines] == ["00000100-00000200", "00000300-00000400"]
+    assert [x["chunk"] for x in lines] == [
+        "000000100-000000200",
+        "000000300-000000400",
+    ]  # one width with the writer
+
+
+# ------------------------------------------------------------------ fdta run --set is checked (issue 12)
+SHIPPED = json.loads((REPO / "workflows" / "api" / "syn_ms1m.json").read_text())
+OBJECT_INFO = json.loads((REPO / "tests" / "data" / "workflow_object_info.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "FDTAAgeShifter.keep_original=false",
+            r"unknown input of FDTAAgeShifter 'keep_original'.*did you mean 'keep_originals'",
+        ),
+        ("FDTAACGSampler.steps=abc", r"FDTAACGSampler.steps.*'abc' is not a whole number"),
+        ("FDTAACGSampler.steps=0", r"0 is outside \[1, "),
+        ("FDTAACGSampler.sampler_name=eular", r"unknown choice 'eular'.*did you mean 'euler'"),
+        ("FDTAAgeLoader.device=gpu", r"unknown choice 'gpu'.*Use one of auto, cpu"),
+        (
+            "FDTAAgeShifterr.seed=3",
+            r"unknown node class or id of the workflow 'FDTAAgeShifterr'.*did you mean 'FDTAAgeShifter'",
+        ),
+        ("FDTACSIMFilter.threshold=high", r"'high' is not a number"),
+        ("FDTAAgeShifter.keep_originals=maybe", r"'maybe' is not true or false"),
+    ],
+)
+def test_set_overrides_are_checked_against_the_server_schema(override, match):
+    from fdta_core.runner.overrides import check_overrides
+
+    with pytest.raises(ConfigError, match=match):
+        check_overrides(SHIPPED, [parse_override(override)], OBJECT_INFO)
+
+
+def test_set_values_are_coerced_to_the_input_type():
+    from fdta_core.runner.overrides import check_overrides
+
+    sets = ["FDTAACGSampler.steps=2.0", "FDTAAgeShifter.keep_originals=false", "FDTACSIMFilter.threshold=1",
+            "FDTADatasetWriter.output_name=123", "7.sampler_name=euler", "FDTAAgeShifter.keep_originals=1"]  # fmt: skip
+    out = check_overrides(SHIPPED, [parse_override(s) for s in sets], OBJECT_INFO)
+    assert [v for *_, v in out] == [2, False, 1.0, "123", "euler", True]
+    assert type(out[2][2]) is float
+    # offline (no server): the workflow's own values stand in for the schema
+    assert check_overrides(SHIPPED, [parse_override("FDTAACGSampler.steps=3")], None) == [
+        ("FDTAACGSampler", "steps", 3)
+    ]
+    with pytest.raises(ConfigError, match="did you mean 'keep_originals'.*without a server"):
+        check_overrides(SHIPPED, [parse_override("FDTAAgeShifter.keep_original=false")], None)
+    with pytest.raises(ConfigError, match="'abc' is not a whole number"):
+        check_overrides(SHIPPED, [parse_override("FDTAACGSampler.steps=abc")], None)
+
+
+def test_cli_refuses_a_misspelt_set_before_queueing(tmp_path, fake, capsys):
+    s = fake(object_info=OBJECT_INFO)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(SHIPPED))
+    base = ["run", str(wf), "--run-dir", str(tmp_path / "r"), "--identities", "4", "--chunk-size", "2",
+            "--seed", "3", "--server", s.url]  # fmt: skip
+    for extra in (["--dry-run"], []):
+        assert cli_main([*base, "--set", "FDTAAgeShifter.keep_original=false", *extra]) != 0
+        err = capsys.readouterr().err
+        assert (
+            "unknown input of FDTAAgeShifter 'keep_original'" in err
+            and "did you mean 'keep_originals'" in err
+        )
+        assert cli_main([*base, "--set", "FDTAACGSampler.steps=abc", *extra]) != 0
+        assert "'abc' is not a whole number" in capsys.readouterr().err
+    assert s.prompts == [] and not (tmp_path / "r").exists()  # nothing queued, no run started
 
 
 def test_every_chunk_gets_the_run_identity_index(tmp_path, fake):

@@ -66,7 +66,9 @@ def test_runner_patches_the_shipped_graph(name):
     spec = next(n for n in p.values() if n["class_type"] == "FDTAAttributeSpec")["inputs"]
     writer = next(n for n in p.values() if n["class_type"] == "FDTADatasetWriter")["inputs"]
     assert (spec["identity_start"], spec["identity_count"], spec["seed"]) == (3700, 100, 5)
-    assert (writer["identity_start"], writer["identity_count"]) == (3700, 100)
+    # the runner patches one node: the writer follows the range the faceset carries from the spec
+    assert (writer["identity_start"], writer["identity_count"], writer["overwrite"]) == (-1, 0, False)
+    assert api == json.loads((WF / "api" / f"{name}.json").read_text())
     assert all(
         n["inputs"]["seed"] == 5
         for n in p.values()

@@ -201,8 +201,11 @@ def _style_filter_write(
                 "inputs": {
                     "faceset": ["13", 0],
                     "output_name": output_name,
-                    "identity_start": 0,
-                    "identity_count": CHUNK,
+                    # -1 / 0: the chunk's range comes with the faceset from the spec (node 4), so the
+                    # writer can never commit a chunk under a range other than the one planned
+                    "identity_start": -1,
+                    "identity_count": 0,
+                    "overwrite": False,
                 },
             },  # fmt: skip
             "21": {

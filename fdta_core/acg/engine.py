@@ -11,6 +11,7 @@ not depend on the batch size.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..errors import FDTAError, InputError, check_choice
 from ..faces.identity import IdentityIndex
-from ..faceset import FACE_SIZE, Dropped, FaceSet, Provenance
+from ..faceset import FACE_SIZE, ChunkStamp, Dropped, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
 from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
@@ -283,8 +284,9 @@ class ACGResult:
         """The source faceset: one aligned 112x112 face per chosen identity, in plan order; identities
         without an acceptable candidate are listed in its ``dropped`` records."""
         slots = self.chosen_slots
+        stamp = self.chunk_stamp()
         if not slots:
-            empty = FaceSet.empty()
+            empty = dataclasses.replace(FaceSet.empty(), chunk=stamp)
             empty.dropped = self.dropped()
             return empty
         faces = []
@@ -295,9 +297,20 @@ class ACGResult:
             else:
                 assert rec.image is not None
                 faces.append(center_face(rec.image))
-        out = FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots])
+        out = FaceSet.from_sources(np.stack(faces), [self.provenance(s) for s in slots], chunk=stamp)
         out.dropped = self.dropped()
         return out
+
+    def chunk_stamp(self) -> ChunkStamp | None:
+        """The plan's range: the chunk the faces belong to, whichever identities failed."""
+        if len(self.plan) == 0:
+            return None
+        return ChunkStamp(
+            int(self.plan.start),
+            int(self.plan.start) + len(self.plan),
+            self.plan.spec_hash,
+            int(self.plan.run_seed),
+        )
 
     def accepted_index(self) -> IdentityIndex:
         """The identities this run accepted (checked ones with an embedding), for the run's index."""

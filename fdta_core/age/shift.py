@@ -228,20 +228,8 @@ def shift_faceset(
             )
             k += 1
     if not images:
-        return FaceSet(
-            np.zeros((0, 112, 112, 3), np.uint8),
-            np.zeros((0,), np.int64),
-            [],
-            dict(faceset.sources),
-            dropped=list(faceset.dropped),
-        )
-    return FaceSet(
-        np.stack(images),
-        np.asarray(labels, np.int64),
-        prov,
-        dict(faceset.sources),
-        dropped=list(faceset.dropped),
-    )
+        return faceset.derived(np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0,), np.int64), [])
+    return faceset.derived(np.stack(images), np.asarray(labels, np.int64), prov)
 
 
 def activation_bytes_per_image(config: SAMConfig, dtype: torch.dtype) -> int:

@@ -109,7 +109,13 @@ def _report(args: argparse.Namespace) -> int:
         if summary["csim"]:
             print(f"CSIM mean {f(summary['csim'].get('mean'))} +- {f(summary['csim'].get('std'))}")
         for row in summary["attribute_balance"]:
-            print(f"{row['attribute']}: total variation requested vs achieved {row['total_variation']:.3f}")
+            tv = row["total_variation"]
+            if tv is None:
+                print(
+                    f"{row['attribute']}: achieved proportions not measured (needs --pack with a gender/age model)"
+                )
+            else:
+                print(f"{row['attribute']}: total variation requested vs achieved {tv:.3f}")
         for q in (summary.get("quotas") or {}).get("fields", []):
             print(
                 f"plan vs written {q['field']}: {q['planned']} -> {q['written']} (max deviation {q['max_deviation']})"

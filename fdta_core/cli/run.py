@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from ..errors import ExternalServiceError
+from ..runner.client import ComfyClient
 from ..runner.manifest import ChunkState, parse_shard
 from ..runner.patch import parse_override, patch_workflow
 from ..runner.runner import RunConfig, run
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +75,15 @@ def _run(args: argparse.Namespace) -> int:
     )
     chunks = cfg.chunks()
     if args.dry_run:
+        if cfg.overrides:
+            try:
+                info = ComfyClient(cfg.servers[0]).object_info()
+            except ExternalServiceError as exc:
+                log.warning(
+                    "no server to check --set against (%s); checking against the workflow's values", exc
+                )
+                info = None
+            cfg.check_overrides(info)
         for c in chunks:
             print(
                 json.dumps(

@@ -15,8 +15,13 @@ insightface-layout set of its own::
       dataset.json                index of committed chunks (rebuilt from the folder after each commit)
 
 A chunk is written into its ``.tmp-*`` folder, every file is fsynced, then the folder is renamed to its
-final name, so a killed writer leaves no chunk that looks complete. Writing the same range again
-replaces the old chunk (``.old-*`` swap, recovered on the next run if killed between the renames).
+final name, so a killed writer leaves no chunk that looks complete.
+
+A chunk already on disk is never replaced silently: only a chunk of the same run (same spec hash and run
+seed, e.g. a re-run after a crash) or a write with ``overwrite=True`` replaces it (``.old-*`` swap,
+recovered on the next run if killed between the renames), and the replacement is recorded in the new
+chunk's ``chunk.json`` (``replaced``), its manifest and ``dataset.json``. A refused or failed write
+leaves no folder behind that it created.
 
 JPEG encoding (plus RecordIO framing and hashing) runs in a thread pool: the encoders release the GIL,
 so all cores are used. At most ``max_pending`` batches are in flight, so memory does not depend on the
@@ -36,6 +41,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -45,9 +51,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InputError
-from ..faceset import FACE_SIZE, FaceSet, Provenance
+from ..faceset import FACE_SIZE, ChunkStamp, FaceSet, Provenance
 from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..imagecodec import JPEG_QUALITY, jpeg_encoder
+from ..plan import CHUNK_NAME_DIGITS
+from ..plan import chunk_name as chunk_name
 from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
@@ -56,16 +64,14 @@ log = logging.getLogger(__name__)
 CHUNKS_DIR = "chunks"
 CHUNK_META = "chunk.json"
 DATASET_INDEX = "dataset.json"
-_NAME_RE = re.compile(r"^(\d{9,})-(\d{9,})$")
-_TMP_RE = re.compile(r"^\.(tmp|old)-(\d{9,}-\d{9,})-(.+)-(\d+)$")
+_D = CHUNK_NAME_DIGITS
+#: float32 labels are exact below 2^24 identities (DESIGN 5.2).
+MAX_IDENTITIES = 1 << 24
+_NAME_RE = re.compile(rf"^(\d{{{_D},}})-(\d{{{_D},}})$")
+_TMP_RE = re.compile(rf"^\.(tmp|old)-(\d{{{_D},}}-\d{{{_D},}})-(.+)-(\d+)$")
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 #: Temporary chunk folders owned by live writers of this process (never cleaned up as stale).
 _ACTIVE: set[str] = set()
-
-
-def chunk_name(start: int, end: int) -> str:
-    """Folder name of the chunk of identities ``[start, end)``; sorts in identity order."""
-    return f"{int(start):09d}-{int(end):09d}"
 
 
 def parse_chunk_name(name: str) -> tuple[int, int] | None:
@@ -89,7 +95,28 @@ class ChunkInfo:
     created: float = 0.0
     host: str = ""
     seconds: float = 0.0
+    #: the run that made the chunk (empty / None when the faceset was not planned by an FDTA spec)
+    spec_hash: str = ""
+    run_seed: int | None = None
+    #: earlier copies this chunk replaced, newest last: what made them and why they were replaced
+    replaced: list[dict[str, Any]] = field(default_factory=list)
     path: str = ""
+
+    @property
+    def stamp(self) -> ChunkStamp:
+        return ChunkStamp(self.start, self.end, self.spec_hash, self.run_seed)
+
+    def made_by(self) -> str:
+        """A short description of what made the chunk (for messages)."""
+        run = (
+            f"spec {self.spec_hash}, run seed {self.run_seed}"
+            if self.spec_hash and self.run_seed is not None
+            else "no recorded run (spec/seed unknown)"
+        )
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.created)) if self.created else "?"
+        return (
+            f"{self.images} images of {self.classes} identities, {run}, written {when} on {self.host or '?'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -225,18 +252,30 @@ def update_index(dataset: str | os.PathLike) -> dict[str, Any]:
             ],
             "images": sum(c.images for c in infos),
             "classes": sum(c.classes for c in infos),
+            # every replacement of a chunk on disk, as recorded by the chunk that replaced it
+            "replacements": [{"chunk": c.name, **r} for c in infos for r in c.replaced],
             "updated": time.time(),
         }
         atomic_write_text(root / DATASET_INDEX, json.dumps(index, indent=1))
     return index
 
 
-def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
-    if exc.errno == errno.ENOSPC:
+def _os_error(exc: OSError | sqlite3.Error, what: str, where: Path) -> DatasetError:
+    if isinstance(exc, sqlite3.Error):  # SQLite says "disk I/O error" / "database or disk is full"
         return DatasetError(
-            f"no space left on the device while {what} in {where}; nothing was committed for this chunk "
-            "and committed chunks are untouched",
+            f"the provenance manifest could not be written while {what} in {where} ({exc}: the disk is full, "
+            "a file size limit was hit, or the device failed); nothing was committed for this chunk and "
+            "committed chunks are untouched",
             fix="free disk space (or choose another output folder) and run the prompt again.",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+               errno.EFBIG: "a file hit the size limit (ulimit -f / filesystem)"}[exc.errno]  # fmt: skip
+        return DatasetError(
+            f"{why} while {what} in {where}; nothing was committed for this chunk and committed chunks are "
+            "untouched",
+            fix="free disk space (or choose another output folder, or raise the file size limit) and run "
+            "the prompt again.",
         )
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return DatasetError(
@@ -244,6 +283,68 @@ def _os_error(exc: OSError, what: str, where: Path) -> DatasetError:
             fix="choose an output folder you can write to.",
         )
     return DatasetError(f"{what} in {where} failed: {exc}")
+
+
+# ---------------------------------------------------------------------------- what may be written
+def _run_text(stamp: ChunkStamp | None) -> str:
+    if stamp is None or not stamp.spec_hash or stamp.run_seed is None:
+        return "a faceset without a planned run (spec/seed unknown)"
+    return f"spec {stamp.spec_hash}, run seed {stamp.run_seed}"
+
+
+def check_chunk_slot(
+    dataset: str | os.PathLike,
+    start: int,
+    end: int,
+    *,
+    stamp: ChunkStamp | None = None,
+    overwrite: bool = False,
+) -> ChunkInfo | None:
+    """Refuse a chunk ``[start, end)`` that would overlap another chunk of ``dataset`` or silently replace
+    one; return the committed chunk it will replace (None when the slot is free). Touches nothing.
+
+    A chunk of the same range is replaced only when ``stamp`` comes from the same run (same spec hash and
+    run seed: a re-run after a crash) or when ``overwrite`` is set.
+    """
+    root = Path(dataset)
+    name = chunk_name(start, end)
+    chunks = root / CHUNKS_DIR
+    same: ChunkInfo | None = None
+    for other in list_chunks(root):
+        if other.name == name:
+            same = other
+        elif other.start < end and start < other.end:
+            raise InputError(
+                f"chunk {name} (identities {start}..{end - 1}) overlaps committed chunk {other.name} in "
+                f"{chunks} ({other.made_by()})",
+                where="identity range",
+                fix="write chunks with disjoint identity ranges (set identity_start/identity_count on "
+                "FDTAAttributeSpec), choose another output_name, or delete the overlapping chunk folder.",
+            )
+    if same is None or overwrite:
+        return same
+    if stamp is not None and stamp.same_run(same.stamp):
+        return same
+    raise InputError(
+        f"chunk {name} already exists in {chunks} ({same.made_by()}); this write comes from "
+        f"{_run_text(stamp)}, so replacing it would lose those images. Nothing was written",
+        where="overwrite",
+        fix="set the dataset writer's 'overwrite' input to true to replace it (the replacement is "
+        "recorded in the data set), or choose another output_name or identity range.",
+    )
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, deepest first (for cleanup after a failure)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 # ---------------------------------------------------------------------------- the writer
@@ -275,7 +376,10 @@ class ChunkWriter:
 
     ``add(image, identity, provenance)`` takes one aligned 112x112 RGB uint8 face; images of one
     identity must be contiguous. ``commit()`` makes the chunk visible atomically; leaving the ``with``
-    block with an exception (or calling ``abort()``) removes everything written for it.
+    block with an exception (or calling ``abort()``) removes everything written for it, including the
+    dataset folders it created. ``stamp`` (the planned run) and ``overwrite`` decide whether a chunk of
+    the same range on disk may be replaced (:func:`check_chunk_slot`); that is checked before anything
+    is created.
     """
 
     def __init__(
@@ -292,7 +396,11 @@ class ChunkWriter:
         image_size: tuple[int, int] = (FACE_SIZE, FACE_SIZE),
         progress: Callable[[int, int], None] | None = None,
         total: int | None = None,
+        stamp: ChunkStamp | None = None,
+        overwrite: bool = False,
     ) -> None:
+        self._closed = False
+        self._made: list[Path] = []
         start, end = int(start), int(end)
         if start < 0 or end <= start:
             raise InputError(
@@ -300,11 +408,19 @@ class ChunkWriter:
                 where="identity range",
                 fix="identity_start must be >= 0 and identity_count >= 1.",
             )
-        if end > (1 << 24):
+        if end > MAX_IDENTITIES:
             raise InputError(
                 f"identity {end - 1} is beyond 2^24: float32 labels would no longer be exact",
                 where="identity range",
             )
+        if stamp is not None and (stamp.start, stamp.end) != (start, end):
+            raise InputError(
+                f"the faceset was planned for identities {stamp.start}..{stamp.end - 1}, not {start}..{end - 1}",
+                where="identity range",
+                fix="leave the writer's identity range at its defaults so it follows the plan.",
+            )
+        self.stamp = stamp
+        self.overwrite = bool(overwrite)
         self.root = Path(dataset)
         self.start, self.end = start, end
         self.name = chunk_name(start, end)
@@ -318,20 +434,16 @@ class ChunkWriter:
         self.total = total
         self._t0 = time.perf_counter()
         chunks = self.root / CHUNKS_DIR
-        try:
-            chunks.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, "creating the dataset folder", chunks) from None
-        recover(self.root)
-        for other in list_chunks(self.root):
-            if other.name != self.name and other.start < end and start < other.end:
-                raise InputError(
-                    f"chunk {self.name} (identities {start}..{end - 1}) overlaps committed chunk {other.name} "
-                    f"in {chunks}",
-                    where="identity range",
-                    fix="write chunks with disjoint identity ranges, or delete the overlapping chunk folder.",
-                )
         self.tmp = chunks / f".tmp-{self.name}-{_HOST}-{os.getpid()}"
+        if chunks.is_dir():
+            recover(self.root)
+        # refused before anything is created: a refused write leaves no folder behind
+        self.replaces = check_chunk_slot(self.root, start, end, stamp=stamp, overwrite=self.overwrite)
+        try:
+            self._made = _make_dirs(chunks)
+        except (OSError, sqlite3.Error) as exc:
+            self._cleanup()
+            raise _os_error(exc, "creating the dataset folder", chunks) from None
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         try:
@@ -339,7 +451,7 @@ class ChunkWriter:
             _ACTIVE.add(str(self.tmp))
             self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")
@@ -351,7 +463,6 @@ class ChunkWriter:
         self._first_key: list[int] = []
         self._next_key = 1
         self._written = 0
-        self._closed = False
 
     # -------------------------------------------------------------- adding
     def add(
@@ -465,7 +576,7 @@ class ChunkWriter:
                 rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
             self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
             self._manifest.add_images(rows)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
         self._written += len(meta)
         if self.progress is not None:
@@ -502,6 +613,11 @@ class ChunkWriter:
                     )
                 self._rec.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
                 self._rec.close()
+                # checked again now: another writer may have committed this range meanwhile
+                old = check_chunk_slot(
+                    self.root, self.start, self.end, stamp=self.stamp, overwrite=self.overwrite
+                )
+                replaced = self._replacement_record(old)
                 info = ChunkInfo(
                     name=self.name,
                     start=self.start,
@@ -515,14 +631,26 @@ class ChunkWriter:
                     created=time.time(),
                     host=_HOST,
                     seconds=round(time.perf_counter() - self._t0, 3),
+                    spec_hash=self.stamp.spec_hash if self.stamp else "",
+                    run_seed=self.stamp.run_seed if self.stamp else None,
+                    replaced=replaced,
                 )
-                self._manifest.set_meta(chunk=self.name, start=self.start, end=self.end, images=n, classes=c)
+                self._manifest.set_meta(
+                    chunk=self.name,
+                    start=self.start,
+                    end=self.end,
+                    images=n,
+                    classes=c,
+                    spec_hash=info.spec_hash,
+                    run_seed=info.run_seed,
+                    replaced=replaced,
+                )
                 self._manifest.close()
                 atomic_write_text(self.tmp / "property", f"{c},{self.image_size[0]},{self.image_size[1]}")
                 atomic_write_text(self.tmp / CHUNK_META, json.dumps(info.to_dict(), indent=1))
                 fsync_dir(self.tmp)
                 final = self._swap_into_place()
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 self._fail(_os_error(exc, f"committing chunk {self.name}", self.tmp))
         except BaseException:
             self.abort()
@@ -543,6 +671,25 @@ class ChunkWriter:
         )
         return info
 
+    def _replacement_record(self, old: ChunkInfo | None) -> list[dict[str, Any]]:
+        """The ``replaced`` history of the new chunk: the old chunk's history plus the old chunk itself."""
+        if old is None:
+            return []
+        same_run = self.stamp is not None and self.stamp.same_run(old.stamp)
+        return [
+            *old.replaced,
+            {
+                "images": old.images,
+                "classes": old.classes,
+                "spec_hash": old.spec_hash,
+                "run_seed": old.run_seed,
+                "created": old.created,
+                "host": old.host,
+                "replaced_at": time.time(),
+                "reason": "same run (spec hash and run seed agree)" if same_run else "overwrite=true",
+            },
+        ]
+
     def _swap_into_place(self) -> Path:
         chunks = self.root / CHUNKS_DIR
         final = chunks / self.name
@@ -560,6 +707,12 @@ class ChunkWriter:
     def _cleanup(self) -> None:
         _ACTIVE.discard(str(self.tmp))
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in self._made:  # deepest first; only folders this writer created, only when empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._made = []
 
     def abort(self) -> None:
         """Drop everything written for this chunk; committed chunks are untouched."""
@@ -587,9 +740,44 @@ class ChunkWriter:
             self.commit()
 
 
+def planned_range(stamp: ChunkStamp, start: int | None = None, count: int | None = None) -> tuple[int, int]:
+    """The planned ``[start, end)``; the optional overrides ``start`` (>= 0) / ``count`` (> 0) must agree."""
+    has_start = start is not None and start >= 0
+    has_count = count is not None and count > 0
+    s = int(start) if has_start else stamp.start
+    e = s + int(count) if has_count else (stamp.end if s == stamp.start else s + stamp.count)
+    if (s, e) != (stamp.start, stamp.end):
+        raise InputError(
+            f"identities {s}..{e - 1} were asked for, but the faceset is planned for identities "
+            f"{stamp.start}..{stamp.end - 1} (FDTAAttributeSpec identity_start={stamp.start}, "
+            f"identity_count={stamp.count})",
+            where="identity_start",
+            fix="set the writer's identity_start to -1 and identity_count to 0 (follow the plan), or "
+            "make them equal to the spec's.",
+        )
+    return s, e
+
+
 def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None = None) -> tuple[int, int]:
-    """The chunk range: explicit ``start``/``count`` when given (>= 0 / > 0), otherwise
-    ``[min label, max label + 1)`` of the faceset."""
+    """The chunk range of a faceset: the planned range it carries (:class:`ChunkStamp`, set by the ACG
+    and kept by every stage), else ``[min label, max label + 1)``.
+
+    ``start`` (>= 0) and ``count`` (> 0) are optional overrides for facesets built by hand; on a planned
+    faceset they must agree with the plan, because a different range is how chunks got lost (a second
+    chunk written under the first one's name).
+    """
+    stamp = faceset.chunk
+    has_start = start is not None and start >= 0
+    has_count = count is not None and count > 0
+    if stamp is not None:
+        s, e = planned_range(stamp, start, count)
+        if len(faceset) == 0:
+            raise InputError(
+                f"the faceset of chunk {stamp.start}..{stamp.end - 1} is empty: nothing to write",
+                where="faceset",
+                fix="check the upstream filter (CSIM threshold) and the ACG report.",
+            )
+        return s, e
     if len(faceset) == 0:
         raise InputError(
             "the faceset is empty: nothing to write",
@@ -597,8 +785,8 @@ def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None
             fix="check the upstream filter (CSIM threshold) and the identity plan.",
         )
     lo, hi = int(faceset.labels.min()), int(faceset.labels.max()) + 1
-    s = lo if start is None or start < 0 else int(start)
-    e = (s + int(count)) if count is not None and count > 0 else max(hi, s + 1)
+    s = int(start) if has_start else lo
+    e = (s + int(count)) if has_count else max(hi, s + 1)
     return s, e
 
 
@@ -612,6 +800,7 @@ def write_faceset(
 ) -> ChunkInfo:
     """Write a faceset as one committed chunk of ``dataset`` (see :class:`ChunkWriter` for options)."""
     s, e = chunk_range_of(faceset, start, count)
+    kwargs.setdefault("stamp", faceset.chunk)
     with ChunkWriter(dataset, s, e, total=len(faceset), **kwargs) as w:
         w.add_faceset(faceset)
         return w.commit()

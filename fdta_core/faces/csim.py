@@ -264,7 +264,7 @@ def csim_filter(
                 e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
             e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
         prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources, dropped=list(faceset.dropped))
+    full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
     kept = full.select(keep)
     kept.dropped = list(faceset.dropped) + _dropped_records(
         faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep, csim_subject

@@ -404,7 +404,6 @@ def filter_identities(
     Returns ``(kept faceset, {identity: IdentityCheck})``; kept images get the nearest similarity in
     their provenance ``extra``.
     """
-    from ..faceset import FaceSet
     from .csim import _embedder
 
     fn = _embedder(models_or_fn, batch_size)
@@ -434,7 +433,7 @@ def filter_identities(
         r = results[int(faceset.labels[i])]
         sim = r.similarity if np.isfinite(r.similarity) else -1.0
         prov[i] = prov[i].derive("identity_check", extra={"nearest_identity_cosine": round(float(sim), 6)})
-    full = FaceSet(faceset.images, faceset.labels, prov, faceset.sources)
+    full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
     return full.select(keep), results
 
 

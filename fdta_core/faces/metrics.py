@@ -111,8 +111,16 @@ class BalanceRow:
     achieved: dict[str, float]
 
     @property
-    def total_variation(self) -> float:
-        """Half the L1 distance between requested and achieved proportions (0 = exact, 1 = disjoint)."""
+    def measured(self) -> bool:
+        """Both sides are known (without a gender/age model nothing was achieved *measurably*)."""
+        return bool(self.requested) and bool(self.achieved)
+
+    @property
+    def total_variation(self) -> float | None:
+        """Half the L1 distance between requested and achieved proportions (0 = exact, 1 = disjoint);
+        None when one side was not measured (a number there would be made up)."""
+        if not self.measured:
+            return None
         keys = set(self.requested) | set(self.achieved)
         return 0.5 * sum(abs(self.requested.get(k, 0.0) - self.achieved.get(k, 0.0)) for k in keys)
 

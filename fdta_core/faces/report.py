@@ -201,7 +201,13 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
         cats = sorted(set(row.requested) | set(row.achieved))
         figs.append(
             (
-                f"Attribute balance: {row.attribute} (total variation {row.total_variation:.3f})",
+                f"Attribute balance: {row.attribute} ("
+                + (
+                    f"total variation {row.total_variation:.3f}"
+                    if row.measured
+                    else "achieved not measured: pass --pack with a gender/age model"
+                )
+                + ")",
                 bar_chart(
                     cats,
                     {

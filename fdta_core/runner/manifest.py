@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatasetError
 from ..fsutil import atomic_write_text
+from ..plan import chunk_name
 
 MANIFEST_VERSION = 1
 
@@ -30,7 +31,7 @@ class Chunk:
 
     @property
     def name(self) -> str:
-        return f"{self.start:08d}-{self.end:08d}"
+        return chunk_name(self.start, self.end)
 
 
 def plan_chunks(identities: int, chunk_size: int, first_identity: int = 0) -> list[Chunk]:

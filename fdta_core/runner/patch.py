@@ -69,10 +69,13 @@ def patch_workflow(
       seeds from it, so the same identity gets the same seeds in any chunking);
     * ComfyUI's own nodes' literal ``seed``/``noise_seed`` inputs get a seed derived from the run seed,
       the node id and the chunk start;
-    * any other node's literal ``identity_start``/``identity_count`` inputs get the chunk's range;
     * every ACG node gets ``identity_index`` (the run's identity index folder), so no chunk repeats an
       identity of an earlier chunk;
     * ``overrides`` (``(class_type or node id, input, value)``) are applied last.
+
+    Only the spec node gets the range: the ACG stamps it on the faceset and the dataset writer commits
+    that range. A writer whose own range override disagrees with the chunk is refused here, before
+    anything is queued (it would be refused by the writer after the whole pipeline).
     """
     out = copy.deepcopy(dict(prompt))
     specs = [nid for nid, n in out.items() if n.get("class_type") == SPEC_NODE]
@@ -90,11 +93,6 @@ def patch_workflow(
             inputs["identity_count"] = chunk.count
             inputs["seed"] = int(run_seed)
             continue
-        # other nodes that take the chunk's range (e.g. FDTADatasetWriter) get it too, so a chunk in which
-        # some identity failed is still committed under its full range and never overlaps the next one
-        for key, value in (("identity_start", chunk.start), ("identity_count", chunk.count)):
-            if key in inputs and not isinstance(inputs[key], list):
-                inputs[key] = value
         if identity_index and cls in INDEX_NODES and not isinstance(inputs.get(INDEX_INPUT), list):
             inputs[INDEX_INPUT] = str(identity_index)
         for key in CORE_SEED_INPUTS:
@@ -111,4 +109,35 @@ def patch_workflow(
             )
         for n in hits:
             n.setdefault("inputs", {})[name] = value
+    for nid, node in out.items():
+        if nid == specs[0]:
+            continue
+        check_range_override(node, chunk.start, chunk.count, where=f"node {nid} ({node.get('class_type')})")
     return out
+
+
+#: "follow the plan" values of a writer's range overrides.
+RANGE_DEFAULTS = {"identity_start": -1, "identity_count": 0}
+
+
+def check_range_override(node: Mapping[str, Any], start: int, count: int, *, where: str) -> None:
+    """Refuse a node whose literal ``identity_start``/``identity_count`` override disagrees with the
+    chunk ``[start, start+count)`` (old workflows set the writer's range apart from the spec's)."""
+    inputs = node.get("inputs") or {}
+    wanted = {"identity_start": int(start), "identity_count": int(count)}
+    for key, default in RANGE_DEFAULTS.items():
+        value = inputs.get(key)
+        if value is None or isinstance(value, list):
+            continue
+        try:
+            v = int(value)
+        except (TypeError, ValueError):
+            continue
+        if v != default and v != wanted[key]:
+            raise ConfigError(
+                f"{key}={v} overrides the chunk's range ({key}={wanted[key]} for identities "
+                f"{start}..{start + count - 1}); the chunk would be written under the wrong name",
+                where=f"{where}.{key}",
+                fix=f"set {key} to {default} in the workflow: the range travels with the faceset from "
+                "FDTAAttributeSpec (rebuild old workflows with workflows/build_workflows.py).",
+            )

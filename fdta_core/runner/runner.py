@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..faces.identity import prepare_run_index
 from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
+from .overrides import check_overrides
 from .patch import load_api_workflow, patch_workflow, workflow_hash
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,11 @@ class RunConfig:
             "overrides": [list(o) for o in self.overrides],
         }
 
+    def check_overrides(self, object_info: dict[str, Any] | None) -> None:
+        """Refuse unknown nodes/inputs in ``--set`` and coerce the values to their input types
+        (against the server's ``/object_info``; None checks against the workflow's own values)."""
+        self.overrides = check_overrides(self.workflow, self.overrides, object_info)
+
     def chunks(self) -> list[Chunk]:
         return select_shard(plan_chunks(self.identities, self.chunk_size, self.first_identity), *self.shard)
 
@@ -103,6 +110,8 @@ def run(
         raise ConfigError(
             "no ComfyUI server given", where="run.servers", fix="pass --server http://127.0.0.1:8188"
         )
+    if cfg.overrides:  # before anything is queued: a misspelt --set must not "succeed" doing nothing
+        cfg.check_overrides(client_factory(cfg.servers[0]).object_info())
     manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
     if cfg.identity_index is None:
         prepare_run_index(cfg.index_location(), {"run": cfg.run_key()})
@@ -122,7 +131,15 @@ def run(
                 return
             with lock:
                 rec = manifest.records[chunk.index]
-                manifest.mark(chunk, ChunkState.RUNNING, attempts=rec.attempts + 1, server=url, error=None)
+                manifest.mark(
+                    chunk,
+                    ChunkState.RUNNING,
+                    attempts=rec.attempts + 1,
+                    server=url,
+                    error=None,
+                    started=time.time(),
+                    finished=None,
+                )
             if on_chunk:
                 on_chunk(chunk, ChunkState.RUNNING)
             try:
@@ -136,12 +153,12 @@ def run(
                 entry = client.wait(pid, timeout=cfg.timeout, on_progress=cb)
                 outputs = {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
                 with lock:
-                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs)
+                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs, finished=time.time())
                 state = ChunkState.DONE
             except FDTAError as e:
                 with lock:
                     rec = manifest.records[chunk.index]
-                    manifest.mark(chunk, ChunkState.FAILED, error=str(e))
+                    manifest.mark(chunk, ChunkState.FAILED, error=str(e), finished=time.time())
                     if rec.attempts < cfg.max_attempts:
                         todo.put(chunk)
                 log.warning(

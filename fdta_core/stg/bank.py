@@ -120,7 +120,12 @@ class ReferenceBank:
         """
         root = Path(root)
         if not root.is_dir():
-            raise InputError(f"reference folder {root} does not exist", where="ReferenceBank.folder")
+            raise InputError(
+                f"reference folder {root} does not exist",
+                where="ReferenceBank.folder",
+                fix="create it with one sub-folder per real reference subject holding that subject's face "
+                "images (e.g. <folder>/subject0/0.png), or point to an existing folder.",
+            )
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise InputError(

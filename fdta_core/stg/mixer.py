@@ -108,9 +108,7 @@ def mix(
             )
         )
     labels = np.array([p.identity for p in picks], np.int64)
-    styled = FaceSet(
-        images, labels, prov, {i: source.source_of(i) for i in identities}, dropped=list(source.dropped)
-    )
+    styled = source.derived(images, labels, prov, {i: source.source_of(i) for i in identities})
     sheet = contact_sheet(styled, bank, picks)
     return MixResult(styled, sheet, picks)
 

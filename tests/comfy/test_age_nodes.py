@@ -54,7 +54,7 @@ def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
         "L1": {"class_type": "LoadImage", "inputs": {"image": "age_live_1.png"}},
         "B": {"class_type": "ImageBatch", "inputs": {"image1": ["L0", 0], "image2": ["L1", 0]}},
         "M": {"class_type": "FDTAFaceModelLoader",
-              "inputs": {"pack": "age_live_pack", "provider": "cpu", "det_size": 256, "det_threshold": 0.5}},
+              "inputs": {"pack": "age_live_pack", "provider": "CPU", "det_size": 256, "det_threshold": 0.5}},
         "A": {"class_type": "FDTAAlignFaces",
               "inputs": {"image": ["B", 0], "face_models": ["M", 0], "min_face_size": 0,
                          "assume_aligned_112": True, "identity_start": 0, "one_identity": False}},

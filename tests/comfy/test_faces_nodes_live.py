@@ -52,7 +52,7 @@ def faces_graph(names: list[str], pack: str = PACK, *, one_identity: bool = True
     g["B1"] = {"class_type": "ImageBatch", "inputs": {"image1": ["B0", 0], "image2": ["L2", 0]}}
     g["M"] = {
         "class_type": "FDTAFaceModelLoader",
-        "inputs": {"pack": pack, "provider": "cpu", "det_size": 256, "det_threshold": 0.5},
+        "inputs": {"pack": pack, "provider": "CPU", "det_size": 256, "det_threshold": 0.5},
     }
     g["A"] = {
         "class_type": "FDTAAlignFaces",
@@ -123,13 +123,13 @@ def test_incomplete_pack_names_folder_and_files(comfy: ComfyServer, face_inputs:
 
 
 def test_missing_pack_names_every_folder_searched(comfy: ComfyServer, face_inputs: list[str]) -> None:
-    """ComfyUI 0.3.64 does not check V3 combo values against their options, so the node's own message
-    is what the user sees: it lists the default and the extra_model_paths.yaml folders."""
-    msgs = json.loads(comfy.run_error(faces_graph(face_inputs, "no_such_pack")))
-    data = msgs[0][1]
-    assert data["node_type"] == "FDTAFaceModelLoader"
-    msg = data["exception_message"]
-    assert msg.startswith("FDTAFaceModelLoader.faces.pack: face model pack 'no_such_pack' not found"), msg
+    """ComfyUI 0.3.64 does not check V3 combo values against their options; the node's validate_inputs
+    refuses a missing pack at queue time (HTTP 400), listing the default and the extra_model_paths.yaml
+    folders."""
+    payload = json.loads(comfy.run_error(faces_graph(face_inputs, "no_such_pack")))
+    (nid,) = [k for k, e in payload["node_errors"].items() if e["class_type"] == "FDTAFaceModelLoader"]
+    msg = payload["node_errors"][nid]["errors"][0]["details"]
+    assert "FDTAFaceModelLoader.pack: face model pack 'no_such_pack' not found" in msg, msg
     assert str(comfy.models / "insightface" / "models" / "no_such_pack") in msg
     assert str(comfy.base / EXTRA_MODELS / "insightface" / "models" / "no_such_pack") in msg
     assert "w600k_r50.onnx" in msg and "det_10g.onnx" in msg

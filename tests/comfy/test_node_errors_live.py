@@ -35,6 +35,11 @@ def test_error_message_starts_with_node_id(comfy: ComfyServer, node_id: str) -> 
     if node_id == "FDTAAttributeSpec":  # not an output node: something must consume it
         graph["8"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}}
     msgs = json.loads(comfy.run_error(graph))
+    if "node_errors" in msgs:  # refused at queue time (validate_inputs): the same message, HTTP 400
+        details = msgs["node_errors"]["7"]["errors"][0]["details"]
+        assert details.split(" - ", 1)[1].startswith(prefix), details
+        assert "Fix:" in details
+        return
     kind, data = msgs[0]
     assert kind == "execution_error"
     assert data["node_type"] == node_id and data["node_id"] == "7"

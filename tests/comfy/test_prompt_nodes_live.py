@@ -66,14 +66,20 @@ def test_plan_preview_without_llm_is_deterministic(comfy: ComfyServer) -> None:
     assert _text(other, "3") != text
 
 
+def _queue_error(payload: str, node: str) -> str:
+    """A prompt refused at queue time (HTTP 400): the validation message of ``node``."""
+    data = json.loads(payload)
+    assert data["error"]["type"] == "prompt_outputs_failed_validation", payload
+    return data["node_errors"][node]["errors"][0]["details"]
+
+
 def test_invalid_spec_names_the_bad_entry(comfy: ComfyServer) -> None:
-    err = _error(comfy.run_error(_graph('{"fields": {"eyez": ["blue"]}}')))
-    assert err["node_type"] == "FDTAAttributeSpec" and err["node_id"] == "1"
-    msg = err["exception_message"]
-    assert msg.startswith("FDTAAttributeSpec.spec.fields.eyez:"), msg
+    # refused at queue time (validate_inputs), before any node runs
+    msg = _queue_error(comfy.run_error(_graph('{"fields": {"eyez": ["blue"]}}')), "1")
+    assert msg.startswith("spec - FDTAAttributeSpec.spec.fields.eyez:"), msg
     assert "eyes" in msg  # the fix suggests the field meant
-    err = _error(comfy.run_error(_graph("{not json")))
-    assert err["exception_message"].startswith("FDTAAttributeSpec.spec"), err["exception_message"]
+    msg = _queue_error(comfy.run_error(_graph("{not json")), "1")
+    assert msg.startswith("spec - FDTAAttributeSpec.spec"), msg
 
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:

@@ -9,6 +9,11 @@ memory at two data-set sizes.
 Memory: the FDTA writer runs in a fresh subprocess for a small and a 10x larger chunk and reports peak
 RSS (``ru_maxrss``) and the tracemalloc peak; flat means the larger run needs no more memory.
 
+The limit: JPEG-encode-only throughput of the same faces on the same cores (the writer's backend, one
+thread per core, batches of 32, nothing else) -- what the writer could reach if framing, hashing, the
+manifest and the commit cost nothing. ``fraction of JPEG-encode limit: F`` is the writer over that,
+repeated side by side until the ratio's spread is under 10% (or a time cap).
+
 Faces come from a pool of 512 distinct smooth 112x112 images (face-like JPEG cost), indexed cyclically,
 so generating them costs nothing in either path.
 
@@ -34,8 +39,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._steady import load_average, pin_threads, steady_ratio  # noqa: E402
 from fdta_core.dataset import ChunkWriter  # noqa: E402
 from fdta_core.faceset import Provenance  # noqa: E402
+from fdta_core.imagecodec import jpeg_encoder  # noqa: E402
 from fdta_core.recordio import IRHeader, RecordWriter, pack  # noqa: E402
 
 PER_ID = 50
@@ -86,6 +93,23 @@ def fdta(
     return n / (time.perf_counter() - t), w.backend
 
 
+def encode_limit(n: int, pool: np.ndarray, workers: int, backend: str = "auto", batch: int = 32) -> float:
+    """JPEG-encode-only faces/s: the same encoder on ``workers`` threads, batches of ``batch``."""
+    import concurrent.futures
+
+    _, encode = jpeg_encoder(backend)
+
+    def job(s: int) -> int:
+        for i in range(s, min(n, s + batch)):
+            encode(pool[i % len(pool)])
+        return 0
+
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        list(ex.map(job, range(0, n, batch)))
+    return n / (time.perf_counter() - t)
+
+
 def _memory_child(n: int, out: str) -> None:
     import tracemalloc
 
@@ -113,6 +137,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=None, help="faces for the speed comparison")
+    ap.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    ap.add_argument("--cap", type=float, default=None, help="seconds to repeat the limit comparison")
     ap.add_argument("--memory-child", nargs=2, metavar=("N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -121,9 +147,22 @@ def main() -> None:
     n = args.n or (4_000 if args.quick else 20_000)
     small, large = (2_000, 20_000) if args.quick else (10_000, 100_000)
     pool = face_pool()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = pin_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fdta-bench-") as td:
         tmp = Path(td)
+        rep = [0]
+
+        def writer_rate() -> float:
+            rep[0] += 1
+            folder = tmp / f"lim{rep[0]}"
+            rate, _ = fdta(folder, n, pool, workers=cores)
+            shutil.rmtree(folder, ignore_errors=True)
+            return rate
+
+        encode_limit(200, pool, cores)
+        st = steady_ratio(
+            writer_rate, lambda: encode_limit(n, pool, cores), cap_s=args.cap or (60 if args.quick else 180)
+        )
         # warm up both paths (imports, thread pool, page cache)
         baseline(tmp / "warm_b", 200, pool)
         fdta(tmp / "warm_f", 200, pool)
@@ -159,6 +198,12 @@ def main() -> None:
             f"({cores * cpu_base / cpu_ours:.2f}x the 1-thread baseline); wall-clock ratios above are lower when "
             "other processes hold the cores"
         )
+        print(
+            f"JPEG-encode-only limit ({backend}, {cores} threads): {st.den_median:8.0f} faces/s; "
+            f"FDTA ChunkWriter {st.num_median:8.0f} faces/s (medians of the last repeats)"
+        )
+        print(f"{st.line()}; load average {load_average():.1f}")
+        print(f"fraction of JPEG-encode limit: {st.ratio:.2f}")
         m1, m2 = memory(small, tmp), memory(large, tmp)
         print(
             f"peak memory, {small} faces: RSS {m1['rss_mb']:.1f} MB, tracemalloc {m1['tracemalloc_mb']:.1f} MB ({m1['rate']:.0f} faces/s)"

@@ -177,6 +177,7 @@ def _style_filter_write(
                     "eta": 1.0,
                     "batch_size": 16,
                     "precision": "auto",
+                    "sampler": "ddim",
                 },
                 "_meta": {"title": stg_title},
             },  # fmt: skip

@@ -20,6 +20,7 @@ from .bank import ReferenceBank
 from .ddim import DEFAULT_ETA, DEFAULT_STEPS
 from .policies import StylePick, pick_styles
 from .sampler import GenerationRequest, STGSampler
+from .solvers import DDIM
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,12 @@ def mix(
     batch_size: int = 16,
     grid_axes: Sequence[tuple[str, Sequence[str]]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    solver: str = DDIM,
 ) -> MixResult:
-    """Render ``images_per_identity`` styles of every identity of ``source``."""
+    """Render ``images_per_identity`` styles of every identity of ``source``.
+
+    ``solver``: ``ddim`` (DCFace's sampler, the default) or ``dpmpp_2m`` / ``unipc`` (deterministic,
+    ``eta`` ignored); see docs/stg.md for which to use."""
     identities = source.identities
     if not identities:
         raise InputError("the source faceset is empty", where="source_faces")
@@ -80,15 +85,18 @@ def mix(
         else np.zeros((0, 112, 112, 3), np.uint8),
         seeds=seeds,
     )
-    images = sampler.generate(req, steps=steps, eta=eta, batch_size=batch_size, progress=progress)
+    images = sampler.generate(
+        req, steps=steps, eta=eta, batch_size=batch_size, progress=progress, solver=solver
+    )
     prov = []
     for p, seed in zip(picks, seeds, strict=True):
         extra = {
             "stg_style_index": p.style_index,
             "stg_policy": policy,
             "stg_reference_subject": bank.subjects[p.bank_index],
+            "stg_sampler": solver,
             "stg_steps": steps,
-            "stg_eta": eta,
+            "stg_eta": eta if solver == DDIM else None,
         }
         if p.cell is not None:
             extra["stg_cell"] = list(p.cell)

@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from .ddim import DEFAULT_ETA, DEFAULT_STEPS, PerSampleNoise, ddim_sample, from_uint8, to_uint8
 from .model import Condition, STGModel
+from .solvers import DDIM, check_sampler, multistep_sample
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,18 @@ class STGSampler:
         eta: float = DEFAULT_ETA,
         batch_size: int = 16,
         progress: Callable[[int, int], None] | None = None,
+        solver: str = DDIM,
     ) -> np.ndarray:
         """Render every pair; returns uint8 ``[N, 112, 112, 3]`` RGB in request order.
+
+        ``solver``: ``ddim`` (DCFace's, with ``eta``) or a deterministic multistep solver
+        (``dpmpp_2m``, ``unipc``: :mod:`.solvers`; ``eta`` does not apply).
 
         ``progress(done, total)`` counts denoiser evaluations (pairs x steps); whatever it raises
         (ComfyUI's interrupt) propagates.
         """
         req.validate()
+        check_sampler(solver, "STG sampler")
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}", where="STG batch_size")
         self._prepare()
@@ -163,15 +169,26 @@ class STGSampler:
                 if progress is not None:
                     progress(base + i * b, total)
 
-            x = ddim_sample(
-                eps_fn,
-                b,
-                PerSampleNoise(req.seeds[sl]),
-                steps=steps,
-                eta=eta,
-                device=self.device,
-                on_step=on_step,
-            )
+            if solver == DDIM:
+                x = ddim_sample(
+                    eps_fn,
+                    b,
+                    PerSampleNoise(req.seeds[sl]),
+                    steps=steps,
+                    eta=eta,
+                    device=self.device,
+                    on_step=on_step,
+                )
+            else:
+                x = multistep_sample(
+                    eps_fn,
+                    b,
+                    PerSampleNoise(req.seeds[sl]),
+                    sampler=solver,
+                    steps=steps,
+                    device=self.device,
+                    on_step=on_step,
+                )
             out[sl] = to_uint8(x)
             done += b * steps
         return out

@@ -21,7 +21,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,8 +222,7 @@ def merge(
             raise DatasetError("the inputs hold no images")
         if n + c + 1 >= 1 << 24:
             log.warning("%d records: keys beyond 2^24 are no longer exact as float32 labels", n + c + 1)
-        tmp = fresh_temp_folder(out)
-        try:
+        with staged_folder(out) as tmp:
             inputs = _input_summary(paths, idents) if renumber else None
             _write_merged(tmp, sources, idents, n, c, progress, renumber=renumber, inputs=inputs)
             size = next(iter(sizes))
@@ -241,17 +240,26 @@ def merge(
             if inputs is not None:
                 summary["inputs"] = inputs
             atomic_write_text(tmp / "merge.json", json.dumps(summary, indent=1))
-            fsync_dir(tmp)
-            replace_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         for s in sources:
             s.reader.close()
     summary["path"] = str(out)
     log.info("merged %d source(s) into %s: %d images, %d identities", len(sources), out, n, c)
     return summary
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``out``: it replaces ``out`` (fsynced, atomically) when the block
+    finishes and is removed when the block fails, so ``out`` is never half-written."""
+    tmp = fresh_temp_folder(out)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _input_summary(paths: Sequence[str | os.PathLike], idents: list[_Identity]) -> list[dict[str, Any]]:
@@ -427,8 +435,7 @@ def filter_dataset(
         c = len(kept)
         if n == 0:
             raise DatasetError(f"filtering {src} leaves no images", fix="nothing would be written.")
-        tmp = fresh_temp_folder(out)
-        try:
+        with staged_folder(out) as tmp:
             _write_merged(tmp, [source], kept, n, c, progress)
             atomic_write_text(tmp / "property", f"{c},{source.size[0]},{source.size[1]}")
             summary = {
@@ -441,11 +448,6 @@ def filter_dataset(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             atomic_write_text(tmp / "filter.json", json.dumps(summary, indent=1))
-            fsync_dir(tmp)
-            replace_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         source.reader.close()
     summary["path"] = str(out)

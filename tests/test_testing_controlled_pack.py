@@ -7,10 +7,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from fdta_core.faces.models import load_face_pack
 
 from fdta_core.acg.faces_adapter import as_analyzer
 from fdta_core.acg.selection import SelectionCriteria, choose
+from fdta_core.faces import load_face_pack
 from fdta_core.faces.csim import cosine_matrix
 from fdta_core.faces.identity import IdentityIndex as EmbeddingBank
 from fdta_core.testing.controlled import controlled_embedding, make_controlled_face_pack

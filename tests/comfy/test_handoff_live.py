@@ -46,10 +46,22 @@ MPIE_OUT = "fdta/syn_mpie_handoff"
 BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")
 
 
-def _tiny_api(name: str, tmp_path: Path) -> Path:
-    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-    # random-weight SD draws no face a detector accepts: sample without the ACG face checks
+def _without_checks_tiny_models_cannot_pass(api: dict) -> dict:
+    """Random-weight SD draws no face a detector accepts: sample without the ACG face checks. The CSIM
+    filter's identity-leak check compares each styled image with its source and its reference subject, and
+    a random STG keeps neither, so its verdict is a coin flip: off here (test_workflows_live covers the
+    checks with a controlled pack)."""
     del api["7"]["inputs"]["face_models"]
+    for node in api.values():
+        if node["class_type"] == "FDTACSIMFilter":
+            node["inputs"].pop("reference_bank", None)
+    return api
+
+
+def _tiny_api(name: str, tmp_path: Path) -> Path:
+    api = _without_checks_tiny_models_cannot_pass(
+        json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    )
     wf = tmp_path / f"{name}_tiny.json"
     wf.write_text(json.dumps(api))
     return wf
@@ -114,8 +126,7 @@ def test_syn_ms1m_training_group_trains_on_all_chunks_then_verify_prints_table_1
     assert {n["mode"] for n in ui["nodes"] if n["type"] in ("FDTATrainerLauncher", "FDTAVerify")} == {4}
     for n in ui["nodes"]:
         n["mode"] = 0
-    full = ui_to_api(ui, comfy.object_info())
-    del full["7"]["inputs"]["face_models"]
+    full = _without_checks_tiny_models_cannot_pass(ui_to_api(ui, comfy.object_info()))
     launcher_sets = [
         "FDTATrainerLauncher.run_name=fdta/train/handoff_ms1m", "FDTATrainerLauncher.preset=tiny",
         "FDTATrainerLauncher.network=preset", "FDTATrainerLauncher.batch_size=4", "FDTATrainerLauncher.epochs=2",

@@ -55,7 +55,8 @@ def setup(comfy: ComfyServer, tmp_path_factory):
     graph["9"]["inputs"]["path"] = "fdta/identity_refs"
     graph["14"] = {
         "class_type": "FDTADatasetWriter",
-        "inputs": {"faceset": ["7", 0], "output_name": "x", "identity_start": 0, "identity_count": 1},
+        # -1 / 0: the range travels with the faceset from the plan, as in the shipped workflows
+        "inputs": {"faceset": ["7", 0], "output_name": "x", "identity_start": -1, "identity_count": 0},
     }
     graph["30"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 1], "filename_prefix": "acg"}}  # fmt: skip
     wf = tmp_path_factory.mktemp("wf") / "acg_only.json"

@@ -155,3 +155,21 @@ def test_train_refuses_a_broken_set_by_name(chunked, tmp_path, layout, kind, cap
     err = capfd.readouterr().err  # the training process reports on its own stderr
     assert str(bad / f"train.{kind}") in err
     assert not list((tmp_path / "run").glob("**/*.pt"))  # no checkpoint of a broken set
+
+
+@pytest.mark.parametrize("kind", ["idx", "rec"])
+def test_audit_refuses_a_broken_set_by_name(chunked, tmp_path, kind, capsys):
+    """fdta audit reads merged sets (a chunked root is refused with the merge to run); a broken one is
+    refused naming the file, with no verdict printed."""
+    from fdta_core.testing.faces import make_tiny_face_pack
+
+    make_tiny_face_pack(tmp_path / "insightface", "tiny_pack")
+    data = tmp_path / "merged"
+    merge(data, [chunked])
+    _corrupt(data, kind)
+    rc = main(["audit", str(data), "--pack", "tiny_pack", "--insightface-dir", str(tmp_path / "insightface"),
+               "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 2, captured.out
+    assert str(data / f"train.{kind}") in captured.err, captured.err
+    assert '"flagged"' not in captured.out  # no verdict on a set it could not read

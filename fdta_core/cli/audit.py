@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .report import add_pack_location_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -27,13 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="real set: data-set folder or .npy (repeatable)",
     )
     p.add_argument("--pack", required=True, help="insightface pack for embeddings, e.g. buffalo_l")
-    p.add_argument(
-        "--insightface-dir",
-        action="append",
-        default=[],
-        help="folder holding models/<pack>/ (repeatable; default: $FDTA_INSIGHTFACE_DIR, ~/.insightface)",
-    )
-    p.add_argument("--provider", default="auto", help="ONNX provider: auto, CPU, CUDA, ... (default auto)")
+    add_pack_location_args(p)
     p.add_argument("--threshold", type=float, default=0.3, help="same-identity cosine threshold (0.3)")
     p.add_argument("--exact", action="store_true", help="exact search at any size (quadratic)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per ArcFace batch")

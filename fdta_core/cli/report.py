@@ -22,13 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pack", default=None, help="insightface pack for embeddings, e.g. buffalo_l (default: none)"
     )
-    p.add_argument(
-        "--insightface-dir",
-        action="append",
-        default=[],
-        help="folder holding models/<pack>/ (repeatable; default: $FDTA_INSIGHTFACE_DIR, ~/.insightface)",
-    )
-    p.add_argument("--provider", default="auto", help="ONNX provider: auto, CPU, CUDA, ... (default auto)")
+    add_pack_location_args(p)
     p.add_argument(
         "--threshold", type=float, default=0.3, help="cosine threshold of the DCFace metrics (0.3)"
     )
@@ -44,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the JSON summary on stdout")
     p.set_defaults(func=_report)
+
+
+def add_pack_location_args(p: argparse.ArgumentParser) -> None:
+    """``--insightface-dir`` and ``--provider``: where :func:`load_pack` looks and what it runs on."""
+    p.add_argument(
+        "--insightface-dir",
+        action="append",
+        default=[],
+        help="folder holding models/<pack>/ (repeatable; default: $FDTA_INSIGHTFACE_DIR, ~/.insightface)",
+    )
+    p.add_argument("--provider", default="auto", help="ONNX provider: auto, CPU, CUDA, ... (default auto)")
 
 
 def load_pack(args: argparse.Namespace):

@@ -521,7 +521,10 @@ class FDTAACGSampler(io.ComfyNode):
             run_index = prior = None
             if identity_index and str(identity_index).strip():
                 run_index = RunIndex(resolve_index_folder(identity_index, output_roots()))
-                prior = run_index.prior(plan.start)
+                repaired = [int(i.index) for i in plan.identities]
+                prior = run_index.prior(
+                    plan.start, repair_of=(plan.end, repaired) if plan.repair_round else None
+                )
 
             per_batch = steps
             state = {"done": 0, "total": math.ceil(len(plan) * candidates / batch_size)}
@@ -575,7 +578,12 @@ class FDTAACGSampler(io.ComfyNode):
                 progress=on_batch,
             )
             if run_index is not None and analyzer is not None:
-                run_index.save_chunk(plan.start, plan.start + len(plan), result.accepted_index())
+                run_index.save_chunk(
+                    plan.start,
+                    plan.end,
+                    result.accepted_index(),
+                    replacing=[int(i.index) for i in plan.identities] if plan.repair_round else None,
+                )
             faceset = result.faceset()
             images = result.images()
             if images.shape[0] == 0:

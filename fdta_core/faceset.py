@@ -325,8 +325,9 @@ class FaceSet:
             idx = np.nonzero(idx)[0]
         idx = idx.astype(np.int64)
         keep_ids = {int(self.labels[i]) for i in idx}
+        whole = len(idx) == len(self) and bool(np.array_equal(idx, np.arange(len(self))))
         return FaceSet(
-            self.images[idx],
+            self.images if whole else self.images[idx],  # facesets are never mutated: share, don't copy
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
@@ -457,6 +458,48 @@ def uint8_to_image(images: np.ndarray):  # -> torch.Tensor
     if arr.ndim == 3:
         arr = arr[None]
     return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
+
+
+#: Bounds of :func:`faceset_preview`: rows (identities) and images per row, whatever the faceset's size.
+PREVIEW_IDENTITIES = 8
+PREVIEW_PER_IDENTITY = 8
+
+
+def preview_caption(prov: Provenance) -> str:
+    """What a preview tile says about an image: its target age, else its STG style, else its stage."""
+    if prov.age_target is not None:
+        return f"age {prov.age_target:g}"
+    style = prov.extra.get("stg_style_index") if isinstance(prov.extra, dict) else None
+    if style is not None:
+        return f"style {style}"
+    return prov.history[-1] if prov.history else ""
+
+
+def faceset_preview(
+    faceset: FaceSet,
+    *,
+    max_identities: int = PREVIEW_IDENTITIES,
+    max_per_identity: int = PREVIEW_PER_IDENTITY,
+) -> np.ndarray:
+    """A bounded contact sheet of a faceset: its first ``max_identities`` identities, one row each with
+    up to ``max_per_identity`` of their images, captioned (:func:`preview_caption`). Returns uint8
+    ``[H, W, 3]`` whose size does not grow with the faceset, so a node's preview output (held in ComfyUI's
+    cache with every other output) costs the same for 10 or 10,000 identities."""
+    from .grid import WHITE, Cell, render_grid
+
+    rows: list[list[Cell | None]] = []
+    labels = []
+    for ident, idx in list(faceset.by_identity().items())[: max(1, int(max_identities))]:
+        rows.append(
+            [Cell(faceset.images[i], [(preview_caption(faceset.provenance[i])[:18], WHITE)])
+             for i in idx[: max(1, int(max_per_identity))]]
+        )  # fmt: skip
+        labels.append([(f"id {ident}", WHITE), (f"{len(idx)} images", WHITE)])
+    if not rows:
+        return render_grid([[Cell(None, [("empty faceset", WHITE)])]], tile=FACE_SIZE, caption_height=14)
+    return render_grid(
+        rows, tile=FACE_SIZE, gap=4, caption_height=14, label_width=72, row_labels=labels
+    )
 
 
 def faceset_to_image(faceset: FaceSet):  # -> torch.Tensor

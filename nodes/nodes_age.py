@@ -27,7 +27,7 @@ from ..fdta_core.age.shift import (
     shift_faceset,
 )
 from ..fdta_core.errors import InputError
-from ..fdta_core.faceset import FaceSet, faceset_to_image
+from ..fdta_core.faceset import FaceSet, faceset_preview, uint8_to_image
 from ._common import (
     CATEGORY,
     AgeModel,
@@ -225,7 +225,11 @@ class FDTAAgeShifter(io.ComfyNode):
                 Faceset.Output(
                     display_name="faceset", tooltip="Originals (if kept) and aged variants, same labels."
                 ),
-                io.Image.Output(display_name="preview", tooltip="The output faces as an IMAGE batch."),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="A sample of the output faces: one row per identity, at most 8 identities x 8 images "
+                    "(a bounded preview; the faceset output carries them all).",
+                ),
             ],
         )
 
@@ -292,7 +296,7 @@ class FDTAAgeShifter(io.ComfyNode):
                 raise placement_error(
                     per, int(mm.get_free_memory(device)), str(device), during=f"running a batch of {batch}"
                 ) from None
-            return io.NodeOutput(out, faceset_to_image(out))
+            return io.NodeOutput(out, uint8_to_image(faceset_preview(out)[None]))
 
     @staticmethod
     def _place(handle: AgeModelHandle, requested: int, jobs: int) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..fdta_core.errors import InputError
-from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
+from ..fdta_core.faceset import faceset_preview, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
 from ..fdta_core.stg.checkpoint import ADAFACE_STYLE_FILE
@@ -347,7 +347,11 @@ class FDTASTGMixer(io.ComfyNode):
                     display_name="contact_sheet",
                     tooltip="per identity: source and references above the generated images",
                 ),
-                io.Image.Output(display_name="images", tooltip="the styled images as an IMAGE batch"),
+                io.Image.Output(
+                    display_name="images",
+                    tooltip="a sample of the styled images: one row per identity, at most 8 identities x 8 "
+                    "images (a bounded preview; the faceset output carries them all)",
+                ),
             ],
         )
 
@@ -398,7 +402,7 @@ class FDTASTGMixer(io.ComfyNode):
                 solver=check_sampler(sampler, "sampler"),
             )
             sheet = uint8_to_image(result.contact_sheet[None])
-            return io.NodeOutput(result.faceset, sheet, faceset_to_image(result.faceset))
+            return io.NodeOutput(result.faceset, sheet, uint8_to_image(faceset_preview(result.faceset)[None]))
 
 
 NODES = [FDTASTGLoader, FDTAReferenceBank, FDTASTGMixer]

@@ -301,3 +301,45 @@ def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
     err = capsys.readouterr().err
     assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
     assert str(SEED_MAX) in err and not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ old widget names (issue 19: node set reshaped)
+def test_old_widget_names_are_aliases_or_clear_errors():
+    """``--set`` with a widget name from before the node set was reshaped: a renamed input is renamed, an
+    input that moved to FDTAACGOptions goes to the options node linked into the sampler, and a workflow
+    without one is told what to add."""
+    from fdta_core.runner.overrides import check_overrides
+
+    sets = ["FDTAAgeLoader.dtype=fp32", "FDTASTGLoader.checkpoint=dcface_3x3.ckpt",
+            "FDTAACGSampler.uniqueness_threshold=0.4", "FDTAACGSampler.check_age=false"]  # fmt: skip
+    opts = next(k for k, n in SHIPPED.items() if n["class_type"] == "FDTAACGOptions")
+    out = check_overrides(SHIPPED, [parse_override(s) for s in sets], None)
+    assert out == [
+        ("FDTAAgeLoader", "precision", "fp32"),
+        ("FDTASTGLoader", "model_name", "dcface_3x3.ckpt"),
+        (opts, "uniqueness_threshold", 0.4),
+        (opts, "check_age", False),
+    ]
+    p = patch_workflow(SHIPPED, plan_chunks(10, 5)[0], 1, out)
+    assert p[opts]["inputs"]["uniqueness_threshold"] == 0.4 and "uniqueness_threshold" not in p["7"]["inputs"]
+    bare = {k: v for k, v in SHIPPED.items() if k != opts}
+    bare["7"] = {**bare["7"], "inputs": {k: v for k, v in bare["7"]["inputs"].items() if k != "options"}}
+    with pytest.raises(ConfigError, match="moved to FDTAACGOptions.*add a FDTAACGOptions node"):
+        check_overrides(bare, [parse_override("FDTAACGSampler.retries=3")], OBJECT_INFO)
+
+
+def test_an_old_api_workflow_is_upgraded_or_refused(tmp_path):
+    from fdta_core.runner.overrides import upgrade_workflow
+
+    old = {"1": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": "sam.pt", "device": "auto", "dtype": "fp16"}},
+           "2": {"class_type": "FDTASTGLoader", "inputs": {"checkpoint": "dcface_5x5.ckpt"}}}  # fmt: skip
+    up = upgrade_workflow(old)
+    assert up["1"]["inputs"] == {"model_name": "sam.pt", "device": "auto", "precision": "fp16"}
+    assert up["2"]["inputs"] == {"model_name": "dcface_5x5.ckpt"}
+    old["3"] = {"class_type": "FDTAACGSampler", "inputs": {"steps": 2, "control_preprocess": "none"}}
+    with pytest.raises(ConfigError, match=r"node 3 \(FDTAACGSampler\) sets control_preprocess, which moved"):
+        upgrade_workflow(old)
+    wf = tmp_path / "old.json"
+    wf.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="saved with an older FDTA"):
+        RunConfig.from_file(wf, run_dir=tmp_path / "r", identities=2, chunk_size=1, seed=1, servers=[])

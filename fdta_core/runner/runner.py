@@ -17,7 +17,7 @@ from ..faces.identity import prepare_run_index
 from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
-from .overrides import check_overrides
+from .overrides import check_overrides, upgrade_workflow
 from .patch import load_api_workflow, patch_workflow, workflow_hash
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class RunConfig:
                     "a UI-format workflow needs a server to read node schemas from", where="run.servers"
                 )
             data = ui_to_api(data, ComfyClient(servers[0]).object_info())
-        return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
+        return cls(workflow=upgrade_workflow(load_api_workflow(data, where=str(path)), where=str(path)), **kw)
 
     def run_key(self) -> dict[str, Any]:
         return {

@@ -118,9 +118,34 @@ EXAMPLE_QUERIES: dict[str, str] = {
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
+def _c_encoder() -> Any:
+    """json's C encoder built once with ``_ENCODE``'s options (``JSONEncoder.encode`` builds it again on
+    every call, half the cost of a small dict); None where the C accelerator is missing."""
+    import json.encoder as je
+
+    make = getattr(je, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    c = make(None, str, je.encode_basestring_ascii, None, ":", ",", True, False, True)
+    probe = {"b": [1, 2.5, None, "\u00e9"], "a": {"y": True, "x": "s"}}
+    return c if "".join(c(probe, 0)) == _ENCODE(probe) else None
+
+
+_C_ENCODE = _c_encoder()
+
+
 def _json(value: Any) -> str:
     if not value:
         return "[]" if isinstance(value, list) else "{}"
+    if _C_ENCODE is not None and type(value) in (dict, list):
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except (
+            TypeError,
+            ValueError,
+            RecursionError,
+        ):  # e.g. a non-string key: the Python encoder says what is wrong
+            pass
     return _ENCODE(value)
 
 

@@ -57,7 +57,7 @@ from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..plan import CHUNK_NAME_DIGITS
 from ..plan import chunk_name as chunk_name
-from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
+from ..recordio import IRHeader, RecordWriter, encode_scalar_record, pack
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ _D = CHUNK_NAME_DIGITS
 MAX_IDENTITIES = 1 << 24
 _NAME_RE = re.compile(rf"^(\d{{{_D},}})-(\d{{{_D},}})$")
 _TMP_RE = re.compile(rf"^\.(tmp|old)-(\d{{{_D},}}-\d{{{_D},}})-(.+)-(\d+)$")
+_UINT8 = np.dtype(np.uint8)
+_FDATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 #: Temporary chunk folders owned by live writers of this process (never cleaned up as stale).
 _ACTIVE: set[str] = set()
@@ -388,19 +390,29 @@ def _make_dirs(path: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------- the writer
 def _encode_batch(
-    encode: Callable[[np.ndarray], bytes], items: list[tuple[int, int, np.ndarray]]
-) -> list[tuple[bytes, int, str]]:
-    out = []
-    for key, label, image in items:
+    encode: Callable[[np.ndarray], bytes],
+    chunk: str,
+    items: list[tuple[int, int, np.ndarray]],
+    meta: list[tuple[int, int, int, Provenance | None]],
+) -> tuple[bytes, list[int], list[tuple]]:
+    """One batch, in a worker thread: JPEG, RecordIO framing, SHA-256 and the manifest rows.
+
+    Returns the framed records joined (one write), their sizes (for the ``.idx`` offsets) and the rows.
+    Everything per face happens here, so the thread that feeds the writer only queues faces and writes
+    whole batches (its Python would otherwise hold the GIL while the encoders wait for it)."""
+    records, sizes, rows = [], [], []
+    sha256 = hashlib.sha256
+    for (key, label, image), (_key, _label, identity, prov) in zip(items, meta, strict=True):
         jpeg = encode(image)
-        out.append(
-            (
-                encode_record(pack_scalar(float(label), key, jpeg)),
-                len(jpeg),
-                hashlib.sha256(jpeg).hexdigest(),
+        rec = encode_scalar_record(float(label), key, jpeg)
+        records.append(rec)
+        sizes.append(len(rec))
+        rows.append(
+            image_row(
+                key, label, identity, chunk, prov, jpeg_bytes=len(jpeg), sha256=sha256(jpeg).hexdigest()
             )
         )
-    return out
+    return b"".join(records), sizes, rows
 
 
 def default_workers() -> int:
@@ -437,6 +449,7 @@ class ChunkWriter:
         total: int | None = None,
         stamp: ChunkStamp | None = None,
         overwrite: bool = False,
+        sync_every: int = 16 << 20,
     ) -> None:
         self._closed = False
         self._made: list[Path] = []
@@ -465,6 +478,7 @@ class ChunkWriter:
         self.name = chunk_name(start, end)
         self.quality = int(quality)
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        self._shape = (*self.image_size, 3)
         self.backend, self._encode = jpeg_encoder(jpeg_backend, self.quality)
         self.workers = int(workers or default_workers())
         self.batch_size = max(1, int(batch_size))
@@ -500,6 +514,11 @@ class ChunkWriter:
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")
+        # durability: train.rec is fdatasynced every sync_every bytes while writing (see _background_sync)
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fdta-sync")
+        self._sync: concurrent.futures.Future | None = None
+        self._synced = 0
+        self.sync_every = int(sync_every)
         self._pending: collections.deque = collections.deque()
         self._batch: list[tuple[int, int, np.ndarray]] = []
         self._batch_meta: list[tuple[int, int, int, Provenance | None]] = []
@@ -545,6 +564,48 @@ class ChunkWriter:
         if self._closed:
             raise DatasetError(f"chunk {self.name} is already committed or aborted")
         key = self._next_key
+        # the common case in a few cheap tests (this runs once per face); the messages on the slow path
+        if (
+            type(image) is not np.ndarray
+            or image.shape != self._shape
+            or image.dtype != _UINT8
+            or type(identity) is not int
+            or not self.start <= identity < self.end
+            or (provenance is not None and provenance.identity != identity)
+        ):
+            identity = self._check_face(key, image, identity, provenance)
+        if not self._identities or self._identities[-1] != identity:
+            if self.base is not None and identity in set(self.base.identities):
+                self._fail(
+                    InputError(
+                        f"identity {identity} is already written in chunk {self.name}; repair round "
+                        f"{self.repair} may only add identities the chunk is missing",
+                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
+                        fix="put only the chunk's missing identities in FDTAAttributeSpec.repair (the writer "
+                        "and chunk.json list them).",
+                    )
+                )
+            if identity in self._idset:
+                self._fail(
+                    InputError(
+                        f"images of identity {identity} are not contiguous",
+                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
+                        fix="group the images by identity (FaceSet.sorted_by_identity()).",
+                    )
+                )
+            self._identities.append(identity)
+            self._first_key.append(key)
+            self._idset.add(identity)
+        label = len(self._identities) - 1
+        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
+        self._batch_meta.append((key, label, identity, provenance))
+        self._next_key += 1
+        if len(self._batch) >= self.batch_size:
+            self._submit()
+        return key
+
+    def _check_face(self, key: int, image: Any, identity: Any, provenance: Provenance | None) -> int:
+        """The full checks of :meth:`add`, with messages; returns the identity as an int."""
         where = f"chunk {self.name}, image {key - 1} (identity {identity})"
         h, w = self.image_size
         if not isinstance(image, np.ndarray):
@@ -579,35 +640,7 @@ class ChunkWriter:
             )
         if provenance is not None and int(provenance.identity) != identity:
             self._fail(InputError(f"provenance says identity {provenance.identity}", where=where))
-        if not self._identities or self._identities[-1] != identity:
-            if self.base is not None and identity in set(self.base.identities):
-                self._fail(
-                    InputError(
-                        f"identity {identity} is already written in chunk {self.name}; repair round "
-                        f"{self.repair} may only add identities the chunk is missing",
-                        where=where,
-                        fix="put only the chunk's missing identities in FDTAAttributeSpec.repair (the writer "
-                        "and chunk.json list them).",
-                    )
-                )
-            if identity in self._idset:
-                self._fail(
-                    InputError(
-                        f"images of identity {identity} are not contiguous",
-                        where=where,
-                        fix="group the images by identity (FaceSet.sorted_by_identity()).",
-                    )
-                )
-            self._identities.append(identity)
-            self._first_key.append(key)
-            self._idset.add(identity)
-        label = len(self._identities) - 1
-        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
-        self._batch_meta.append((key, label, identity, provenance))
-        self._next_key += 1
-        if len(self._batch) >= self.batch_size:
-            self._submit()
-        return key
+        return identity
 
     def add_faceset(self, faceset: FaceSet) -> None:
         """Add every image of a faceset, grouped by identity (stable within an identity), and record
@@ -639,7 +672,7 @@ class ChunkWriter:
     def _submit(self) -> None:
         if not self._batch:
             return
-        fut = self._pool.submit(_encode_batch, self._encode, self._batch)
+        fut = self._pool.submit(_encode_batch, self._encode, self.name, self._batch, self._batch_meta)
         self._pending.append((fut, self._batch_meta))
         self._batch, self._batch_meta = [], []
         while len(self._pending) >= self.max_pending:
@@ -648,22 +681,34 @@ class ChunkWriter:
     def _drain_one(self) -> None:
         fut, meta = self._pending.popleft()
         try:
-            results = fut.result()
+            data, sizes, rows = fut.result()
         except Exception as exc:
             self._fail(
                 DatasetError(f"encoding JPEG failed in chunk {self.name}: {type(exc).__name__}: {exc}")
             )
-        rows = []
         try:
-            for (_encoded, nbytes, sha), (key, label, identity, prov) in zip(results, meta, strict=True):
-                rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
-            self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
+            self._rec.write_joined([m[0] for m in meta], sizes, data)
             self._manifest.add_images(rows)
         except (OSError, sqlite3.Error) as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
         self._written += len(meta)
+        if self._rec.offset - self._synced >= self.sync_every:
+            self._background_sync()
         if self.progress is not None:
             self.progress(self._written, max(self.total or 0, self._written))
+
+    def _background_sync(self) -> None:
+        """Start an ``fdatasync`` of ``train.rec`` in the background (one at a time): the disk writes
+        overlap the encoding instead of all landing in the commit's fsync."""
+        if self._sync is not None and not self._sync.done():
+            return
+        self._synced = self._rec.offset
+        self._sync = self._sync_pool.submit(_FDATASYNC, self._rec.flush_for_sync())
+
+    def _wait_sync(self) -> None:
+        if self._sync is not None:
+            self._sync.result()  # an I/O error here is the commit's to report
+            self._sync = None
 
     # -------------------------------------------------------------- finishing
     def commit(self) -> ChunkInfo:
@@ -697,6 +742,7 @@ class ChunkWriter:
                         label, self._identities[label], self.name, bounds[label], bounds[label + 1]
                     )
                 self._rec.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
+                self._wait_sync()
                 self._rec.close()
                 # checked again now: another writer may have committed this range meanwhile
                 old = check_chunk_slot(
@@ -753,6 +799,7 @@ class ChunkWriter:
             raise
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)
         info.path = str(final)
         try:
             update_index(self.root)
@@ -844,6 +891,9 @@ class ChunkWriter:
             for fut, _meta in getattr(self, "_pending", ()):
                 fut.cancel()
             pool.shutdown(wait=True)
+        sync_pool = getattr(self, "_sync_pool", None)
+        if sync_pool is not None:  # before the file closes: the sync holds its descriptor
+            sync_pool.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self._rec.close(fsync=False)
         with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
+from ..fdta_core.timing import STAGES_UI_KEY, format_stage_table, stage_table
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
 from ._validation import PromptGraph, check_widgets, validate
 
@@ -165,6 +166,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 overwrite=bool(overwrite),
                 progress=progress_callback(len(faceset)),
+                node="FDTADatasetWriter",
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
         text = (
@@ -178,7 +180,9 @@ class FDTADatasetWriter(io.ComfyNode):
                 f"{r['spec_hash'] or '?'}, run seed {r['run_seed']}; {r['reason']}); recorded in "
                 f"{Path(info.path) / 'chunk.json'} and dataset.json"
             )
-        return io.NodeOutput(result, ui=ui.PreviewText(text))
+        text += "\n" + format_stage_table(stage_table(info.stages))
+        # the stage timings also go to the prompt's history: `fdta run` sums them into its table
+        return io.NodeOutput(result, ui={"text": [text], STAGES_UI_KEY: info.stages})
 
 
 def _dataset_root(dataset, where: str) -> str:

@@ -94,8 +94,11 @@ def _stages(start: int) -> list[dict]:
 class FakeComfy:
     """Answers /prompt and /history like ComfyUI; chunks listed in ``fail`` fail that many times."""
 
-    def __init__(self, fail: dict[int, int] | None = None, object_info: dict | None = None) -> None:
+    def __init__(
+        self, fail: dict[int, int] | None = None, object_info: dict | None = None, missing=None
+    ) -> None:
         self.object_info = object_info or {}
+        self.missing = missing  # (identity_start, repair text) -> the writer's missing list, or None
         self.prompts: list[dict] = []
         self.fail = dict(fail or {})
         self.history: dict[str, dict] = {}
@@ -127,9 +130,14 @@ class FakeComfy:
                             "status": {"status_str": "error", "messages": [["execution_error", err]]}
                         }
                     else:
+                        out = {"text": [f"wrote {start}"], "fdta_stages": _stages(start)}
+                        if outer.missing is not None:
+                            got = outer.missing(start, prompt["1"]["inputs"].get("repair", ""))
+                            if got is not None:
+                                out["fdta_missing"] = got
                         outer.history[pid] = {
                             "status": {"status_str": "success", "completed": True},
-                            "outputs": {"4": {"text": [f"wrote {start}"], "fdta_stages": _stages(start)}},
+                            "outputs": {"4": out},
                         }
                     self._send({"prompt_id": pid, "node_errors": {}})
                 else:
@@ -309,6 +317,41 @@ def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
     err = capsys.readouterr().err
     assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
     assert str(SEED_MAX) in err and not (tmp_path / "r").exists()
+
+
+def test_missing_identities_get_repair_rounds_up_to_the_bound(tmp_path, fake):
+    """The writer reports what a chunk is missing; the runner queues the same chunk again for just those
+    identities (FDTAAttributeSpec.repair = 'ROUND: IDS') until nothing is missing or the bound is
+    reached, records every round, and a killed run resumes with the next round, never redoing the chunk."""
+    from fdta_core.runner.repair import missing_of, next_repair
+
+    answers = {(0, ""): [3, 7], (0, "1: 3, 7"): [7], (0, "2: 7"): [7], (100, ""): [], (200, ""): []}
+    s = fake(missing=lambda start, repair: answers[(start, repair)])
+    counts = run(_cfg(tmp_path, [s.url], repair_rounds=2))
+    assert counts["done"] == 3
+    asked = [(p["1"]["inputs"]["identity_start"], p["1"]["inputs"].get("repair")) for p in s.prompts]
+    assert asked == [(0, None), (0, "1: 3, 7"), (0, "2: 7"), (100, None), (200, None)]
+    for p in s.prompts:  # the same chunk every time: only the repair input differs
+        assert p["1"]["inputs"]["identity_count"] == 100 or p["1"]["inputs"]["identity_start"] == 200
+    man = json.loads((tmp_path / "run" / "run-shard0000-of-0001.json").read_text())
+    c0 = man["chunks"]["0"]
+    assert c0["missing"] == [7] and [r["round"] for r in c0["repairs"]] == [1, 2]
+    assert c0["repairs"][0]["identities"] == [3, 7] and c0["repairs"][0]["missing_after"] == [7]
+    assert man["chunks"]["1"]["missing"] == [] and man["chunks"]["1"]["repairs"] == []
+    assert run(_cfg(tmp_path, [s.url], repair_rounds=2))["done"] == 3 and len(s.prompts) == 5
+
+    # a run killed after chunk 0's first pass resumes with repair round 1 (the chunk is not redone)
+    cfg = _cfg(tmp_path / "k", [s.url], repair_rounds=2, identities=100)
+    m = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    m.mark(cfg.chunks()[0], ChunkState.RUNNING, attempts=1, missing=[3, 7])
+    before = len(s.prompts)
+    assert run(cfg)["done"] == 1
+    assert [p["1"]["inputs"].get("repair") for p in s.prompts[before:]] == ["1: 3, 7", "2: 7"]
+    # --repair-rounds 0 never repairs; a workflow whose writer reports nothing has nothing to repair
+    assert next_repair([3], 0, 0) is None and next_repair([], 0, 2) is None
+    assert missing_of({"9": {"text": ["x"]}}) is None and missing_of({"4": {"fdta_missing": [2, 1]}}) == [1, 2]
+    with pytest.raises(ConfigError, match="repair rounds"):
+        _cfg(tmp_path, [s.url], repair_rounds=-1)
 
 
 # ------------------------------------------------------------------ old widget names (issue 19: node set reshaped)

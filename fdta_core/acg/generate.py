@@ -267,7 +267,13 @@ def generate_sources(
     else:
         log.warning("%s: no face models connected; candidates are NOT checked", where)
     run_index = RunIndex(index_folder) if index_folder is not None else None
-    prior = run_index.prior(plan.start) if run_index is not None else None
+    # a repair round (plan.repair_round >= 1) must also differ from the chunk's own other identities
+    repaired = [int(i.index) for i in plan.identities] if plan.repair_round else None
+    prior = (
+        run_index.prior(plan.start, repair_of=(plan.end, repaired) if repaired is not None else None)
+        if run_index is not None
+        else None
+    )
     bar = StepProgress(math.ceil(len(plan) * settings.candidates / settings.batch_size), steps, progress)
     result = run_acg(
         plan,
@@ -282,7 +288,7 @@ def generate_sources(
         progress=bar.on_batch,
     )
     if run_index is not None and analyzer is not None:
-        run_index.save_chunk(plan.start, plan.start + len(plan), result.accepted_index())
+        run_index.save_chunk(plan.start, plan.end, result.accepted_index(), replacing=repaired)
     faceset = result.faceset()
     images = result.images()
     if images.shape[0] == 0:

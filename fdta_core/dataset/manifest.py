@@ -241,6 +241,63 @@ class ManifestWriter:
             ],
         )  # fmt: skip
 
+    def copy_from(self, path: str | os.PathLike) -> None:
+        """Copy the ``images`` and ``dropped`` rows of another manifest (a repair round starts from the
+        committed chunk's manifest; its ``identities`` are rewritten at commit)."""
+        self.conn.execute("COMMIT")
+        self.conn.execute("ATTACH DATABASE ? AS base", (str(Path(path)),))
+        try:
+            cols = ", ".join(IMAGE_COLUMNS)
+            self.conn.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM base.images ORDER BY key")
+            has = self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has:
+                cols = ", ".join(DROPPED_COLUMNS)
+                self.conn.execute(f"INSERT INTO dropped ({cols}) SELECT {cols} FROM base.dropped ORDER BY id")
+            if self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='stages'"
+            ).fetchone():  # the earlier rounds' stage timings stay with the chunk
+                cols = ", ".join(STAGE_COLUMNS)
+                self.conn.execute(f"INSERT INTO stages ({cols}) SELECT {cols} FROM base.stages ORDER BY id")
+        finally:
+            self.conn.execute("DETACH DATABASE base")
+            self.conn.execute("BEGIN")
+
+    def dropped_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM dropped").fetchone()[0])
+
+    def dropped_identities_since(self, count: int) -> list[int]:
+        """Identities of the dropped rows added after the first ``count``."""
+        rows = self.conn.execute("SELECT DISTINCT identity FROM dropped WHERE id > ?", (int(count),))
+        return [int(r[0]) for r in rows]
+
+    def drop_reasons(self, identities: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Why each of ``identities`` was left out, from its latest round's dropped rows: ``{stage,
+        reasons: {code: count}, detail, round}`` (identities without a row are absent)."""
+        wanted = {int(i) for i in identities}
+        rows = self.conn.execute(
+            "SELECT identity, coalesce(json_extract(record, '$.repair_round'), 0) AS r, stage, reasons, "
+            "count(*), min(detail), max(id) FROM dropped GROUP BY identity, r, stage, reasons"
+        ).fetchall()
+        latest: dict[int, int] = {}
+        for ident, r, *_ in rows:
+            if int(ident) in wanted:
+                latest[int(ident)] = max(latest.get(int(ident), 0), int(r))
+        out: dict[int, dict[str, Any]] = {}
+        last_id: dict[int, int] = {}
+        for ident, r, stage, reasons, n, detail, last in rows:
+            ident = int(ident)
+            if ident not in wanted or int(r) != latest[ident]:
+                continue
+            w = out.setdefault(ident, {"stage": stage, "reasons": {}, "detail": detail, "round": int(r)})
+            for code in json.loads(reasons or "[]"):
+                w["reasons"][code] = w["reasons"].get(code, 0) + int(n)
+            if int(last) > last_id.get(ident, -1):  # the stage of the identity's last record
+                last_id[ident] = int(last)
+                w["stage"], w["detail"] = stage, detail
+        return out
+
     def set_meta(self, **values: Any) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -105,6 +106,11 @@ class ChunkInfo:
     replaced: list[dict[str, Any]] = field(default_factory=list)
     #: wall time and images/s of every stage that made the chunk, the writer last (fdta_core.timing)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: planned identities of the range that have no images, each with why (stage, reason counts, detail,
+    #: the round that last tried it); empty when every planned identity was written
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    #: repair rounds that added identities to this chunk, oldest first (see ``ChunkStamp.repair``)
+    repairs: list[dict[str, Any]] = field(default_factory=list)
     path: str = ""
 
     @property
@@ -252,13 +258,23 @@ def update_index(dataset: str | os.PathLike) -> dict[str, Any]:
         index = {
             "format": "fdta-dataset-1",
             "chunks": [
-                {"name": c.name, "start": c.start, "end": c.end, "images": c.images, "classes": c.classes}
+                {
+                    "name": c.name,
+                    "start": c.start,
+                    "end": c.end,
+                    "images": c.images,
+                    "classes": c.classes,
+                    "missing": len(c.missing),
+                }  # fmt: skip
                 for c in infos
             ],
             "images": sum(c.images for c in infos),
             "classes": sum(c.classes for c in infos),
             # every replacement of a chunk on disk, as recorded by the chunk that replaced it
             "replacements": [{"chunk": c.name, **r} for c in infos for r in c.replaced],
+            # planned identities without images, and why (never left out silently)
+            "missing": [{"chunk": c.name, **m} for c in infos for m in c.missing],
+            "repairs": [{"chunk": c.name, **r} for c in infos for r in c.repairs],
             "updated": time.time(),
         }
         atomic_write_text(root / DATASET_INDEX, json.dumps(index, indent=1))
@@ -337,6 +353,29 @@ def check_chunk_slot(
         fix="set the dataset writer's 'overwrite' input to true to replace it (the replacement is "
         "recorded in the data set), or choose another output_name or identity range.",
     )
+
+
+def check_repair_base(
+    dataset: str | os.PathLike, name: str, stamp: ChunkStamp | None, on_disk: ChunkInfo | None
+) -> ChunkInfo:
+    """The committed chunk a repair round adds to (refused unless the same run wrote it)."""
+    assert stamp is not None
+    chunks = Path(dataset) / CHUNKS_DIR
+    if on_disk is None:
+        raise InputError(
+            f"repair round {stamp.repair} of chunk {name}: the chunk is not written in {chunks}, so there is "
+            "nothing to add the regenerated identities to",
+            where="repair",
+            fix="write the chunk first (FDTAAttributeSpec.repair empty), then repair what it is missing.",
+        )
+    if not stamp.same_run(on_disk.stamp):
+        raise InputError(
+            f"repair round {stamp.repair} comes from {_run_text(stamp)}, but chunk {name} in {chunks} was "
+            f"written by {on_disk.made_by()}; identities of two runs would be mixed",
+            where="repair",
+            fix="repair with the spec and seed that wrote the chunk.",
+        )
+    return on_disk
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -460,7 +499,12 @@ class ChunkWriter:
         if chunks.is_dir():
             recover(self.root)
         # refused before anything is created: a refused write leaves no folder behind
-        self.replaces = check_chunk_slot(self.root, start, end, stamp=stamp, overwrite=self.overwrite)
+        self.repair = int(stamp.repair) if stamp is not None else 0
+        # a repair round adds to the chunk of its own run (checked next), never replaces another run's
+        self.replaces = check_chunk_slot(
+            self.root, start, end, stamp=stamp, overwrite=self.overwrite or bool(self.repair)
+        )
+        self.base = check_repair_base(self.root, self.name, stamp, self.replaces) if self.repair else None
         try:
             self._made = _make_dirs(chunks)
         except (OSError, sqlite3.Error) as exc:
@@ -473,6 +517,7 @@ class ChunkWriter:
             _ACTIVE.add(str(self.tmp))
             self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
+            self._base_dropped = 0
         except (OSError, sqlite3.Error) as exc:
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
@@ -490,6 +535,30 @@ class ChunkWriter:
         self._first_key: list[int] = []
         self._next_key = 1
         self._written = 0
+        if self.base is not None:
+            self._copy_base(self.base)
+
+    def _copy_base(self, base: ChunkInfo) -> None:
+        """Repair mode: start from the committed chunk, its records and manifest rows copied unchanged
+        (same keys and labels), so the repaired identities follow them and nothing of it is lost."""
+        from ..recordio import RecordReader
+        from .manifest import read_identities
+
+        folder = Path(base.path)
+        try:
+            rows = read_identities(folder / MANIFEST_NAME)
+            with RecordReader(folder / "train.rec", folder / "train.idx") as reader:
+                for key in range(1, base.images + 1):
+                    self._rec.write(key, reader.read(key))
+            self._manifest.copy_from(folder / MANIFEST_NAME)
+        except (OSError, sqlite3.Error) as exc:
+            self._fail(_os_error(exc, f"copying chunk {self.name} for repair round {self.repair}", self.tmp))
+        for _label, identity, _chunk, first_key, _end_key in rows:
+            self._identities.append(int(identity))
+            self._idset.add(int(identity))
+            self._first_key.append(int(first_key))
+        self._next_key = base.images + 1
+        self._base_dropped = self._manifest.dropped_count()
 
     # -------------------------------------------------------------- adding
     def add(
@@ -514,6 +583,16 @@ class ChunkWriter:
         ):
             identity = self._check_face(key, image, identity, provenance)
         if not self._identities or self._identities[-1] != identity:
+            if self.base is not None and identity in set(self.base.identities):
+                self._fail(
+                    InputError(
+                        f"identity {identity} is already written in chunk {self.name}; repair round "
+                        f"{self.repair} may only add identities the chunk is missing",
+                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
+                        fix="put only the chunk's missing identities in FDTAAttributeSpec.repair (the writer "
+                        "and chunk.json list them).",
+                    )
+                )
             if identity in self._idset:
                 self._fail(
                     InputError(
@@ -592,6 +671,10 @@ class ChunkWriter:
                     where="faceset.dropped",
                 )
             )
+        if self.repair:  # which round dropped it: the chunk's missing list reports the latest round
+            records = [
+                dataclasses.replace(d, record={**d.record, "repair_round": self.repair}) for d in records
+            ]
         self._manifest.add_dropped(self.name, records)
 
     def _submit(self) -> None:
@@ -646,7 +729,9 @@ class ChunkWriter:
                 self._drain_one()
             n = self._next_key - 1
             c = len(self._identities)
-            if n == 0:
+            if n == 0 and self.stamp is None:
+                # a planned chunk may be empty (every identity rejected: its dropped records say why);
+                # an unplanned faceset without images has no range to write
                 self._fail(
                     InputError(
                         f"no images to write for chunk {self.name}",
@@ -678,6 +763,13 @@ class ChunkWriter:
                                 round(self._wall0, 3)),
                 ]  # fmt: skip
                 self._manifest.add_stages(self.name, stages)
+                missing = self._missing() if self.stamp is not None else []
+                repairs = list(self.base.repairs) if self.base is not None else []
+                if self.base is not None:
+                    added = self._identities[len(self.base.identities) :]
+                    tried = sorted({*added, *self._dropped_ids})
+                    repairs.append({"round": self.repair, "tried": tried, "added": added,
+                                    "images": n - self.base.images, "created": time.time()})  # fmt: skip
                 info = ChunkInfo(
                     name=self.name,
                     start=self.start,
@@ -694,7 +786,12 @@ class ChunkWriter:
                     spec_hash=self.stamp.spec_hash if self.stamp else "",
                     run_seed=self.stamp.run_seed if self.stamp else None,
                     replaced=replaced,
-                    stages=[t.to_dict() for t in stages],
+                    stages=[
+                        *(self.base.stages if self.base is not None else []),
+                        *(t.to_dict() for t in stages),
+                    ],
+                    missing=missing,
+                    repairs=repairs,
                 )
                 self._manifest.set_meta(
                     chunk=self.name,
@@ -705,6 +802,8 @@ class ChunkWriter:
                     spec_hash=info.spec_hash,
                     run_seed=info.run_seed,
                     replaced=replaced,
+                    missing=missing,
+                    repairs=repairs,
                 )
                 self._manifest.close()
                 atomic_write_text(self.tmp / "property", f"{c},{self.image_size[0]},{self.image_size[1]}")
@@ -733,8 +832,32 @@ class ChunkWriter:
         )
         return info
 
+    @property
+    def _dropped_ids(self) -> set[int]:
+        """Identities this write recorded dropped records for (this round's attempts)."""
+        return set(self._manifest.dropped_identities_since(self._base_dropped))
+
+    def _missing(self) -> list[dict[str, Any]]:
+        """Planned identities of the range without images, each with the reasons of its latest attempt."""
+        written = set(self._identities)
+        absent = [i for i in range(self.start, self.end) if i not in written]
+        if not absent:
+            return []
+        why = self._manifest.drop_reasons(absent)
+        out = []
+        for ident in absent:
+            w = why.get(ident)
+            if w is None:
+                w = {"stage": "unknown", "reasons": {"not_in_faceset": 1}, "detail": "the faceset that "
+                     "reached the writer has neither images nor a dropped record of this identity (a "
+                     "hand-built graph, or a node that drops without recording)", "round": self.repair}  # fmt: skip
+            out.append({"identity": ident, **w})
+        return out
+
     def _replacement_record(self, old: ChunkInfo | None) -> list[dict[str, Any]]:
         """The ``replaced`` history of the new chunk: the old chunk's history plus the old chunk itself."""
+        if self.base is not None:  # a repair keeps every image of the chunk: nothing was replaced
+            return list(self.base.replaced)
         if old is None:
             return []
         same_run = self.stamp is not None and self.stamp.same_run(old.stamp)
@@ -805,6 +928,49 @@ class ChunkWriter:
             self.commit()
 
 
+def missing_text(info: ChunkInfo, *, limit: int = 10) -> str:
+    """What a UI user reads about a chunk's missing identities: each with its reason, and the value of
+    ``FDTAAttributeSpec.repair`` that regenerates them (empty text when nothing is missing)."""
+    if not info.missing:
+        return ""
+    parts = []
+    for m in info.missing[:limit]:
+        why = ", ".join(f"{k} x{v}" for k, v in sorted((m.get("reasons") or {}).items()))
+        parts.append(f"{m['identity']} [{m.get('stage', '?')}: {why}]")
+    more = f" ... {len(info.missing) - limit} more" if len(info.missing) > limit else ""
+    from ..plan import RepairRequest
+
+    request = RepairRequest(len(info.repairs) + 1, tuple(int(m["identity"]) for m in info.missing))
+    return (
+        f"\nMISSING {len(info.missing)} planned identit{'y' if len(info.missing) == 1 else 'ies'} without "
+        f"images: {'; '.join(parts)}{more} (recorded in chunk.json, dataset.json and fdta report). To "
+        f"regenerate them with new seeds, set FDTAAttributeSpec.repair to '{request.text()}' and queue the "
+        "same workflow again; fdta run does this by itself (--repair-rounds)."
+    )
+
+
+def read_missing(folder: str | Path) -> list[dict[str, Any]]:
+    """The planned identities a written set has no images of, with why: a chunk's ``chunk.json``, a data
+    set's ``dataset.json`` or a merged set's manifest meta (``missing``); [] when none records any."""
+    from .manifest import query
+
+    root = Path(folder)
+    for name in ("chunk.json", "dataset.json"):
+        p = root / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"cannot read {p}: {exc}") from exc
+            return list(data.get("missing") or [])
+    if (root / MANIFEST_NAME).is_file():
+        has = query(root / MANIFEST_NAME, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+        rows = query(root / MANIFEST_NAME, "SELECT value FROM meta WHERE name = 'missing'") if has else []
+        if rows and rows[0][0]:
+            return list(json.loads(rows[0][0]))
+    return []
+
+
 def planned_range(stamp: ChunkStamp, start: int | None = None, count: int | None = None) -> tuple[int, int]:
     """The planned ``[start, end)``; the optional overrides ``start`` (>= 0) / ``count`` (> 0) must agree."""
     has_start = start is not None and start >= 0
@@ -835,14 +1001,9 @@ def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None
     has_start = start is not None and start >= 0
     has_count = count is not None and count > 0
     if stamp is not None:
-        s, e = planned_range(stamp, start, count)
-        if len(faceset) == 0:
-            raise InputError(
-                f"the faceset of chunk {stamp.start}..{stamp.end - 1} is empty: nothing to write",
-                where="faceset",
-                fix="check the upstream filter (CSIM threshold) and the ACG report.",
-            )
-        return s, e
+        # an empty planned faceset is written as an empty chunk: its dropped records say why every
+        # identity is missing, and the run goes on
+        return planned_range(stamp, start, count)
     if len(faceset) == 0:
         raise InputError(
             "the faceset is empty: nothing to write",

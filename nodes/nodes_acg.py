@@ -34,6 +34,7 @@ from ..fdta_core.errors import InputError
 from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     ACGOptionsSocket,
@@ -458,6 +459,7 @@ class FDTAACGSampler(io.ComfyNode):
         identity_index="",
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
+            clock = StageClock()
             plan = _as_plan(plan)
             check_range(start_percent, end_percent)
             opts = _acg_options(options)
@@ -513,6 +515,7 @@ class FDTAACGSampler(io.ComfyNode):
                 progress=progress_callback(1),
                 where=NODE_ID,
             )
+            clock.stamp(out.faceset, None, "acg", NODE_ID, len(out.faceset))
             # the report and the provenance also go to the prompt's history, for API users and the runner
             return io.NodeOutput(
                 out.faceset, uint8_to_image(out.images), uint8_to_image(out.sheet), out.report, ui=out.ui()

@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "never); what is still missing is listed with its reason in the data set",
     )
     p.add_argument("--dry-run", action="store_true", help="print the patched prompt of each chunk and exit")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="only the JSON summary on stdout (it always holds the per-stage table under 'stages')",
+    )
     p.set_defaults(func=_run)
 
 
@@ -123,5 +128,14 @@ def _run(args: argparse.Namespace) -> int:
     counts = run(cfg, on_chunk=on_chunk, on_progress=on_progress)
     bar.n = counts[ChunkState.DONE.value]
     bar.close()
-    print(json.dumps({"run_dir": str(cfg.run_dir), "manifest": str(cfg.manifest_path()), **counts}))
+    from ..runner.stages import format_run_stages, run_stage_summary
+
+    stages = run_stage_summary(cfg.manifest_path())
+    if not args.json:
+        print(format_run_stages(stages), file=sys.stderr)
+    print(
+        json.dumps(
+            {"run_dir": str(cfg.run_dir), "manifest": str(cfg.manifest_path()), **counts, "stages": stages}
+        )
+    )
     return 0 if counts[ChunkState.DONE.value] == len(chunks) else 1

@@ -162,8 +162,9 @@ def run(
                     repair=repair,
                 )
                 pid = client.queue(prompt)
-                with lock:
-                    manifest.mark(_chunk, ChunkState.RUNNING, prompt_id=pid)
+                if repair is None:  # the chunk's own prompt; a repair round's id goes to its record
+                    with lock:
+                        manifest.mark(_chunk, ChunkState.RUNNING, prompt_id=pid)
                 entry = client.wait(pid, timeout=cfg.timeout, on_progress=_cb)
                 return pid, {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
 

@@ -552,8 +552,8 @@ def test_csim_emptied_identities_are_repaired_through_comfyui(
     rc, out = _cli(capsys, ["plan", "--spec", str(spec), "--count", str(n), "--seed", "11", "--json"])
     plan = {r["index"]: r for r in json.loads(out)}
     written = {ident: json.loads(a) for ident, _att, a in rows}
-    for field in ("gender", "race"):
-        want = sorted(plan[i][field] for i in plan if i not in missing)
+    for field in ("gender", "race", "age"):
+        want = sorted(plan[i]["attributes"][field] for i in plan if i not in missing)
         assert sorted(a[field] for a in written.values()) == want
     rc, out = _cli(capsys, ["rec", "info", str(comfy.output_dir / out_name), "--json"])
     assert rc == 0 and json.loads(out)["ok"], out

@@ -14,6 +14,7 @@ from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
+from ._server import panel_report_chunk
 from ._validation import PromptGraph, check_widgets, validate
 
 
@@ -167,6 +168,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 progress=progress_callback(len(faceset)),
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
+        panel_report_chunk(str(root), info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"

@@ -24,6 +24,7 @@ from ._common import (
     node_errors,
     progress_callback,
 )
+from ._server import panel_report_csim
 from ._validation import PromptGraph, check_widgets, validate
 
 _CAT = f"{CATEGORY}/faces"
@@ -346,6 +347,7 @@ class FDTACSIMFilter(io.ComfyNode):
             )
             sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
             hist = histogram_image(stats.csim, float(threshold))
+            panel_report_csim(stats, sheet)
             return io.NodeOutput(kept, uint8_to_image(sheet), stats.to_text(), uint8_to_image(hist))
 
 

@@ -97,6 +97,8 @@ class RunManifest:
         self.run_key = run_key
         self.chunks = {c.index: c for c in chunks}
         self.records: dict[int, ChunkRecord] = {c.index: ChunkRecord() for c in chunks}
+        #: chunks that were running when the last process died (their prompt may still run or be done)
+        self.interrupted: list[int] = []
         if self.path.exists():
             self._load()
         else:
@@ -125,9 +127,11 @@ class RunManifest:
                 known = {k: v for k, v in rec.items() if k in ChunkRecord.__dataclass_fields__}
                 r = ChunkRecord(**{**known, "state": ChunkState(rec["state"])})
                 # a chunk that was running when the process died is pending again: the dataset writer
-                # replaces a chunk atomically, so running it again cannot duplicate images
+                # replaces a chunk atomically, so running it again cannot duplicate images; the runner
+                # first asks its server about its prompt (still running, or done: nothing is redone)
                 if r.state == ChunkState.RUNNING:
                     r.state = ChunkState.PENDING
+                    self.interrupted.append(idx)
                 self.records[idx] = r
 
     def save(self) -> None:

@@ -42,7 +42,7 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     outstanding: int = 0
 
-    def begin(self, chunk: Chunk, server: str, prompt_id: str) -> None:
+    def begin(self, chunk: Chunk, server: str, prompt_id: str, worker: str | None = None) -> None:
         with self.lock:
             rec = self.manifest.records[chunk.index]
             self.manifest.mark(
@@ -51,6 +51,7 @@ class Ledger:
                 attempts=rec.attempts + 1,
                 server=server,
                 prompt_id=prompt_id,
+                worker=worker,
                 error=None,
                 started=time.time(),
                 finished=None,

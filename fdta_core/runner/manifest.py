@@ -79,6 +79,8 @@ class ChunkRecord:
     attempts: int = 0
     prompt_id: str | None = None
     server: str | None = None
+    #: who ran it besides the server (a Ray actor: "ray actor K pid P on HOST")
+    worker: str | None = None
     error: str | None = None
     started: float | None = None
     finished: float | None = None

@@ -316,7 +316,9 @@ def _write_sbatch(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node,
         sbatch_args=list(args.slurm_arg),
         comfyui_dir=Path(root).resolve() if root else None,
-        comfyui_python=Path(py).resolve() if py else None,
+        comfyui_python=Path(py).expanduser().absolute()
+        if py
+        else None,  # a venv python: never resolve the link
     )
     path = job.write(args.sbatch)
     print(json.dumps({"sbatch": str(path), "tasks": tasks, "run_dir": str(run_dir)}))

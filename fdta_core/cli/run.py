@@ -60,6 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the run's identity index that every chunk's ACG consults and extends (default RUN_DIR/identities; "
         "a server on another machine needs a name inside its output folder; '' turns it off)",
     )
+    p.add_argument(
+        "--repair-rounds",
+        type=int,
+        default=2,
+        help="times a chunk's missing identities (left without images by the CSIM filter or the leak check, "
+        "or without an ACG candidate) are regenerated with new seeds and added to the chunk (default 2; 0: "
+        "never); what is still missing is listed with its reason in the data set",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the patched prompt of each chunk and exit")
     g = p.add_argument_group("servers started by fdta (--launch, --ray, --sbatch)")
     g.add_argument(
@@ -131,6 +139,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--array", type=int, default=None, help="with --sbatch: number of array tasks (nodes)")
     g.add_argument("--gpus-per-node", type=int, default=1, help="with --sbatch: GPUs of each node (0: CPU)")
     g.add_argument("--slurm-arg", action="append", default=[], help="with --sbatch: an extra #SBATCH line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="only the JSON summary on stdout (it always holds the per-stage table under 'stages')",
+    )
     p.set_defaults(func=_run)
 
 
@@ -151,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         identity_index=args.identity_index,
         output_dir=args.output_dir,
+        repair_rounds=args.repair_rounds,
     )
     chunks = cfg.chunks()
     shard_text = f"{cfg.shard[0]}/{cfg.shard[1]}"
@@ -229,7 +243,12 @@ def _run(args: argparse.Namespace) -> int:
             insightface_dirs=args.insightface_dir,
             provider=args.provider,
         )
-    summary = {"run_dir": str(cfg.run_dir), "manifest": str(cfg.manifest_path()), **counts}
+    from ..runner.stages import format_run_stages, run_stage_summary
+
+    stages = run_stage_summary(cfg.manifest_path())
+    if not args.json:
+        print(format_run_stages(stages), file=sys.stderr)
+    summary = {"run_dir": str(cfg.run_dir), "manifest": str(cfg.manifest_path()), **counts, "stages": stages}
     if args.merge_to is not None:
         summary["merged"] = None if merged is None else str(args.merge_to)
     print(json.dumps(summary))
@@ -291,7 +310,8 @@ def _write_sbatch(args: argparse.Namespace) -> int:
     run_dir = args.run_dir.resolve()
     run_args = [str(args.workflow.resolve()), "--run-dir", str(run_dir), "--identities", str(args.identities),
                 "--chunk-size", str(args.chunk_size), "--first-identity", str(args.first_identity),
-                "--seed", str(args.seed), "--retries", str(args.retries)]  # fmt: skip
+                "--seed", str(args.seed), "--retries", str(args.retries),
+                "--repair-rounds", str(args.repair_rounds)]  # fmt: skip
     for s in args.set:
         run_args += ["--set", s]
     if args.timeout is not None:

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExternalServiceError, FDTAError
+from ..plan import RepairRequest
 from .client import ComfyClient, PromptMayRun, PromptState
 from .manifest import Chunk, ChunkState, RunManifest
+from .repair import missing_of, next_repair, round_record
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +44,56 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     outstanding: int = 0
 
-    def begin(self, chunk: Chunk, server: str, prompt_id: str, worker: str | None = None) -> None:
+    def begin(
+        self,
+        chunk: Chunk,
+        server: str,
+        prompt_id: str,
+        *,
+        worker: str | None = None,
+        round: int = 0,
+        new_attempt: bool = True,
+    ) -> None:
+        """Mark ``chunk`` running ``prompt_id`` on ``server`` (before it is queued). A chunk's first pass
+        and its repair rounds are one attempt: only the first prompt of a pickup counts one."""
         with self.lock:
             rec = self.manifest.records[chunk.index]
+            extra = {"attempts": rec.attempts + 1, "error": None, "started": time.time(), "finished": None}
             self.manifest.mark(
                 chunk,
                 ChunkState.RUNNING,
-                attempts=rec.attempts + 1,
                 server=server,
                 prompt_id=prompt_id,
                 worker=worker,
-                error=None,
-                started=time.time(),
-                finished=None,
+                round=round,
+                **(extra if new_attempt else {}),
             )
-        if self.on_chunk:
+        if self.on_chunk and new_attempt:
             self.on_chunk(chunk, ChunkState.RUNNING)
+
+    def first_pass(self, chunk: Chunk, outputs: dict[str, Any], missing: list[int], repairs=None) -> None:
+        """The chunk's first pass is committed; ``missing`` planned identities are left for repairs."""
+        with self.lock:
+            fields: dict[str, Any] = {"outputs": outputs, "missing": missing}
+            if repairs is not None:
+                fields["repairs"] = repairs
+            self.manifest.mark(chunk, self.manifest.records[chunk.index].state, **fields)
+
+    def repaired(self, chunk: Chunk, record: dict[str, Any], missing: list[int]) -> None:
+        with self.lock:
+            rec = self.manifest.records[chunk.index]
+            self.manifest.mark(chunk, rec.state, missing=missing, repairs=[*rec.repairs, record])
 
     def renamed(self, chunk: Chunk, prompt_id: str) -> None:
         with self.lock:
             self.manifest.mark(chunk, ChunkState.RUNNING, prompt_id=prompt_id)
 
-    def done(self, chunk: Chunk, outputs: dict[str, Any]) -> None:
+    def done(self, chunk: Chunk, outputs: dict[str, Any] | None = None) -> None:
         with self.lock:
-            self.manifest.mark(chunk, ChunkState.DONE, outputs=outputs, finished=time.time())
+            fields: dict[str, Any] = {"finished": time.time()}
+            if outputs is not None:
+                fields["outputs"] = outputs
+            self.manifest.mark(chunk, ChunkState.DONE, **fields)
             self.outstanding -= 1
         if self.on_chunk:
             self.on_chunk(chunk, ChunkState.DONE)
@@ -130,7 +158,17 @@ def committed_chunk(prompt: dict[str, Any], chunk: Chunk, output_dir: Path | Non
             return None
         if not stamp.same_run(info.stamp):
             return None
-        found.append({"path": str(folder), "images": info.images, "classes": info.classes})
+        found.append(
+            {
+                "path": str(folder),
+                "images": info.images,
+                "classes": info.classes,
+                "missing": sorted(int(m["identity"]) for m in getattr(info, "missing", []) or []),
+                "repairs": [
+                    {"round": r.get("round"), "on_disk": True} for r in getattr(info, "repairs", []) or []
+                ],
+            }
+        )
     return found
 
 
@@ -151,6 +189,55 @@ def execute(
     if pid != prompt_id and on_queued is not None:
         on_queued(pid)
     return chunk_outputs(client.wait(pid, timeout=timeout, on_progress=on_progress))
+
+
+def next_prompt(cfg, ledger: Ledger, chunk: Chunk) -> tuple[dict[str, Any], RepairRequest | None] | None:
+    """The next prompt ``chunk`` needs: its first pass, or the next repair round of the identities it
+    is missing (:mod:`.repair`); None when nothing is left (the chunk is then marked done).
+
+    With the servers' output folder known, a first pass whose commit already landed (same run) is not
+    queued again: the committed chunk says what it is missing and which rounds it had."""
+    from .patch import patch_workflow
+
+    def patch(repair: RepairRequest | None) -> dict[str, Any]:
+        return patch_workflow(
+            cfg.workflow, chunk, cfg.seed, cfg.overrides, identity_index=cfg.index_location(), repair=repair
+        )
+
+    rec = ledger.manifest.records[chunk.index]
+    if rec.missing is None:
+        prompt = patch(None)
+        found = committed_chunk(prompt, chunk, cfg.output_dir)
+        if found is None:
+            return prompt, None
+        log.info("chunk %s is already committed (%s): not written again", chunk.name, found[0]["path"])
+        missing = sorted({i for f in found for i in f["missing"]})
+        ledger.first_pass(chunk, {"committed": found}, missing, repairs=found[0]["repairs"])
+    request = next_repair(rec.missing, len(rec.repairs), cfg.repair_rounds)
+    if request is None:
+        ledger.done(chunk)
+        return None
+    return patch(request), request
+
+
+def prompt_finished(
+    ledger: Ledger, chunk: Chunk, request: RepairRequest | None, prompt_id: str, outputs: dict[str, Any]
+) -> None:
+    """Record a finished prompt of ``chunk``: its first pass (what it is missing) or a repair round."""
+    after = missing_of(outputs)
+    if request is None:
+        ledger.first_pass(chunk, outputs, after or [])
+    else:
+        missing = list(request.identities) if after is None else after
+        ledger.repaired(chunk, round_record(request, prompt_id, missing), missing)
+
+
+def running_request(ledger: Ledger, chunk: Chunk) -> RepairRequest | None:
+    """The repair round the chunk's recorded prompt belongs to (None: its first pass)."""
+    rec = ledger.manifest.records[chunk.index]
+    if not rec.round or rec.missing is None:
+        return None
+    return RepairRequest(int(rec.round), tuple(sorted(int(i) for i in rec.missing)))
 
 
 def settle_failure(ledger: Ledger, chunk: Chunk, exc: FDTAError) -> bool:
@@ -183,8 +270,10 @@ def recover_interrupted(
         if state == PromptState.SUCCESS:
             entry = client.history(rec.prompt_id) or {}
             log.info("chunk %s finished while no runner watched (prompt %s)", chunk.name, rec.prompt_id)
-            with ledger.lock:
-                man.mark(chunk, ChunkState.DONE, outputs=chunk_outputs(entry), finished=time.time())
+            # taken as it is; what is left (repair rounds) runs as a pending chunk
+            prompt_finished(
+                ledger, chunk, running_request(ledger, chunk), rec.prompt_id, chunk_outputs(entry)
+            )
         elif state == PromptState.ERROR:
             entry = client.history(rec.prompt_id) or {}
             with ledger.lock:
@@ -209,10 +298,11 @@ def follow(
     timeout: float | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> bool:
-    """Wait for a prompt queued by an earlier process; True when the chunk should be queued again."""
+    """Wait for a prompt queued by an earlier process; True when the chunk should be queued again
+    (it failed, or repair rounds are left)."""
     try:
         outputs = chunk_outputs(client.wait(prompt_id, timeout=timeout, on_progress=on_progress))
     except FDTAError as exc:
         return settle_failure(ledger, chunk, exc)
-    ledger.done(chunk, outputs)
-    return False
+    prompt_finished(ledger, chunk, running_request(ledger, chunk), prompt_id, outputs)
+    return True  # the chunk's next step (or "done") is decided by whoever picks it up

@@ -77,4 +77,8 @@ def merge_run(
         argv += ["--audit", "--pack", audit_pack, "--provider", provider]
         for d in insightface_dirs or []:
             argv += ["--insightface-dir", str(d)]
-    return fdta(argv)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout keeps the run's one JSON summary
+        return fdta(argv)

@@ -81,10 +81,16 @@ class ChunkRecord:
     server: str | None = None
     #: who ran it besides the server (a Ray actor: "ray actor K pid P on HOST")
     worker: str | None = None
+    #: the repair round of the prompt that runs now (0: the chunk's first pass)
+    round: int = 0
     error: str | None = None
     started: float | None = None
     finished: float | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: planned identities the committed chunk lacks (None: the chunk's first pass is not committed yet)
+    missing: list[int] | None = None
+    #: finished repair rounds (see fdta_core.runner.repair), oldest first
+    repairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RunManifest:

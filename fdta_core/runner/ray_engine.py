@@ -28,10 +28,10 @@ from typing import Any
 
 from ..errors import ConfigError, FDTAError
 from .client import ComfyClient, ServerLost, new_prompt_id
-from .dispatch import execute, follow, recover_interrupted, settle_failure
+from .dispatch import execute, follow, next_prompt, prompt_finished, recover_interrupted, settle_failure
 from .launch import LaunchSpec
 from .manifest import Chunk, ChunkState
-from .runner import RunConfig, open_ledger, prepare_chunk
+from .runner import RunConfig, open_ledger
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
     where: dict[int, dict[str, Any]] = {}
     probing = {actors[k].where.remote(): (k, time.monotonic()) for k in range(n)}
     idle: list[int] = []
-    inflight: dict[Any, tuple[int, Chunk, str]] = {}
+    inflight: dict[Any, tuple[int, Chunk, str, Any]] = {}
+    started: set[int] = set()  # chunks whose current pickup already counted an attempt
     lost: set[int] = set()
     try:
         while True:
@@ -223,18 +224,29 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
             while idle and not todo.empty():
                 chunk = todo.get()
                 try:
-                    prompt = prepare_chunk(cfg, ledger, chunk)
+                    step = next_prompt(cfg, ledger, chunk)  # its first pass, or its next repair round
                 except FDTAError as exc:
+                    started.discard(chunk.index)
                     ledger.failed(chunk, exc, may_retry=False)
                     continue
-                if prompt is None:
+                if step is None:  # done
+                    started.discard(chunk.index)
                     continue
+                prompt, request = step
                 k = idle.pop(0)
                 pid = new_prompt_id()
                 w = where[k]
-                ledger.begin(chunk, w["url"], pid, worker=f"ray actor {k} pid {w['pid']} on {w['host']}")
+                ledger.begin(
+                    chunk,
+                    w["url"],
+                    pid,
+                    worker=f"ray actor {k} pid {w['pid']} on {w['host']}",
+                    round=request.round if request else 0,
+                    new_attempt=chunk.index not in started,
+                )
+                started.add(chunk.index)
                 ref = actors[k].run_chunk.remote(chunk.name, prompt, pid, cfg.timeout)
-                inflight[ref] = (k, chunk, pid)
+                inflight[ref] = (k, chunk, pid, request)
             refs = list(inflight) + list(probing)
             if not refs:
                 time.sleep(0.2)
@@ -254,10 +266,11 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
                         log.error("Ray actor %d could not start: %s", k, exc)
                         lost.add(k)
                     continue
-                k, chunk, pid = inflight.pop(ref)
+                k, chunk, pid, request = inflight.pop(ref)
                 try:
                     outputs = ray.get(ref)
                 except RayTaskError as exc:  # the chunk failed inside a live actor
+                    started.discard(chunk.index)
                     cause = getattr(exc, "cause", None)
                     err = cause if isinstance(cause, FDTAError) else FDTAError(str(exc))
                     if settle_failure(ledger, chunk, err):
@@ -265,6 +278,7 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
                     idle.append(k)
                     continue
                 except RayActorError as exc:  # the actor died mid-chunk (Ray restarts it)
+                    started.discard(chunk.index)
                     if opts.attach:  # a server it did not own still runs the prompt: stop it first
                         try:
                             ComfyClient(urls[k]).cancel(pid)
@@ -284,7 +298,8 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
                         todo.put(chunk)
                     probing[actors[k].where.remote()] = (k, time.monotonic())
                     continue
-                ledger.done(chunk, outputs)
+                prompt_finished(ledger, chunk, request, pid, outputs)
+                todo.put(chunk)  # next: a repair round, or nothing left (then it is marked done)
                 idle.append(k)
             for ref, (k, t0) in list(probing.items()):
                 if time.monotonic() - t0 > opts.probe_timeout:
@@ -292,7 +307,7 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
                     log.error("Ray actor %d did not come back within %.0f s", k, opts.probe_timeout)
                     lost.add(k)
     except KeyboardInterrupt:
-        for _ref, (k, chunk, pid) in inflight.items():
+        for _ref, (k, chunk, pid, _req) in inflight.items():
             try:
                 ComfyClient(urls[k]).interrupt(pid)
             except FDTAError:

@@ -16,10 +16,18 @@ from ..errors import ConfigError, FDTAError
 from ..faces.identity import prepare_run_index
 from ..seeds import check_seed
 from .client import ComfyClient, new_prompt_id
-from .dispatch import Ledger, committed_chunk, execute, follow, recover_interrupted, settle_failure
+from .dispatch import (
+    Ledger,
+    execute,
+    follow,
+    next_prompt,
+    prompt_finished,
+    recover_interrupted,
+    settle_failure,
+)
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
-from .overrides import check_overrides
-from .patch import load_api_workflow, patch_workflow, workflow_hash
+from .overrides import check_overrides, upgrade_workflow
+from .patch import load_api_workflow, workflow_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,10 @@ class RunConfig:
     max_attempts: int = 3
     timeout: float | None = None
     identity_index: str | None = None  # None: RUN_DIR/identities (prepared here); "" disables
+    #: repair rounds per chunk for identities a committed chunk is missing (fdta_core.runner.repair)
+    repair_rounds: int = 2
     #: the servers' output folder as this machine sees it: a chunk whose commit is already there (same
-    #: run) is done without running (None: not known, only the manifest and the servers are asked)
+    #: run) is not written again (None: not known, only the manifest and the servers are asked)
     output_dir: Path | None = None
     #: seconds a worker waits for its server to answer again before it stops taking chunks
     server_wait: float = 600.0
@@ -48,6 +58,10 @@ class RunConfig:
         # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
         # first FDTA node that range-checks it
         self.seed = check_seed(self.seed, where="run --seed")
+        if int(self.repair_rounds) < 0:
+            raise ConfigError(
+                f"repair rounds must be >= 0, got {self.repair_rounds}", where="run --repair-rounds"
+            )
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:
@@ -68,7 +82,7 @@ class RunConfig:
                     "a UI-format workflow needs a server to read node schemas from", where="run.servers"
                 )
             data = ui_to_api(data, ComfyClient(servers[0]).object_info())
-        return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
+        return cls(workflow=upgrade_workflow(load_api_workflow(data, where=str(path)), where=str(path)), **kw)
 
     def run_key(self) -> dict[str, Any]:
         return {
@@ -183,17 +197,6 @@ def open_ledger(cfg: RunConfig, *, on_chunk: Callable[[Chunk, ChunkState], None]
     return Ledger(manifest, cfg.max_attempts, on_chunk=on_chunk)
 
 
-def prepare_chunk(cfg: RunConfig, ledger: Ledger, chunk: Chunk) -> dict[str, Any] | None:
-    """The chunk's patched prompt, or None when its commit already landed (then it is marked done)."""
-    prompt = patch_workflow(cfg.workflow, chunk, cfg.seed, cfg.overrides, identity_index=cfg.index_location())
-    found = committed_chunk(prompt, chunk, cfg.output_dir)
-    if found is not None:
-        log.info("chunk %s is already committed (%s): not run again", chunk.name, found[0]["path"])
-        ledger.done(chunk, {"committed": found})
-        return None
-    return prompt
-
-
 def run_one(
     cfg: RunConfig,
     ledger: Ledger,
@@ -202,24 +205,26 @@ def run_one(
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> bool:
-    """Run ``chunk`` on ``client``'s server; True when it failed and should be queued again."""
+    """Run ``chunk`` on ``client``'s server: its first pass, then its repair rounds; True when it
+    failed and should be queued again."""
+    first = True
     try:
-        prompt = prepare_chunk(cfg, ledger, chunk)
-        if prompt is None:
-            return False
-        pid = new_prompt_id()
-        ledger.begin(chunk, client.url, pid)
-        outputs = execute(
-            client,
-            prompt,
-            pid,
-            timeout=cfg.timeout,
-            on_progress=on_progress,
-            on_queued=lambda real: ledger.renamed(chunk, real),
-        )
+        while (step := next_prompt(cfg, ledger, chunk)) is not None:
+            prompt, request = step
+            pid = new_prompt_id()
+            ledger.begin(chunk, client.url, pid, round=request.round if request else 0, new_attempt=first)
+            first = False
+            outputs = execute(
+                client,
+                prompt,
+                pid,
+                timeout=cfg.timeout,
+                on_progress=on_progress,
+                on_queued=lambda real: ledger.renamed(chunk, real),
+            )
+            prompt_finished(ledger, chunk, request, pid, outputs)
     except FDTAError as e:
         return settle_failure(ledger, chunk, e)
-    ledger.done(chunk, outputs)
     return False
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fdta_core.dataset import inspect, list_chunks
-from tests.comfy.harness import REPO, ComfyServer
+from tests.comfy.harness import REPO
 from tests.comfy.tiny_run import TinyRun, tiny_ms1m  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]

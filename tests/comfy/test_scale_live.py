@@ -103,7 +103,12 @@ def _pid_of_server(url: str) -> int:
 
 def test_sbatch_script_runs_without_slurm(tiny_ms1m: TinyRun, tmp_path: Path) -> None:  # noqa: F811
     t = tiny_ms1m
-    run_dir, out, merged, script = tmp_path / "run", tmp_path / "out", tmp_path / "merged", tmp_path / "job.sbatch"
+    run_dir, out, merged, script = (
+        tmp_path / "run",
+        tmp_path / "out",
+        tmp_path / "merged",
+        tmp_path / "job.sbatch",
+    )
     argv = _fdta("run", str(t.workflow), "--run-dir", str(run_dir), "--identities", str(IDENTITIES),
                  "--chunk-size", "1", "--seed", "1", "--timeout", "900", *t.set_args("fdta/sbatch"),
                  *t.location_args(), "--output-dir", str(out), "--merge-to", str(merged),

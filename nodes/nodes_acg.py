@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import comfy.model_management
@@ -30,6 +31,7 @@ from ..fdta_core.acg import CONTROL_POLICIES, EDGE_METHODS, ON_FAILURE, Candidat
 from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
 from ..fdta_core.acg.generate import ACGOptions, check_range, generate_sources, index_folder, sampling_meta
 from ..fdta_core.errors import InputError
+from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
 from ..fdta_core.timing import StageClock
@@ -277,8 +279,9 @@ class FDTAACGOptions(io.ComfyNode):
                     default=d.real_sets,
                     tooltip=tip(
                         "Real people no identity may resemble, besides the reference bank: paths separated by "
-                        "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M) or a dataset folder "
-                        "(train.rec)"
+                        "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M), a dataset folder "
+                        "(train.rec), or a folder of photos (one subfolder per person, or one photo per person; "
+                        "embedded once, cached in the output folder)"
                     ),
                 ),
             ],
@@ -495,6 +498,8 @@ class FDTAACGSampler(io.ComfyNode):
                 real_faces=real_faces if isinstance(real_faces, FaceSet) else None,
                 reference_bank=reference_bank,
                 index_folder=index_folder(identity_index, output_roots()),
+                # an image folder in real_sets is embedded once; the cache lives in the output folder
+                real_cache=Path(output_roots()[0]) / REAL_SET_CACHE,
                 meta=sampling_meta(
                     sampler_name=sampler_name,
                     scheduler=scheduler,

@@ -102,12 +102,17 @@ class ChunkStamp:
     end: int
     spec_hash: str = ""
     run_seed: int | None = None
+    #: 0: the chunk's first pass; k >= 1: repair round k (the faceset holds identities the chunk on disk
+    #: is missing, and the writer adds them to it)
+    repair: int = 0
 
     def __post_init__(self) -> None:
         if int(self.start) < 0 or int(self.end) <= int(self.start):
             raise InputError(
                 f"chunk range [{self.start}, {self.end}) is empty or negative", where="ChunkStamp"
             )
+        if int(self.repair) < 0:
+            raise InputError(f"repair round must be >= 0, got {self.repair}", where="ChunkStamp")
 
     @property
     def count(self) -> int:
@@ -122,7 +127,7 @@ class ChunkStamp:
             return None
         seed = data.get("run_seed")
         return cls(int(data["start"]), int(data["end"]), str(data.get("spec_hash") or ""),
-                   None if seed is None else int(seed))  # fmt: skip
+                   None if seed is None else int(seed), int(data.get("repair") or 0))  # fmt: skip
 
     def same_run(self, other: ChunkStamp | None) -> bool:
         """Whether ``other`` comes from the same run (same spec and run seed, both known)."""

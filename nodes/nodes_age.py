@@ -33,8 +33,11 @@ from ._common import (
     AgeModel,
     Faceset,
     ModelFiles,
+    device_input,
     load_patched,
+    model_file_input,
     node_errors,
+    precision_input,
     progress_callback,
     seed_input,
 )
@@ -106,23 +109,9 @@ class FDTAAgeLoader(io.ComfyNode):
             "'fdta age convert') from models/fdta/age. The file is read without executing code and checked "
             "tensor by tensor. The weights are research-only (StyleGAN2 FFHQ derived).",
             inputs=[
-                io.Combo.Input(
-                    "model_name",
-                    options=AGE_FILES.names(),
-                    tooltip="SAM checkpoint in models/fdta/age (or a folder added as fdta_age in extra_model_paths.yaml).",
-                ),
-                io.Combo.Input(
-                    "device",
-                    options=["auto", "cpu"],
-                    default="auto",
-                    tooltip="auto: ComfyUI's device (the GPU when there is one); cpu: always run on the CPU (slow).",
-                ),
-                io.Combo.Input(
-                    "dtype",
-                    options=["auto", "fp16", "bf16", "fp32"],
-                    default="auto",
-                    tooltip="Weight precision on CUDA (auto = fp16 where ComfyUI uses it). The CPU always uses fp32.",
-                ),
+                model_file_input(AGE_FILES, "SAM checkpoint"),
+                device_input(),
+                precision_input(),
             ],
             outputs=[
                 AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")
@@ -135,15 +124,15 @@ class FDTAAgeLoader(io.ComfyNode):
         check_widgets(cls, values, cls.MODEL_RESOLVERS())
 
     @classmethod
-    def validate_inputs(cls, model_name=None, device=None, dtype=None) -> bool | str:
+    def validate_inputs(cls, model_name=None, device=None, precision=None) -> bool | str:
         return validate(cls, locals())
 
     @classmethod
-    def execute(cls, model_name: str, device: str = "auto", dtype: str = "auto") -> io.NodeOutput:
+    def execute(cls, model_name: str, device: str = "auto", precision: str = "auto") -> io.NodeOutput:
         with node_errors("FDTAAgeLoader"):
 
             def load(path: str, load_device: torch.device) -> tuple[SAM, torch.dtype]:
-                torch_dtype = _pick_dtype(dtype, load_device)
+                torch_dtype = _pick_dtype(precision, load_device)
                 return load_sam(path, dtype=torch_dtype), torch_dtype
 
             patcher, path, torch_dtype = load_patched(

@@ -8,11 +8,12 @@ from comfy_api.latest import io, ui
 
 from ..fdta_core.dataset import DatasetChunk, chunk_range_of, merge, write_faceset
 from ..fdta_core.dataset.merge import MergedDataset
-from ..fdta_core.dataset.writer import MAX_IDENTITIES, check_chunk_slot, planned_range
+from ..fdta_core.dataset.writer import MAX_IDENTITIES, check_chunk_slot, missing_text, planned_range
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
+from ..fdta_core.runner.repair import MISSING_KEY
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
 from ._validation import PromptGraph, check_widgets, validate
 
@@ -178,7 +179,12 @@ class FDTADatasetWriter(io.ComfyNode):
                 f"{r['spec_hash'] or '?'}, run seed {r['run_seed']}; {r['reason']}); recorded in "
                 f"{Path(info.path) / 'chunk.json'} and dataset.json"
             )
-        return io.NodeOutput(result, ui=ui.PreviewText(text))
+        if info.repairs:
+            r = info.repairs[-1]
+            text += f"\nrepair round {r['round']}: added identities {r['added'] or 'none'} of {r['tried']}"
+        text += missing_text(info)
+        missing = [int(m["identity"]) for m in info.missing]
+        return io.NodeOutput(result, ui={"text": [text], MISSING_KEY: missing})
 
 
 def _dataset_root(dataset, where: str) -> str:

@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the run's identity index that every chunk's ACG consults and extends (default RUN_DIR/identities; "
         "a server on another machine needs a name inside its output folder; '' turns it off)",
     )
+    p.add_argument(
+        "--repair-rounds",
+        type=int,
+        default=2,
+        help="times a chunk's missing identities (left without images by the CSIM filter or the leak check, "
+        "or without an ACG candidate) are regenerated with new seeds and added to the chunk (default 2; 0: "
+        "never); what is still missing is listed with its reason in the data set",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the patched prompt of each chunk and exit")
     p.set_defaults(func=_run)
 
@@ -72,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         max_attempts=1 + max(0, args.retries),
         timeout=args.timeout,
         identity_index=args.identity_index,
+        repair_rounds=args.repair_rounds,
     )
     chunks = cfg.chunks()
     if args.dry_run:

@@ -118,9 +118,34 @@ EXAMPLE_QUERIES: dict[str, str] = {
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
+def _c_encoder() -> Any:
+    """json's C encoder built once with ``_ENCODE``'s options (``JSONEncoder.encode`` builds it again on
+    every call, half the cost of a small dict); None where the C accelerator is missing."""
+    import json.encoder as je
+
+    make = getattr(je, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    c = make(None, str, je.encode_basestring_ascii, None, ":", ",", True, False, True)
+    probe = {"b": [1, 2.5, None, "\u00e9"], "a": {"y": True, "x": "s"}}
+    return c if "".join(c(probe, 0)) == _ENCODE(probe) else None
+
+
+_C_ENCODE = _c_encoder()
+
+
 def _json(value: Any) -> str:
     if not value:
         return "[]" if isinstance(value, list) else "{}"
+    if _C_ENCODE is not None and type(value) in (dict, list):
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except (
+            TypeError,
+            ValueError,
+            RecursionError,
+        ):  # e.g. a non-string key: the Python encoder says what is wrong
+            pass
     return _ENCODE(value)
 
 
@@ -191,6 +216,58 @@ class ManifestWriter:
                 for d in records
             ],
         )
+
+    def copy_from(self, path: str | os.PathLike) -> None:
+        """Copy the ``images`` and ``dropped`` rows of another manifest (a repair round starts from the
+        committed chunk's manifest; its ``identities`` are rewritten at commit)."""
+        self.conn.execute("COMMIT")
+        self.conn.execute("ATTACH DATABASE ? AS base", (str(Path(path)),))
+        try:
+            cols = ", ".join(IMAGE_COLUMNS)
+            self.conn.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM base.images ORDER BY key")
+            has = self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has:
+                cols = ", ".join(DROPPED_COLUMNS)
+                self.conn.execute(f"INSERT INTO dropped ({cols}) SELECT {cols} FROM base.dropped ORDER BY id")
+        finally:
+            self.conn.execute("DETACH DATABASE base")
+            self.conn.execute("BEGIN")
+
+    def dropped_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM dropped").fetchone()[0])
+
+    def dropped_identities_since(self, count: int) -> list[int]:
+        """Identities of the dropped rows added after the first ``count``."""
+        rows = self.conn.execute("SELECT DISTINCT identity FROM dropped WHERE id > ?", (int(count),))
+        return [int(r[0]) for r in rows]
+
+    def drop_reasons(self, identities: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Why each of ``identities`` was left out, from its latest round's dropped rows: ``{stage,
+        reasons: {code: count}, detail, round}`` (identities without a row are absent)."""
+        wanted = {int(i) for i in identities}
+        rows = self.conn.execute(
+            "SELECT identity, coalesce(json_extract(record, '$.repair_round'), 0) AS r, stage, reasons, "
+            "count(*), min(detail), max(id) FROM dropped GROUP BY identity, r, stage, reasons"
+        ).fetchall()
+        latest: dict[int, int] = {}
+        for ident, r, *_ in rows:
+            if int(ident) in wanted:
+                latest[int(ident)] = max(latest.get(int(ident), 0), int(r))
+        out: dict[int, dict[str, Any]] = {}
+        last_id: dict[int, int] = {}
+        for ident, r, stage, reasons, n, detail, last in rows:
+            ident = int(ident)
+            if ident not in wanted or int(r) != latest[ident]:
+                continue
+            w = out.setdefault(ident, {"stage": stage, "reasons": {}, "detail": detail, "round": int(r)})
+            for code in json.loads(reasons or "[]"):
+                w["reasons"][code] = w["reasons"].get(code, 0) + int(n)
+            if int(last) > last_id.get(ident, -1):  # the stage of the identity's last record
+                last_id[ident] = int(last)
+                w["stage"], w["detail"] = stage, detail
+        return out
 
     def set_meta(self, **values: Any) -> None:
         self.conn.executemany(

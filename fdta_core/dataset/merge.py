@@ -37,7 +37,7 @@ from .manifest import (
     image_row,
     read_identities,
 )
-from .writer import CHUNKS_DIR, list_chunks
+from .writer import CHUNKS_DIR, list_chunks, read_missing
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,10 @@ def _write_merged(
                 w.write(n + 1 + label, pack(IRHeader(2, (float(s), float(e)), n + 1 + label, 0)))
         _merge_manifests(manifest, sources, idents, bounds, renumber=renumber)
         meta: dict[str, Any] = {"images": n, "classes": c, "merged_from": [str(s.path) for s in sources]}
+        # planned identities without images stay on record, with why (an empty chunk is all of this)
+        meta["missing"] = [
+            {**m, "chunk": m.get("chunk", s.name)} for s in sources for m in read_missing(s.path)
+        ]
         if renumber:
             meta.update(renumbered="1", inputs=inputs or [])
         manifest.set_meta(**meta)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset.manifest import read_dropped
+from ..dataset.writer import read_missing
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
 from ..grid import Cell, render_grid
@@ -46,6 +47,8 @@ class ReportData:
     dropped: list[dict[str, Any]] = field(default_factory=list)
     written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
     plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
+    #: planned identities the data set has no images of, with why (chunk.json / dataset.json ``missing``)
+    missing: list[dict[str, Any]] = field(default_factory=list)
 
 
 #: How many dropped items the JSON summary lists one by one (all are counted).
@@ -94,6 +97,7 @@ def build_report(
         "notes": list(data.notes),
         "source": data.source,
         "dropped": dropped_summary(data.dropped),
+        "missing": list(data.missing),
     }
     if data.plan:
         rows, missing = plan_vs_written(data.plan, data.written)
@@ -467,7 +471,14 @@ def load_dataset(
         for r in first_row.values()
         if r.get("identity") is not None
     }
+    missing = read_missing(root)
+    if not len(keys):
+        notes.append(
+            "the data set has no images (every planned identity was rejected: see 'missing' and 'dropped'); "
+            "nothing to measure"
+        )
     return ReportData(
+        missing=missing,
         written=written,
         name=root.name,
         labels=labels,

@@ -83,6 +83,10 @@ class ChunkRecord:
     started: float | None = None
     finished: float | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: planned identities the committed chunk lacks (None: the chunk's first pass is not committed yet)
+    missing: list[int] | None = None
+    #: finished repair rounds (see fdta_core.runner.repair), oldest first
+    repairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RunManifest:

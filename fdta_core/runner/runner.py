@@ -14,11 +14,13 @@ from typing import Any
 
 from ..errors import ConfigError, FDTAError
 from ..faces.identity import prepare_run_index
+from ..plan import RepairRequest
 from ..seeds import check_seed
 from .client import ComfyClient
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
-from .overrides import check_overrides
+from .overrides import check_overrides, upgrade_workflow
 from .patch import load_api_workflow, patch_workflow, workflow_hash
+from .repair import missing_of, run_repair_rounds
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,17 @@ class RunConfig:
     max_attempts: int = 3
     timeout: float | None = None
     identity_index: str | None = None  # None: RUN_DIR/identities (prepared here); "" disables
+    #: repair rounds per chunk for identities a committed chunk is missing (fdta_core.runner.repair)
+    repair_rounds: int = 2
 
     def __post_init__(self) -> None:
         # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
         # first FDTA node that range-checks it
         self.seed = check_seed(self.seed, where="run --seed")
+        if int(self.repair_rounds) < 0:
+            raise ConfigError(
+                f"repair rounds must be >= 0, got {self.repair_rounds}", where="run --repair-rounds"
+            )
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:
@@ -62,7 +70,7 @@ class RunConfig:
                     "a UI-format workflow needs a server to read node schemas from", where="run.servers"
                 )
             data = ui_to_api(data, ComfyClient(servers[0]).object_info())
-        return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
+        return cls(workflow=upgrade_workflow(load_api_workflow(data, where=str(path)), where=str(path)), **kw)
 
     def run_key(self) -> dict[str, Any]:
         return {
@@ -142,18 +150,38 @@ def run(
                 )
             if on_chunk:
                 on_chunk(chunk, ChunkState.RUNNING)
-            try:
+            cb = (lambda msg, _c=chunk: on_progress(_c.name, msg)) if on_progress else None
+
+            def submit(repair: RepairRequest | None, _chunk: Chunk = chunk, _cb=cb) -> tuple[str, dict]:
                 prompt = patch_workflow(
-                    cfg.workflow, chunk, cfg.seed, cfg.overrides, identity_index=cfg.index_location()
+                    cfg.workflow,
+                    _chunk,
+                    cfg.seed,
+                    cfg.overrides,
+                    identity_index=cfg.index_location(),
+                    repair=repair,
                 )
                 pid = client.queue(prompt)
                 with lock:
-                    manifest.mark(chunk, ChunkState.RUNNING, prompt_id=pid)
-                cb = (lambda msg, _c=chunk: on_progress(_c.name, msg)) if on_progress else None
-                entry = client.wait(pid, timeout=cfg.timeout, on_progress=cb)
-                outputs = {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
+                    manifest.mark(_chunk, ChunkState.RUNNING, prompt_id=pid)
+                entry = client.wait(pid, timeout=cfg.timeout, on_progress=_cb)
+                return pid, {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
+
+            def record(missing: list[int], repairs: list[dict], _chunk: Chunk = chunk) -> None:
                 with lock:
-                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs, finished=time.time())
+                    manifest.mark(_chunk, ChunkState.RUNNING, missing=missing, repairs=repairs)
+
+            try:
+                rec = manifest.records[chunk.index]
+                if rec.missing is None:  # the chunk's first pass (a resumed chunk may have committed it)
+                    _pid, outputs = submit(None)
+                    with lock:
+                        manifest.mark(
+                            chunk, ChunkState.RUNNING, outputs=outputs, missing=missing_of(outputs) or []
+                        )
+                run_repair_rounds(rec.missing, rec.repairs, cfg.repair_rounds, submit, record)
+                with lock:
+                    manifest.mark(chunk, ChunkState.DONE, finished=time.time())
                 state = ChunkState.DONE
             except FDTAError as e:
                 with lock:

@@ -59,7 +59,7 @@ def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
               "inputs": {"image": ["B", 0], "face_models": ["M", 0], "min_face_size": 0,
                          "assume_aligned_112": True, "identity_start": 0, "one_identity": False}},
         "G": {"class_type": "FDTAAgeLoader",
-              "inputs": {"model_name": "sam_live_graph.pt", "device": "auto", "dtype": "auto"}},
+              "inputs": {"model_name": "sam_live_graph.pt", "device": "auto", "precision": "auto"}},
         "S": {"class_type": "FDTAAgeShifter",
               "inputs": {"faceset": ["A", 0], "age_model": ["G", 0], "mode": "list", "ages": "20, 65",
                          "age_low": 20, "age_high": 70, "count": 3, "sampling": "even", "seed": 0,
@@ -94,7 +94,7 @@ def test_age_loader_reads_extra_model_paths_folder(comfy: ComfyServer) -> None:
     assert "sam_extra_live.pt" in options
     graph = {
         "G": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": "sam_extra_live.pt", "device": "cpu",
-                                                         "dtype": "fp32"}},
+                                                         "precision": "fp32"}},
         "P": {"class_type": "PreviewAny", "inputs": {"source": ["G", 0]}},
     }  # fmt: skip
     text = comfy.run(graph, timeout=120)["outputs"]["P"]["text"][0]

@@ -387,7 +387,9 @@ class ReferenceBank:
             e = np.asarray(embed(self.faces(np.concatenate(parts))), np.float64)
             e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
             if sums is None:
-                sums = np.zeros((len(positions), e.shape[1]), np.float64 if len(positions) < 65536 else np.float32)
+                sums = np.zeros(
+                    (len(positions), e.shape[1]), np.float64 if len(positions) < 65536 else np.float32
+                )
             np.add.at(sums, np.concatenate(rows), e.astype(sums.dtype, copy=False))
             rows.clear()
             parts.clear()
@@ -410,6 +412,7 @@ class ReferenceBank:
         if names is None and cache_id and self._index is not None:
             self._index.save_embeddings(cache_id, emb)
         return out_names, emb
+
 
 # ---------------------------------------------------------------------------- helpers
 def align_with_face_models(face_models: Any) -> AlignFn:

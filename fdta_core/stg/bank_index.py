@@ -116,7 +116,12 @@ def _folder_fingerprint(root: Path, tags_csv: Path | None) -> tuple[str, int]:
 
 
 def _rec_fingerprint(rec: Path) -> str:
-    parts = [str(rec.resolve()), _stat_line(rec), _stat_line(rec.with_suffix(".idx")), _stat_line(rec.parent / "property")]
+    parts = [
+        str(rec.resolve()),
+        _stat_line(rec),
+        _stat_line(rec.with_suffix(".idx")),
+        _stat_line(rec.parent / "property"),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -150,7 +155,8 @@ class BankIndex:
     # -- plumbing
     def _db(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            self._conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False)
+            uri = self.db_path.resolve().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._files = {}
             self._pid = os.getpid()
         return self._conn
@@ -189,7 +195,9 @@ class BankIndex:
         if s0 == 0 and s1 == total and not per:
             out._base, out._ids, out._n = 0, None, self.n_records_total
         elif not per and self._contiguous:  # subjects hold consecutive records: a range, no array
-            lo, hi, n = out._query("SELECT MIN(i), MAX(i), COUNT(*) FROM records WHERE s >= ? AND s < ?", (s0, s1))[0]
+            lo, hi, n = out._query(
+                "SELECT MIN(i), MAX(i), COUNT(*) FROM records WHERE s >= ? AND s < ?", (s0, s1)
+            )[0]
             out._base, out._ids, out._n = int(lo or 0), None, int(n)
         else:
             if per:
@@ -305,7 +313,9 @@ class BankIndex:
     # -- subject embeddings, cached beside the index
     def _embedding_path(self, cache_id: str) -> Path:
         view = f"{cache_id}|{self.meta['fingerprint']}|{self._s0}|{self._s1}|{self._per}"
-        return self.db_path.with_name(f"{self.db_path.stem}.emb-{hashlib.sha256(view.encode()).hexdigest()[:16]}.npy")
+        return self.db_path.with_name(
+            f"{self.db_path.stem}.emb-{hashlib.sha256(view.encode()).hexdigest()[:16]}.npy"
+        )
 
     def load_embeddings(self, cache_id: str) -> np.ndarray | None:
         path = self._embedding_path(cache_id)
@@ -361,7 +371,9 @@ class _Builder:
         elif s != self._last_s:
             self.contiguous = False
         self._last_s = s
-        self.rows.append((self.n, s, key, file, int(loc), path, json.dumps(tags, sort_keys=True) if tags else None))
+        self.rows.append(
+            (self.n, s, key, file, int(loc), path, json.dumps(tags, sort_keys=True) if tags else None)
+        )
         self.n += 1
         self.n_tagged += bool(tags)
         if len(self.rows) >= _INSERT_BATCH:
@@ -422,7 +434,9 @@ class _Builder:
                 p.unlink()
 
 
-def _usable(db: Path, fingerprint: str, align: AlignFn | None, align_id: str, root: Path | None) -> BankIndex | None:
+def _usable(
+    db: Path, fingerprint: str, align: AlignFn | None, align_id: str, root: Path | None
+) -> BankIndex | None:
     if not db.is_file():
         return None
     try:
@@ -438,6 +452,24 @@ def _usable(db: Path, fingerprint: str, align: AlignFn | None, align_id: str, ro
         log.info("reference bank index %s was aligned with other face models; rebuilding it", db)
         return None
     return index
+
+
+@contextlib.contextmanager
+def _build_lock(db: Path) -> Iterator[None]:
+    """One builder per index at a time (several ComfyUI servers may open the same bank at once); the
+    others wait and then find the index built. Where ``fcntl`` is missing, builds may race: each writes
+    its own temporary files and the last rename wins, both complete."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _db_path(folder: Path, stem: str, identity: str) -> Path:
@@ -456,23 +488,29 @@ def open_rec_index(
     if rec.is_dir():
         rec = rec / "train.rec"
     if not rec.is_file():
-        raise DatasetError(f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec.")
+        raise DatasetError(
+            f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
+        )
     rec = rec.resolve()
     fp = _rec_fingerprint(rec)
     db = _db_path(cache_folder(rec.parent, cache_dir), rec.stem, str(rec))
     found = _usable(db, fp, align, align_id, None)
     if found is not None:
         return found
-    t0 = time.perf_counter()
-    b = _Builder(db, {"kind": "rec", "source": str(rec), "fingerprint": fp, "align_id": align_id})
-    try:
-        _build_rec(b, rec, align)
-        if b.n == 0:
-            raise DatasetError(f"{rec}: no reference images selected", where="ReferenceBank.rec")
-        b.commit()
-    except BaseException:
-        b.abort()
-        raise
+    with _build_lock(db):
+        found = _usable(db, fp, align, align_id, None)  # another process may have built it meanwhile
+        if found is not None:
+            return found
+        t0 = time.perf_counter()
+        b = _Builder(db, {"kind": "rec", "source": str(rec), "fingerprint": fp, "align_id": align_id})
+        try:
+            _build_rec(b, rec, align)
+            if b.n == 0:
+                raise DatasetError(f"{rec}: no reference images selected", where="ReferenceBank.rec")
+            b.commit()
+        except BaseException:
+            b.abort()
+            raise
     log.info("reference bank: indexed %d images of %d subjects of %s in %.1f s -> %s",
              b.n, len(b.subjects), rec, time.perf_counter() - t0, db)  # fmt: skip
     return BankIndex(db)
@@ -549,16 +587,20 @@ def open_folder_index(
     found = _usable(db, fp, align, align_id, root)
     if found is not None:
         return found
-    t0 = time.perf_counter()
-    b = _Builder(db, {"kind": "folder", "source": str(root), "fingerprint": fp, "align_id": align_id})
-    try:
-        _build_folder(b, root, align, read_tags_csv(csv_path) if csv_path else {})
-        if b.n == 0:
-            raise InputError("no usable reference faces", where="ReferenceBank")
-        b.commit()
-    except BaseException:
-        b.abort()
-        raise
+    with _build_lock(db):
+        found = _usable(db, fp, align, align_id, root)
+        if found is not None:
+            return found
+        t0 = time.perf_counter()
+        b = _Builder(db, {"kind": "folder", "source": str(root), "fingerprint": fp, "align_id": align_id})
+        try:
+            _build_folder(b, root, align, read_tags_csv(csv_path) if csv_path else {})
+            if b.n == 0:
+                raise InputError("no usable reference faces", where="ReferenceBank")
+            b.commit()
+        except BaseException:
+            b.abort()
+            raise
     log.info("reference bank: indexed %d images of %d subjects of %s in %.1f s -> %s",
              b.n, len(b.subjects), root, time.perf_counter() - t0, db)  # fmt: skip
     return BankIndex(db, root)
@@ -574,7 +616,9 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _build_folder(b: _Builder, root: Path, align: AlignFn | None, csv_tags: dict[str, dict[str, str]]) -> None:
+def _build_folder(
+    b: _Builder, root: Path, align: AlignFn | None, csv_tags: dict[str, dict[str, str]]
+) -> None:
     for path in _walk_images(root):
         rel = path.relative_to(root)
         subject = rel.parts[0] if len(rel.parts) > 1 else "_"

@@ -14,6 +14,7 @@ from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
 from ..fdta_core.runner.repair import MISSING_KEY
+from ..fdta_core.timing import STAGES_UI_KEY, format_stage_table, stage_table
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
 from ._validation import PromptGraph, check_widgets, validate
 
@@ -166,6 +167,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 overwrite=bool(overwrite),
                 progress=progress_callback(len(faceset)),
+                node="FDTADatasetWriter",
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
         text = (
@@ -183,8 +185,10 @@ class FDTADatasetWriter(io.ComfyNode):
             r = info.repairs[-1]
             text += f"\nrepair round {r['round']}: added identities {r['added'] or 'none'} of {r['tried']}"
         text += missing_text(info)
+        text += "\n" + format_stage_table(stage_table(info.stages))
         missing = [int(m["identity"]) for m in info.missing]
-        return io.NodeOutput(result, ui={"text": [text], MISSING_KEY: missing})
+        # the stage timings also go to the prompt's history: `fdta run` sums them into its table
+        return io.NodeOutput(result, ui={"text": [text], MISSING_KEY: missing, STAGES_UI_KEY: info.stages})
 
 
 def _dataset_root(dataset, where: str) -> str:

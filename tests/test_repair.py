@@ -235,6 +235,15 @@ def test_a_chunk_in_which_every_identity_is_rejected_is_written_empty(tmp_path, 
     assert rep["identities"] == 4 and {m["identity"] for m in rep["missing"]} == {0, 1, 2, 3}
     assert {m["chunk"] for m in rep["missing"]} == {info.name}
     assert rep["quotas"]["missing"] == [0, 1, 2, 3]
+    # fdta audit of the empty chunk: nothing to flag (exit 0); of the merged set: the 4 written identities
+    from fdta_core.testing.faces import make_tiny_face_pack
+
+    make_tiny_face_pack(tmp_path / "insightface", "tiny_pack")
+    pack = ["--pack", "tiny_pack", "--insightface-dir", str(tmp_path / "insightface"), "--json"]
+    assert main(["audit", info.path, *pack]) == 0
+    assert json.loads(capsys.readouterr().out)["identities"] == 0
+    main(["audit", str(merged), *pack])
+    assert json.loads(capsys.readouterr().out)["identities"] == 4
     # the empty chunk alone: the report says there is nothing to measure, and does not fail
     rep = _report(tmp_path, capsys, info.path, plan, "alone")
     assert rep["images"] == 0 and any("no images" in n for n in rep["notes"])

@@ -83,6 +83,14 @@ def test_patch_sets_range_and_derives_every_seed():
         patch_workflow(WORKFLOW, c, 1, [("Nope", "x", 1)])
 
 
+def _stages(start: int) -> list[dict]:
+    """What FDTADatasetWriter reports for a chunk: its stages' timings (10 images, fixed seconds)."""
+    return [
+        {"stage": "stg", "node": "FDTASTGMixer", "seconds": 2.0, "images": 10, "chunk": f"c{start}"},
+        {"stage": "write", "node": "FDTADatasetWriter", "seconds": 0.5, "images": 10, "chunk": f"c{start}"},
+    ]
+
+
 class FakeComfy:
     """Answers /prompt and /history like ComfyUI; chunks listed in ``fail`` fail that many times."""
 
@@ -113,7 +121,7 @@ class FakeComfy:
                 if self.path == "/prompt":
                     prompt = data["prompt"]
                     outer.prompts.append(prompt)
-                    pid = f"p{len(outer.prompts)}"
+                    pid = data.get("prompt_id") or f"p{len(outer.prompts)}"
                     start = prompt["1"]["inputs"]["identity_start"]
                     if outer.fail.get(start, 0) > 0:
                         outer.fail[start] -= 1
@@ -122,7 +130,7 @@ class FakeComfy:
                             "status": {"status_str": "error", "messages": [["execution_error", err]]}
                         }
                     else:
-                        out = {"text": [f"wrote {start}"]}
+                        out = {"text": [f"wrote {start}"], "fdta_stages": _stages(start)}
                         if outer.missing is not None:
                             got = outer.missing(start, prompt["1"]["inputs"].get("repair", ""))
                             if got is not None:
@@ -138,6 +146,8 @@ class FakeComfy:
             def do_GET(self):
                 if self.path == "/object_info":
                     return self._send(outer.object_info)
+                if self.path == "/queue":  # every prompt finishes at once: nothing is ever queued
+                    return self._send({"queue_running": [], "queue_pending": []})
                 pid = self.path.rsplit("/", 1)[-1]
                 self._send({pid: outer.history[pid]} if pid in outer.history else {})
 
@@ -386,3 +396,27 @@ def test_an_old_api_workflow_is_upgraded_or_refused(tmp_path):
     wf.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="saved with an older FDTA"):
         RunConfig.from_file(wf, run_dir=tmp_path / "r", identities=2, chunk_size=1, seed=1, servers=[])
+
+
+def test_cli_run_prints_the_per_stage_table_of_the_run_so_far(tmp_path, fake, capsys):
+    """After a run, the stage timings every done chunk reported are summed per stage: a table on stderr
+    and ``stages`` in the JSON line (``--json``: the JSON only); a resumed run counts earlier chunks."""
+    s = fake()
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    base = ["run", str(wf), "--run-dir", str(tmp_path / "r"), "--chunk-size", "100", "--seed", "3",
+            "--server", s.url]  # fmt: skip
+    assert cli_main([*base, "--identities", "200"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])["stages"]
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert list(rows) == ["stg", "write"]
+    assert rows["stg"]["chunks"] == 2 and rows["stg"]["images"] == 20 and rows["stg"]["seconds"] == 4.0
+    assert rows["stg"]["images_per_s"] == 5.0 and rows["write"]["images_per_s"] == 20.0
+    assert abs(rows["stg"]["share"] - 0.8) < 1e-9 and summary["chunks_done"] == 2
+    assert "per-stage time" in err and "FDTASTGMixer" in err and "2 chunk(s) done" in err
+    capsys.readouterr()
+    assert cli_main([*base, "--identities", "200", "--json"]) == 0  # nothing left to do: the table stays
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip())["stages"]["stages"][0]["images"] == 20
+    assert "per-stage time" not in err

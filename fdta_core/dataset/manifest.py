@@ -11,6 +11,7 @@ Tables::
     identities(label, identity, chunk, first_key, end_key, images)
     dropped(id, chunk, stage, identity, reasons, detail, record)
     meta(name, value)
+    stages(id, chunk, stage, node, seconds, images, images_per_s, started)
 
 ``key``/``label`` are the record key and class label in the ``train.rec`` beside the manifest;
 ``identity`` is the original identity id of the plan (stable across chunks and merges); ``chunk`` and
@@ -18,7 +19,8 @@ Tables::
 ``history`` and ``extra`` are JSON text (query them with SQLite's ``json_extract``).
 ``dropped`` lists what the pipeline left out of the chunk and why (an identity without an acceptable
 ACG candidate, an image below the CSIM threshold, ...): ``reasons`` is a JSON list of codes, ``record``
-JSON details (manifests written before this table existed simply lack it).
+JSON details (manifests written before this table existed simply lack it). ``stages`` holds the wall time
+and images/s of every stage that made the chunk's images (:mod:`fdta_core.timing`; older manifests lack it).
 """
 
 from __future__ import annotations
@@ -72,7 +74,18 @@ CREATE TABLE dropped (
     detail TEXT NOT NULL DEFAULT '',
     record TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE stages (
+    id INTEGER PRIMARY KEY,
+    chunk TEXT,
+    stage TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '',
+    seconds REAL NOT NULL,
+    images INTEGER NOT NULL,
+    images_per_s REAL,
+    started REAL
+);
 """
+STAGE_COLUMNS = ("chunk", "stage", "node", "seconds", "images", "images_per_s", "started")
 DROPPED_COLUMNS = ("chunk", "stage", "identity", "reasons", "detail", "record")
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
@@ -217,6 +230,17 @@ class ManifestWriter:
             ],
         )
 
+    def add_stages(self, chunk: str | None, timings: Iterable[Any]) -> None:
+        """Record what each stage cost (:class:`~fdta_core.timing.StageTiming`) for ``chunk``."""
+        self.conn.executemany(
+            f"INSERT INTO stages ({', '.join(STAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (t.chunk or chunk, t.stage, t.node, float(t.seconds), int(t.images), round(t.images_per_s, 3),
+                 float(t.started))
+                for t in timings
+            ],
+        )  # fmt: skip
+
     def copy_from(self, path: str | os.PathLike) -> None:
         """Copy the ``images`` and ``dropped`` rows of another manifest (a repair round starts from the
         committed chunk's manifest; its ``identities`` are rewritten at commit)."""
@@ -231,6 +255,11 @@ class ManifestWriter:
             if has:
                 cols = ", ".join(DROPPED_COLUMNS)
                 self.conn.execute(f"INSERT INTO dropped ({cols}) SELECT {cols} FROM base.dropped ORDER BY id")
+            if self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='stages'"
+            ).fetchone():  # the earlier rounds' stage timings stay with the chunk
+                cols = ", ".join(STAGE_COLUMNS)
+                self.conn.execute(f"INSERT INTO stages ({cols}) SELECT {cols} FROM base.stages ORDER BY id")
         finally:
             self.conn.execute("DETACH DATABASE base")
             self.conn.execute("BEGIN")
@@ -325,6 +354,15 @@ def read_identities(path: str | os.PathLike) -> list[tuple[int, int, str | None,
                 "SELECT label, identity, chunk, first_key, end_key FROM identities ORDER BY label"
             )
         ]
+
+
+def read_stages(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``stages`` row of a manifest as a dict; [] for manifests written before the table existed."""
+    with open_manifest(path) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='stages'").fetchone():
+            return []
+        rows = conn.execute(f"SELECT {', '.join(STAGE_COLUMNS)} FROM stages ORDER BY id").fetchall()
+    return [dict(zip(STAGE_COLUMNS, r, strict=True)) for r in rows]
 
 
 def read_dropped(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from .manifest import (
     DROPPED_COLUMNS,
     IMAGE_COLUMNS,
     MANIFEST_NAME,
+    STAGE_COLUMNS,
     ManifestWriter,
     image_row,
     read_identities,
@@ -397,6 +398,12 @@ def _merge_manifests(
                     f"INSERT INTO dropped ({dcols}) SELECT {scols} FROM src.dropped ORDER BY id",
                     (_group_of(idents, i),) if renumber else (),
                 )
+            has_stages = conn.execute(
+                "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='stages'"
+            ).fetchone()
+            if has_stages:  # what each chunk's stages cost stays on record
+                scols = ", ".join(STAGE_COLUMNS)
+                conn.execute(f"INSERT INTO stages ({scols}) SELECT {scols} FROM src.stages ORDER BY id")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

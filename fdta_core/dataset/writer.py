@@ -58,6 +58,7 @@ from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..plan import CHUNK_NAME_DIGITS
 from ..plan import chunk_name as chunk_name
 from ..recordio import IRHeader, RecordWriter, encode_scalar_record, pack
+from ..timing import StageTiming
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class ChunkInfo:
     run_seed: int | None = None
     #: earlier copies this chunk replaced, newest last: what made them and why they were replaced
     replaced: list[dict[str, Any]] = field(default_factory=list)
+    #: wall time and images/s of every stage that made the chunk, the writer last (fdta_core.timing)
+    stages: list[dict[str, Any]] = field(default_factory=list)
     #: planned identities of the range that have no images, each with why (stage, reason counts, detail,
     #: the round that last tried it); empty when every planned identity was written
     missing: list[dict[str, Any]] = field(default_factory=list)
@@ -450,6 +453,8 @@ class ChunkWriter:
         stamp: ChunkStamp | None = None,
         overwrite: bool = False,
         sync_every: int = 16 << 20,
+        stages: Iterable[StageTiming] = (),
+        node: str = "ChunkWriter",
     ) -> None:
         self._closed = False
         self._made: list[Path] = []
@@ -472,6 +477,9 @@ class ChunkWriter:
                 fix="leave the writer's identity range at its defaults so it follows the plan.",
             )
         self.stamp = stamp
+        self.stages = list(stages)  # the upstream stages' timings, stored with the chunk
+        self.node = node
+        self._wall0 = time.time()
         self.overwrite = bool(overwrite)
         self.root = Path(dataset)
         self.start, self.end = start, end
@@ -749,6 +757,12 @@ class ChunkWriter:
                     self.root, self.start, self.end, stamp=self.stamp, overwrite=self.overwrite
                 )
                 replaced = self._replacement_record(old)
+                stages = [
+                    *self.stages,
+                    StageTiming("write", self.node, round(time.perf_counter() - self._t0, 6), n, self.name,
+                                round(self._wall0, 3)),
+                ]  # fmt: skip
+                self._manifest.add_stages(self.name, stages)
                 missing = self._missing() if self.stamp is not None else []
                 repairs = list(self.base.repairs) if self.base is not None else []
                 if self.base is not None:
@@ -772,6 +786,10 @@ class ChunkWriter:
                     spec_hash=self.stamp.spec_hash if self.stamp else "",
                     run_seed=self.stamp.run_seed if self.stamp else None,
                     replaced=replaced,
+                    stages=[
+                        *(self.base.stages if self.base is not None else []),
+                        *(t.to_dict() for t in stages),
+                    ],
                     missing=missing,
                     repairs=repairs,
                 )
@@ -1009,6 +1027,7 @@ def write_faceset(
     """Write a faceset as one committed chunk of ``dataset`` (see :class:`ChunkWriter` for options)."""
     s, e = chunk_range_of(faceset, start, count)
     kwargs.setdefault("stamp", faceset.chunk)
+    kwargs.setdefault("stages", faceset.timings)
     with ChunkWriter(dataset, s, e, total=len(faceset), **kwargs) as w:
         w.add_faceset(faceset)
         return w.commit()

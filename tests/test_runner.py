@@ -121,7 +121,7 @@ class FakeComfy:
                 if self.path == "/prompt":
                     prompt = data["prompt"]
                     outer.prompts.append(prompt)
-                    pid = f"p{len(outer.prompts)}"
+                    pid = data.get("prompt_id") or f"p{len(outer.prompts)}"
                     start = prompt["1"]["inputs"]["identity_start"]
                     if outer.fail.get(start, 0) > 0:
                         outer.fail[start] -= 1
@@ -146,6 +146,8 @@ class FakeComfy:
             def do_GET(self):
                 if self.path == "/object_info":
                     return self._send(outer.object_info)
+                if self.path == "/queue":  # every prompt finishes at once: nothing is ever queued
+                    return self._send({"queue_running": [], "queue_pending": []})
                 pid = self.path.rsplit("/", 1)[-1]
                 self._send({pid: outer.history[pid]} if pid in outer.history else {})
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import comfy.model_management
@@ -30,8 +31,10 @@ from ..fdta_core.acg import CONTROL_POLICIES, EDGE_METHODS, ON_FAILURE, Candidat
 from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
 from ..fdta_core.acg.generate import ACGOptions, check_range, generate_sources, index_folder, sampling_meta
 from ..fdta_core.errors import InputError
+from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     ACGOptionsSocket,
@@ -276,8 +279,9 @@ class FDTAACGOptions(io.ComfyNode):
                     default=d.real_sets,
                     tooltip=tip(
                         "Real people no identity may resemble, besides the reference bank: paths separated by "
-                        "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M) or a dataset folder "
-                        "(train.rec)"
+                        "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M), a dataset folder "
+                        "(train.rec), or a folder of photos (one subfolder per person, or one photo per person; "
+                        "embedded once, cached in the output folder)"
                     ),
                 ),
             ],
@@ -455,6 +459,7 @@ class FDTAACGSampler(io.ComfyNode):
         identity_index="",
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
+            clock = StageClock()
             plan = _as_plan(plan)
             check_range(start_percent, end_percent)
             opts = _acg_options(options)
@@ -493,6 +498,8 @@ class FDTAACGSampler(io.ComfyNode):
                 real_faces=real_faces if isinstance(real_faces, FaceSet) else None,
                 reference_bank=reference_bank,
                 index_folder=index_folder(identity_index, output_roots()),
+                # an image folder in real_sets is embedded once; the cache lives in the output folder
+                real_cache=Path(output_roots()[0]) / REAL_SET_CACHE,
                 meta=sampling_meta(
                     sampler_name=sampler_name,
                     scheduler=scheduler,
@@ -508,6 +515,7 @@ class FDTAACGSampler(io.ComfyNode):
                 progress=progress_callback(1),
                 where=NODE_ID,
             )
+            clock.stamp(out.faceset, None, "acg", NODE_ID, len(out.faceset))
             # the report and the provenance also go to the prompt's history, for API users and the runner
             return io.NodeOutput(
                 out.faceset, uint8_to_image(out.images), uint8_to_image(out.sheet), out.report, ui=out.ui()

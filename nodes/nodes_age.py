@@ -28,6 +28,7 @@ from ..fdta_core.age.shift import (
 )
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import FaceSet, faceset_preview, uint8_to_image
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     AgeModel,
@@ -245,6 +246,7 @@ class FDTAAgeShifter(io.ComfyNode):
         batch_size: int = 0,
     ) -> io.NodeOutput:
         with node_errors("FDTAAgeShifter"):
+            clock = StageClock()
             if not isinstance(faceset, FaceSet):
                 raise InputError("expected an FDTA faceset", where="faceset")
             if not isinstance(age_model, AgeModelHandle):
@@ -282,6 +284,7 @@ class FDTAAgeShifter(io.ComfyNode):
                 raise placement_error(
                     per, int(mm.get_free_memory(device)), str(device), during=f"running a batch of {batch}"
                 ) from None
+            clock.stamp(out, faceset, "age", "FDTAAgeShifter", len(out))
             return io.NodeOutput(out, uint8_to_image(faceset_preview(out)[None]))
 
     @staticmethod

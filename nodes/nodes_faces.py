@@ -15,6 +15,7 @@ from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histo
 from ..fdta_core.faces.identity import subject_embeddings
 from ..fdta_core.faces.pack import DEFAULT_FILES, pack_dirs
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     FaceModels,
@@ -195,6 +196,7 @@ class FDTAAlignFaces(io.ComfyNode):
         one_identity: bool,
     ) -> io.NodeOutput:
         with node_errors("FDTAAlignFaces"):
+            clock = StageClock()
             arr = image_to_uint8(image, where="FDTAAlignFaces.image")
             res = face_models.align_batch(
                 arr,
@@ -205,6 +207,7 @@ class FDTAAlignFaces(io.ComfyNode):
             n = len(arr)
             labels = np.full(n, identity_start, np.int64) if one_identity else identity_start + np.arange(n)
             fs = res.to_faceset(labels)
+            clock.stamp(fs, None, "align", "FDTAAlignFaces", n)
             return io.NodeOutput(fs, faceset_to_image(fs), res.report())
 
 
@@ -311,6 +314,7 @@ class FDTACSIMFilter(io.ComfyNode):
         reference_bank=None,
     ) -> io.NodeOutput:
         with node_errors("FDTACSIMFilter"):
+            clock = StageClock()
             subjects = None
             if reference_bank is not None and len(reference_bank):
                 subjects = subject_embeddings(
@@ -331,6 +335,7 @@ class FDTACSIMFilter(io.ComfyNode):
             )
             sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
             hist = histogram_image(stats.csim, float(threshold))
+            clock.stamp(kept, faceset, "csim", "FDTACSIMFilter", len(faceset))
             return io.NodeOutput(kept, uint8_to_image(sheet), stats.to_text(), uint8_to_image(hist))
 
 

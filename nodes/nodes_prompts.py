@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from ..fdta_core.errors import ConfigError
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.plan import parse_repair, repair_plan
 from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, describe_plan, resolve_api_key
 from ..fdta_core.prompts.planner import build_plan, plan_preview
 from ..fdta_core.prompts.spec import default_spec_text, parse_spec
@@ -67,6 +68,8 @@ def check_spec(values: dict, graph: PromptGraph | None) -> None:
     """The spec parses (errors name the bad entry), so a typo is refused before any node runs."""
     if isinstance(values.get("spec"), str):
         parse_spec(values["spec"], source="spec")
+    if isinstance(values.get("repair"), str):
+        parse_repair(values["repair"])
 
 
 class FDTAAttributeSpec(io.ComfyNode):
@@ -105,6 +108,15 @@ class FDTAAttributeSpec(io.ComfyNode):
                     "Run seed: every attribute and prompt derives from it and the identity index. "
                     "Keep it fixed for a whole run.",
                 ),
+                io.String.Input(
+                    "repair",
+                    default="",
+                    optional=True,
+                    tooltip="Empty for a normal chunk. 'ROUND: ID, ID, ...' (e.g. '1: 3, 7') regenerates only "
+                    "those identities of the chunk, with that round's new ACG seeds, and the dataset writer adds "
+                    "them to the chunk already written. The writer names the missing identities and the value "
+                    "to put here; fdta run does it by itself (--repair-rounds).",
+                ),
             ],
             outputs=[
                 IdentityPlan.Output(
@@ -123,12 +135,15 @@ class FDTAAttributeSpec(io.ComfyNode):
         check_spec(values, graph)
 
     @classmethod
-    def validate_inputs(cls, spec=None) -> bool | str:
+    def validate_inputs(cls, spec=None, repair=None) -> bool | str:
         return validate(cls, locals())
 
     @classmethod
-    def execute(cls, spec: str, identity_start: int, identity_count: int, seed: int) -> io.NodeOutput:
+    def execute(
+        cls, spec: str, identity_start: int, identity_count: int, seed: int, repair: str = ""
+    ) -> io.NodeOutput:
         with node_errors("FDTAAttributeSpec"):
+            request = parse_repair(repair)
             parsed = parse_spec(spec, source="spec")
             plan = build_plan(
                 parsed,
@@ -137,6 +152,8 @@ class FDTAAttributeSpec(io.ComfyNode):
                 int(seed),
                 progress=progress_callback(identity_count),
             )
+            if request is not None:
+                plan = repair_plan(plan, request)
             preview = plan_preview(plan)
         return io.NodeOutput(plan, preview)
 

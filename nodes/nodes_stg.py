@@ -16,6 +16,7 @@ from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, lo
 from ..fdta_core.stg.checkpoint import ADAFACE_STYLE_FILE
 from ..fdta_core.stg.policies import GRID_POLICIES, MPIE_EXPRESSIONS, MPIE_LIGHTINGS, MPIE_YAWS
 from ..fdta_core.stg.solvers import SAMPLERS, check_sampler
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     FaceModels,
@@ -358,6 +359,7 @@ class FDTASTGMixer(io.ComfyNode):
         import comfy.model_management as mm
 
         with node_errors("FDTASTGMixer"):
+            clock = StageClock()
             mm.load_models_gpu([stg_model.patcher])
             device = mm.get_torch_device()
             stg = STGSampler(stg_model.patcher.model, device, precision)
@@ -378,6 +380,7 @@ class FDTASTGMixer(io.ComfyNode):
                 solver=check_sampler(sampler, "sampler"),
             )
             sheet = uint8_to_image(result.contact_sheet[None])
+            clock.stamp(result.faceset, source_faces, "stg", "FDTASTGMixer", len(result.faceset))
             return io.NodeOutput(result.faceset, sheet, uint8_to_image(faceset_preview(result.faceset)[None]))
 
 

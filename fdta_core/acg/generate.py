@@ -120,11 +120,13 @@ def real_person_bank(
     reference_bank: Any = None,
     real_sets: Sequence[str] = (),
     face_models: Any = None,
+    real_cache: str | Path | None = None,
 ) -> IdentityIndex:
     """Every real person no generated identity may resemble: the faces in control ``photos`` (pass None
     when the control images already are edge maps), the aligned ``real_faces``, the subjects of the STG
     ``reference_bank`` (anything with ``images`` and ``subjects``), and each ``real_sets`` path (an
-    ``.npy`` of identity embeddings or a data-set folder, embedded with ``face_models``)."""
+    ``.npy`` of identity embeddings, a data-set folder, or an image folder of people, embedded with
+    ``face_models``; an image folder's embeddings are cached in ``real_cache``)."""
     from ..faces.audit import real_identities
 
     real = IdentityIndex()
@@ -139,7 +141,7 @@ def real_person_bank(
         subjects = subject_embeddings(reference_bank.images, reference_bank.subjects, analyzer.embed_aligned)
         real.merge_from(real_index(subjects))
     for path in real_sets:
-        got = real_identities(path, face_models)
+        got = real_identities(path, face_models, cache_dir=real_cache)
         real.merge_from(real_index(sets=[(path, got.centers)]))
     return real
 
@@ -238,6 +240,7 @@ def generate_sources(
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     where: str = "FDTAACGSampler",
+    real_cache: str | Path | None = None,
 ) -> ACGOutputs:
     """One chunk of source faces. ``photos`` are the control images (uint8 [N,H,W,3]); they become edge
         maps at the sampling size per ``options``; ``make_sample(controls, on_step)`` builds the sampler
@@ -262,12 +265,19 @@ def generate_sources(
             reference_bank=reference_bank,
             real_sets=options.real_set_paths(),
             face_models=face_models,
+            real_cache=real_cache,
         )
         log.info("%s: %d real identities to stay away from", where, len(real))
     else:
         log.warning("%s: no face models connected; candidates are NOT checked", where)
     run_index = RunIndex(index_folder) if index_folder is not None else None
-    prior = run_index.prior(plan.start) if run_index is not None else None
+    # a repair round (plan.repair_round >= 1) must also differ from the chunk's own other identities
+    repaired = [int(i.index) for i in plan.identities] if plan.repair_round else None
+    prior = (
+        run_index.prior(plan.start, repair_of=(plan.end, repaired) if repaired is not None else None)
+        if run_index is not None
+        else None
+    )
     bar = StepProgress(math.ceil(len(plan) * settings.candidates / settings.batch_size), steps, progress)
     result = run_acg(
         plan,
@@ -282,7 +292,7 @@ def generate_sources(
         progress=bar.on_batch,
     )
     if run_index is not None and analyzer is not None:
-        run_index.save_chunk(plan.start, plan.start + len(plan), result.accepted_index())
+        run_index.save_chunk(plan.start, plan.end, result.accepted_index(), replacing=repaired)
     faceset = result.faceset()
     images = result.images()
     if images.shape[0] == 0:

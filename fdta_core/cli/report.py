@@ -138,6 +138,10 @@ def _report(args: argparse.Namespace) -> int:
                 print(f"  {d['stage']}: identity {d['identity']} [{', '.join(d['reasons'])}] {d['detail']}")
             if drop["total"] > 20:
                 print(f"  ... {drop['total'] - 20} more in report.json and the manifest's 'dropped' table")
+        if summary.get("stages"):
+            from ..timing import format_stage_table
+
+            print(format_stage_table(summary["stages"]))
         for note in summary["notes"]:
             print(f"note: {note}")
         print(f"wrote {html_path} and {json_path}")

@@ -185,6 +185,15 @@ class IdentityIndex:
         if len(other):
             self.extend(other.labels, other.vectors(), other.ids)
 
+    def without(self, ids: Sequence[int]) -> IdentityIndex:
+        """A copy without the entries whose id is in ``ids``."""
+        drop = {int(i) for i in ids}
+        keep = [k for k, i in enumerate(self.ids) if i not in drop]
+        out = IdentityIndex(self.dim)
+        if keep:
+            out.extend([self.labels[k] for k in keep], self.vectors()[keep], [self.ids[k] for k in keep])
+        return out
+
 
 # ----------------------------------------------------------------------------- the rules
 @dataclass(frozen=True)
@@ -502,19 +511,36 @@ class RunIndex:
                 out.append((rng[0], rng[1], f))
         return sorted(out)
 
-    def prior(self, start: int) -> IdentityIndex:
-        """Every identity accepted by chunks that end at or before ``start``."""
+    def prior(self, start: int, *, repair_of: tuple[int, Sequence[int]] | None = None) -> IdentityIndex:
+        """Every identity accepted by chunks that end at or before ``start``.
+
+        ``repair_of=(end, ids)``: a repair round of chunk ``[start, end)`` regenerates ``ids``; it must also
+        stay away from the identities the chunk itself already accepted (all but ``ids``, whose earlier
+        faces were dropped downstream and are replaced).
+        """
         out = IdentityIndex()
-        for _s, e, f in self.chunk_files():
+        for s, e, f in self.chunk_files():
             if e <= start:
                 out.merge_from(IdentityIndex.load(f))
+            elif repair_of is not None and (s, e) == (start, repair_of[0]):
+                out.merge_from(IdentityIndex.load(f).without(repair_of[1]))
         log.info("identity index %s: %d identities of earlier chunks", self.folder, len(out))
         return out
 
-    def save_chunk(self, start: int, end: int, index: IdentityIndex) -> Path:
-        """Persist a chunk's accepted identities (replacing an earlier attempt of the same chunk)."""
+    def save_chunk(
+        self, start: int, end: int, index: IdentityIndex, *, replacing: Sequence[int] | None = None
+    ) -> Path:
+        """Persist a chunk's accepted identities (replacing an earlier attempt of the same chunk).
+
+        ``replacing``: a repair round of the chunk regenerated these ids; their entries in the chunk's
+        index are replaced by ``index`` and every other entry is kept.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / _chunk_file(start, end)
+        if replacing is not None and path.is_file():
+            merged = IdentityIndex.load(path).without(replacing)
+            merged.merge_from(index)
+            index = merged
         index.save(path)
         return path
 

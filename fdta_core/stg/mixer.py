@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from ..faceset import FaceSet
 from ..grid import Cell, render_grid
 from ..seeds import derive_seed
@@ -62,7 +61,13 @@ def mix(
     ``eta`` ignored); see docs/stg.md for which to use."""
     identities = source.identities
     if not identities:
-        raise InputError("the source faceset is empty", where="source_faces")
+        # every identity of the chunk was rejected upstream: nothing to style, but the chunk's range and
+        # dropped records still travel on, so the writer records an empty chunk and the run goes on
+        log.warning(
+            "STG: the source faceset is empty (every identity was dropped upstream); nothing to style"
+        )
+        empty = source.derived(source.images, source.labels, [], {})
+        return MixResult(empty, contact_sheet(empty, bank, []), [])
     first_prov = {}
     for _img, lab, prov in source:
         first_prov.setdefault(lab, prov)

@@ -25,6 +25,7 @@ from ._common import (
     output_roots,
     progress_callback,
 )
+from ._server import panel_report_chunk
 from ._validation import PromptGraph, check_widgets, validate
 
 
@@ -179,6 +180,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 node="FDTADatasetWriter",
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
+        panel_report_chunk(str(root), info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"

@@ -16,6 +16,7 @@ from ..fdta_core.prompts.spec import parse_spec
 from ..fdta_core.runner.repair import MISSING_KEY
 from ..fdta_core.timing import STAGES_UI_KEY, format_stage_table, stage_table
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
+from ._server import panel_report_chunk
 from ._validation import PromptGraph, check_widgets, validate
 
 
@@ -170,6 +171,7 @@ class FDTADatasetWriter(io.ComfyNode):
                 node="FDTADatasetWriter",
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
+        panel_report_chunk(str(root), info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..fdta_core.errors import ModelNotFoundError
 from ..fdta_core.faces import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
-from ..fdta_core.faces.identity import subject_embeddings
+from ..fdta_core.faces.identity import bank_subject_embeddings
 from ..fdta_core.faces.pack import DEFAULT_FILES, pack_dirs
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
 from ..fdta_core.timing import StageClock
@@ -25,6 +25,7 @@ from ._common import (
     node_errors,
     progress_callback,
 )
+from ._server import panel_report_csim
 from ._validation import PromptGraph, check_widgets, validate
 
 _CAT = f"{CATEGORY}/faces"
@@ -332,10 +333,13 @@ class FDTACSIMFilter(io.ComfyNode):
             clock = StageClock()
             subjects = None
             if reference_bank is not None and len(reference_bank):
-                subjects = subject_embeddings(
-                    reference_bank.images,
-                    reference_bank.subjects,
+                # only the subjects this faceset was styled after: the bank may be an MS1M-size index
+                used = {p.extra.get("stg_reference_subject") for p in faceset.provenance if isinstance(p.extra, dict)}
+                subjects = bank_subject_embeddings(
+                    reference_bank,
                     lambda x: face_models.embed(x, batch_size=int(batch_size)),
+                    names={str(u) for u in used if u is not None},
+                    batch_size=int(batch_size),
                 )
             kept, stats = csim_filter(
                 faceset,
@@ -351,6 +355,7 @@ class FDTACSIMFilter(io.ComfyNode):
             sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
             hist = histogram_image(stats.csim, float(threshold))
             clock.stamp(kept, faceset, "csim", "FDTACSIMFilter", len(faceset))
+            panel_report_csim(stats, sheet)
             return io.NodeOutput(kept, uint8_to_image(sheet), stats.to_text(), uint8_to_image(hist))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..fdta_core.errors import InputError
+from ..fdta_core.faces.identity import model_file_id
 from ..fdta_core.faceset import faceset_preview, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
@@ -247,6 +248,7 @@ class FDTAReferenceBank(io.ComfyNode):
 
         with node_errors("FDTAReferenceBank"):
             align = _align_fn(face_models)
+            align_id = model_file_id(face_models, "detector") if face_models is not None else ""
             root = folder_paths.get_input_directory()
             if source == "images":
                 if images is None:
@@ -264,6 +266,7 @@ class FDTAReferenceBank(io.ComfyNode):
                 bank = ReferenceBank.from_folder(
                     folder,
                     align=align,
+                    align_id=align_id,
                     tags_csv=csv_path,
                     max_subjects=max_subjects,
                     max_per_subject=max_per_subject,
@@ -276,6 +279,7 @@ class FDTAReferenceBank(io.ComfyNode):
                     max_per_subject=max_per_subject,
                     first_subject=first_subject,
                     align=align,
+                    align_id=align_id,
                 )
             else:
                 raise InputError(f"unknown source '{source}'", where="source")

@@ -56,7 +56,9 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(max(1, args.threads))
     n = args.identities
     rng = np.random.default_rng(0)
-    models = load_face_pack([args.pack_root], "tiny_pack", providers="cpu", require=("recognizer",), threads=1)
+    models = load_face_pack(
+        [args.pack_root], "tiny_pack", providers="cpu", require=("recognizer",), threads=1
+    )
     sampler = STGSampler(tiny_model(seed=0), "cpu", "fp32")
     sam = tiny_sam(seed=0)
     refs = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
@@ -67,7 +69,9 @@ def child(args: argparse.Namespace) -> dict:
     )
     cache: dict[str, object] = {"acg": source}  # every node output stays alive, as in ComfyUI's cache
     t0 = time.perf_counter()
-    res = mix(sampler, source, bank, images_per_identity=args.styles, run_seed=1, steps=args.steps, batch_size=16)
+    res = mix(
+        sampler, source, bank, images_per_identity=args.styles, run_seed=1, steps=args.steps, batch_size=16
+    )
     cache["stg"] = (res.faceset, uint8_to_image(res.contact_sheet[None]), _preview(res.faceset))
     aged = shift_faceset(sam, res.faceset, AgeTargets("list", (60.0,)), keep_originals=True, batch_size=8)
     cache["age"] = (aged, _preview(aged))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ def tip(text: str) -> str:
     text = " ".join(str(text).split())
     if not text:
         return text
-    if not text.split(" ", 1)[0].endswith(":"):  # "none: ..." starts with a choice's name: keep its case
+    if not re.match(r"^[a-z0-9_]+( mode)?:", text):  # "none: ..." names a choice: keep its case
         text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?)" else text + "."
 
@@ -247,15 +248,19 @@ def progress_callback(total: int, node_id: str | None = None) -> Callable[[int, 
     """A ``progress(done, total)`` callback for ``fdta_core`` loops.
 
     It moves ComfyUI's progress bar and, through the bar's hook, raises ComfyUI's interrupt exception
-    when the user cancels; ``fdta_core`` never catches it.
+    when the user cancels; ``fdta_core`` never catches it. It also feeds the frontend's run panel
+    (a throttled ``fdta.progress`` event naming the running node, see ``nodes/_server.py``).
     """
     import comfy.model_management
     import comfy.utils
+
+    from ._server import stage_progress
 
     bar = comfy.utils.ProgressBar(max(int(total), 1), node_id=node_id)
 
     def progress(done: int, total_now: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(int(done), int(total_now) if total_now else None)
+        stage_progress(int(done), int(total_now or total))
 
     return progress

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, check_choice
-from ..faces.identity import IdentityIndex, RunIndex, real_index, resolve_index_folder, subject_embeddings
+from ..faces.identity import (
+    IdentityIndex,
+    RunIndex,
+    bank_subject_embeddings,
+    model_file_id,
+    real_index,
+    resolve_index_folder,
+    subject_embeddings,
+)
 from ..faceset import FaceSet
 from ..plan import IdentityPlan
 from .contact import contact_sheet
@@ -138,7 +146,11 @@ def real_person_bank(
         embs = analyzer.embed_aligned(real_faces.images)
         real.extend([f"real face {i} (label {int(x)})" for i, x in enumerate(real_faces.labels)], embs)
     if reference_bank is not None and len(reference_bank):
-        subjects = subject_embeddings(reference_bank.images, reference_bank.subjects, analyzer.embed_aligned)
+        if hasattr(reference_bank, "subject_embeddings"):  # streamed, and cached beside an indexed bank
+            cache_id = model_file_id(face_models) if face_models is not None else ""
+            subjects = bank_subject_embeddings(reference_bank, analyzer.embed_aligned, cache_id=cache_id)
+        else:
+            subjects = subject_embeddings(reference_bank.images, reference_bank.subjects, analyzer.embed_aligned)
         real.merge_from(real_index(subjects))
     for path in real_sets:
         got = real_identities(path, face_models, cache_dir=real_cache)

@@ -572,6 +572,36 @@ def subject_embeddings(
     return out
 
 
+def model_file_id(models: Any, role: str = "recognizer") -> str:
+    """A cache key for one model of a face pack (``role``: recognizer, detector): its file's path, size
+    and modification time, so a cache made with another model file is never reused ("" when unknown)."""
+    path = getattr(getattr(models, role, None), "path", None)
+    if path is None:
+        return ""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return ""
+    return f"{role}:{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def bank_subject_embeddings(
+    bank: Any,
+    embed: Any,
+    *,
+    names: Sequence[str] | set[str] | None = None,
+    cache_id: str = "",
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Identity embedding of the subjects of a reference bank (:class:`fdta_core.stg.ReferenceBank`),
+    computed streaming over the bank (never all of its faces at once): only ``names`` when given (the
+    CSIM leak check needs just the subjects a chunk's images were styled after), else every subject
+    (the ACG's real-person check), cached beside an indexed bank under ``cache_id``
+    (:func:`model_file_id` of the recogniser)."""
+    subjects, emb = bank.subject_embeddings(embed, names=names, cache_id=cache_id, batch_size=batch_size)
+    return dict(zip(subjects, emb, strict=True))
+
+
 def real_index(
     subjects: dict[str, np.ndarray] | None = None,
     sets: Sequence[tuple[str, np.ndarray]] = (),

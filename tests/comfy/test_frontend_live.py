@@ -212,6 +212,14 @@ def test_dataset_workflows_load_without_warnings(comfy: ComfyServer) -> None:
             assert not logged, f"{name}: {logged}"
             page.js("() => window.app.canvas.ds && (window.app.canvas.ds.scale = 0.55)")
             page.screenshot(f"workflow_{Path(name).stem}")
+        # the LLM settings are registered (Settings > FDTA), saying where the key goes
+        page.js("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+        page.page.get_by_text("FDTA", exact=True).last.click()
+        page.page.get_by_text("LLM base URL", exact=False).first.wait_for(timeout=30_000)
+        page.page.wait_for_timeout(300)
+        page.screenshot("settings_fdta")
+        dialog_text = page.js("() => document.body.innerText")
+        assert "LLM model" in dialog_text and "environment" in dialog_text
         assert not _fdta_page_errors(page), _fdta_page_errors(page)
 
 

@@ -286,7 +286,7 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
     stage_rows = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(', '.join(r['nodes']))}</td>"
         f"<td>{r['chunks']}</td><td>{r['images']}</td><td>{r['seconds']:.2f}</td>"
-        f"<td>{r['images_per_s']:.1f}</td><td>{100 * r['share']:.1f}%</td></tr>"
+        f"<td>{r['images_per_s']:.3g}</td><td>{100 * r['share']:.1f}%</td></tr>"
         for r in summary.get("stages") or []
     )
     stage_html = (

@@ -212,6 +212,14 @@ def test_dataset_workflows_load_without_warnings(comfy: ComfyServer) -> None:
             assert not logged, f"{name}: {logged}"
             page.js("() => window.app.canvas.ds && (window.app.canvas.ds.scale = 0.55)")
             page.screenshot(f"workflow_{Path(name).stem}")
+        # the LLM settings are registered (Settings > FDTA), saying where the key goes
+        page.js("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+        page.page.get_by_text("FDTA", exact=True).last.click()
+        page.page.get_by_text("LLM base URL", exact=False).first.wait_for(timeout=30_000)
+        page.page.wait_for_timeout(300)
+        page.screenshot("settings_fdta")
+        dialog_text = page.js("() => document.body.innerText")
+        assert "LLM model" in dialog_text and "environment" in dialog_text
         assert not _fdta_page_errors(page), _fdta_page_errors(page)
 
 
@@ -511,3 +519,46 @@ def test_run_panel_follows_a_queued_run(comfy: ComfyServer, face_images: list[st
     conn.close()
     assert r.status == 200 and r.getheader("Content-Type", "").startswith("text/html")
     assert "default-src 'none'" in r.getheader("Content-Security-Policy", "") and b"<html" in body.lower()
+
+
+# ------------------------------------------------------------------------------------------ templates
+@pytest.mark.slow
+def test_template_browser_shows_the_fdta_workflows_with_thumbnails(comfy: ComfyServer) -> None:
+    """ComfyUI's template browser lists every shipped workflow under the pack, each with its thumbnail."""
+    shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    listed = comfy.get("/api/workflow_templates").get("ComfyUI-FDTA", [])
+    assert sorted(listed) == shipped
+    _settle_new_user(comfy)
+    with chromium_page(comfy.url, width=1600, height=1000) as page:
+        page.open_comfyui()
+        page.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        nav = page.page.get_by_text("ComfyUI-FDTA", exact=True).first
+        nav.wait_for(timeout=30_000)
+        nav.click()
+        page.page.wait_for_timeout(300)
+        page.screenshot("template_browser")  # replaced below once the thumbnails are in
+        # the frontend fetches each thumbnail and shows it as a blob: URL in an <img alt="<stem>">
+        collect = """(names) => [...document.querySelectorAll('img')]
+                 .filter((i) => names.includes(i.alt))
+                 .map((i) => ({ name: i.alt, ok: !!i.src && i.complete && i.naturalWidth > 0 }))"""
+        try:
+            page.page.wait_for_function(
+                """(names) => {
+                  const imgs = [...document.querySelectorAll('img')].filter((i) => names.includes(i.alt));
+                  // cards below the fold load lazily: the first rows must be drawn, the rest only listed
+                  return imgs.length >= names.length &&
+                    imgs.filter((i) => i.src && i.complete && i.naturalWidth > 0).length >= 3;
+                }""",
+                arg=shipped,
+                timeout=60_000,
+            )
+        except Exception:  # noqa: BLE001 - say what the page showed
+            pytest.fail(f"thumbnails did not load: {page.js(collect, shipped)}")
+        page.page.wait_for_timeout(500)
+        thumbs = page.js(collect, shipped)
+        page.screenshot("template_browser")
+    assert sum(t["ok"] for t in thumbs) >= 3, thumbs
+    assert {t["name"] for t in thumbs} == set(shipped), thumbs
+    for name in shipped:  # what the frontend fetches for each card
+        status, body = _get(comfy, f"/api/workflow_templates/ComfyUI-FDTA/{name}.jpg")
+        assert status == 200 and body[:2] == b"\xff\xd8" and len(body) > 1000, name

@@ -53,7 +53,7 @@ from ._common import (
     seed_input,
     tip,
 )
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -201,7 +201,7 @@ def check_acg(values: dict, graph: PromptGraph | None) -> None:
 _DEFAULTS = ACGOptions()
 
 
-class FDTAACGOptions(io.ComfyNode):
+class FDTAACGOptions(FDTANode):
     """The advanced ACG settings as one socket; unconnected, the sampler uses these same defaults."""
 
     @classmethod
@@ -321,7 +321,7 @@ class FDTAACGOptions(io.ComfyNode):
             return io.NodeOutput(ACGOptions.from_values(values))
 
 
-class FDTAACGSampler(io.ComfyNode):
+class FDTAACGSampler(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -1,11 +1,16 @@
 """GPU suite: absolute figures, GPU memory peaks and the achieved fraction of the device's bf16 matmul
 peak (measured here, by the same script), for full-size random-weight models on CUDA.
 
-Figures: bf16 matmul peak (8192^3 GEMMs); STG at full DCFace size (UNet 128 ch, mult 1,1,2,2,4,4) in
-fp16 and bf16, channels-last, batch 64, 10 DDIM steps; IResNet-50 embedding at batch 256 (ArcFace r50
-topology) in fp16; IResNet-50 training (CosFace head, SGD, AMP bf16/fp16 + GradScaler) at batch 128.
-Without CUDA it says so and returns 0. ``bench/gpu_suite.sh`` runs this and then every bench.
-Not measured here yet: ACG SD 1.5 at 512 px (needs ComfyUI: bench_acg.py) and SAM at 1024 px.
+Figures: bf16 matmul peak (8192^3 GEMMs); the ACG's SD 1.5 UNet + ControlNet at 512 px (64x64 latents,
+SD 1.5's configuration through diffusers, random weights) in fp16, batch 8 with classifier-free guidance
+(16 UNet + ControlNet evaluations per step); STG at full DCFace size (UNet 128 ch, mult 1,1,2,2,4,4) in
+fp16 and bf16, channels-last, batch 64, 10 DDIM steps; the age shifter's SAM at full size (1024 px
+StyleGAN2 decoder, pSp encoder) through the whole per-face path (``age_faces``) in fp16, batch 16;
+IResNet-50 embedding at batch 256 (ArcFace r50 topology) in fp16; IResNet-50 training (CosFace head, SGD,
+AMP fp16 + GradScaler) at batch 128. Each row has its GPU memory peak; rows with a FLOP count give the
+fraction of the bf16 peak measured first. Without CUDA it says so and returns 0. ``bench/gpu_suite.sh``
+runs this, ``bench_acg.py`` at 512 px through ComfyUI when ``COMFYUI_DIR`` is set, and every ratio bench.
+``--quick`` shrinks repeats (not sizes).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ def _timed(fn, sync, repeats: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (the sizes stay full)")
     args = ap.parse_args()
+    reps = 3 if args.quick else 10
     import torch
 
     if not torch.cuda.is_available():
@@ -58,9 +65,35 @@ def main() -> int:
     n = 8192
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    s = _timed(lambda: a @ b, sync, 20)
+    s = _timed(lambda: a @ b, sync, 2 * reps)
     peak = 2 * n**3 / s
     record("bf16 matmul 8192^3", peak / 1e12, "TFLOP/s")
+    a = b = None  # free the GEMM operands
+
+    # ACG: SD 1.5 UNet + ControlNet at 512 px (random weights, SD 1.5's shapes), fp16, CFG batch
+    try:
+        from diffusers import ControlNetModel, UNet2DConditionModel
+    except ImportError:
+        print("gpu_suite: diffusers missing (pip install diffusers): the SD 1.5 row is skipped")
+    else:
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).to(dev, torch.float16).eval()
+        cnet = ControlNetModel.from_unet(unet).to(dev, torch.float16).eval()
+        bs = 16  # 8 images x (cond, uncond)
+        lat = torch.randn(bs, 4, 64, 64, device=dev, dtype=torch.float16)
+        ctx = torch.randn(bs, 77, 768, device=dev, dtype=torch.float16)
+        hint = torch.rand(bs, 3, 512, 512, device=dev, dtype=torch.float16)
+        t = torch.tensor(500, device=dev)
+
+        def sd_step():
+            down, mid = cnet(lat, t, ctx, controlnet_cond=hint, return_dict=False)
+            unet(lat, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+        with torch.no_grad():
+            s = _timed(sd_step, sync, reps)
+        record("ACG SD1.5 UNet+ControlNet 512px fp16, batch 16", bs / s, "evals/s")
+        rows[-1]["note"] = f"{8 / (30 * s):.2f} images/s at 30 steps with CFG"
+        del unet, cnet, lat, ctx, hint
+        torch.cuda.empty_cache()
 
     # STG at full DCFace size
     import numpy as np
@@ -89,6 +122,21 @@ def main() -> int:
         dt = time.perf_counter() - t
         record(f"STG full size {prec} channels-last, batch {nb}", nb * 10 / dt, "UNet evals/s")
     del model
+    torch.cuda.empty_cache()
+
+    # age shifter: SAM at full size (1024 px decoder), the whole per-face path, fp16
+    from fdta_core.age import FULL_CONFIG
+    from fdta_core.age.shift import age_faces
+    from fdta_core.testing.age import tiny_sam
+
+    sam = tiny_sam(0, FULL_CONFIG).to(dev).eval()
+    faces = rng.integers(0, 256, (32, 112, 112, 3), dtype=np.uint8)
+    ages = [20 + (i * 7) % 60 for i in range(len(faces))]
+    run_age = lambda: age_faces(sam, faces, ages, batch_size=16, device=dev, dtype=torch.float16)  # noqa: E731
+    s = _timed(run_age, sync, max(1, reps // 3))
+    record("SAM 1024px age shift fp16, batch 16", len(faces) / s, "faces/s")
+    sam = None
+    torch.cuda.empty_cache()
 
     # IResNet-50 embedding (ArcFace r50 topology) and AMP training
     from fdta_core.iresnet import iresnet50
@@ -96,7 +144,7 @@ def main() -> int:
     net = iresnet50().to(dev).eval().to(memory_format=torch.channels_last)
     x = torch.randn(256, 3, 112, 112, device=dev).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
-        s = _timed(lambda: net(x), sync, 10)
+        s = _timed(lambda: net(x), sync, reps)
     record("IResNet-50 embed fp16, batch 256", 256 / s, "images/s", flops=256 * 2 * 6.3e9, seconds=s)
     net.train()
     head = torch.nn.Linear(512, 10_000, bias=False).to(dev)
@@ -117,7 +165,7 @@ def main() -> int:
         scaler.step(opt)
         scaler.update()
 
-    s = _timed(step, sync, 10)
+    s = _timed(step, sync, reps)
     record("IResNet-50 train AMP fp16, batch 128", 128 / s, "samples/s", flops=128 * 6 * 6.3e9, seconds=s)
     for r in rows:
         if "tflops" in r:
@@ -132,8 +180,10 @@ def main() -> int:
                 if "tflops" in r
                 else ""
             )
+            if r.get("note"):
+                extra += f"  ({r['note']})"
             print(
-                f"{r['name']:45s} {r['value']:10.1f} {r['unit']:14s} peak mem {r['peak_mem_gb']:.2f} GB{extra}"
+                f"{r['name']:48s} {r['value']:10.1f} {r['unit']:14s} peak mem {r['peak_mem_gb']:.2f} GB{extra}"
             )
     return 0
 

@@ -1,8 +1,9 @@
 """Run every bench (small sizes) and print one table of every ratio with its target.
 
-Each bench runs as its own process (``--quick`` unless ``--full``), with a time limit; its ratio lines
-are read from its output. A bench that fails, times out or is not runnable here (the ACG bench needs a
-ComfyUI checkout) is listed with the reason instead of a figure.
+Each bench runs as its own process (``--quick`` unless ``--full``; a bench without ``--quick`` gets its
+small sizes from :data:`QUICK_ARGS`), with a time limit; its ratio lines are read from its output. A bench
+that fails, times out, is not runnable here (the ACG and runner benches need a ComfyUI checkout:
+``COMFYUI_DIR``) or is not in this checkout is listed with the reason instead of a figure.
 
     python bench/run_all.py [--full] [--only writer,stg_steps] [--timeout 900] [--json]
 """
@@ -78,6 +79,18 @@ METRICS = [
         (">=", 2.0),
     ),
     Metric("prompts", "cold / warm chunk", r"ratio " + NUM + r"x", None),
+    Metric(
+        "runner",
+        "fdta run / prompts queued by hand",
+        r"fraction of hand-queued throughput: " + NUM,
+        (">=", 0.95),
+    ),
+    Metric(
+        "acg", "batched / one identity at a time", r"ratio batched / one-identity-at-a-time: " + NUM, None
+    ),
+    Metric("audit", "audit time growth 10x data", r"audit growth [^:]*: " + NUM + "x", ("<=", 15.0)),
+    Metric("chunk_memory", "chunk RSS 100/10 identities", r"chunk RSS [^:]*: " + NUM + "x", ("<", 2.0)),
+    Metric("bank", "reference bank RSS 1M/10K", r"bank RSS [^:]*: " + NUM + "x", ("<=", 1.2)),
 ]
 
 BENCHES = {
@@ -88,19 +101,35 @@ BENCHES = {
     "age": ["bench_age.py"],
     "loader": ["bench_loader.py"],
     "prompts": ["bench_prompts.py"],
+    "runner": ["bench_runner.py"],
+    "acg": ["bench_acg.py"],
+    "audit": ["bench_audit.py"],
+    "chunk_memory": ["bench_chunk_memory.py"],  # added by issue 15 (memory)
+    "bank": ["bench_bank.py"],  # added by issue 15 (memory); listed as absent until it lands
 }
+#: small sizes for benches that take no ``--quick``
+QUICK_ARGS = {"chunk_memory": ["--small", "4", "--large", "20", "--steps", "1"]}
 
 
 def _met(value: float, target: tuple[str, float] | None) -> bool | None:
     if target is None:
         return None
     op, ref = target
-    return value <= ref if op == "<=" else value >= ref
+    return {"<=": value <= ref, "<": value < ref, ">=": value >= ref, ">": value > ref}[op]
 
 
 def run_bench(name: str, full: bool, timeout: float, python: str) -> tuple[str, str]:
     """``(output, problem)``: the bench's stdout+stderr, and why it gave no figures (or "")."""
-    cmd = [python, str(HERE / BENCHES[name][0])] + ([] if full else ["--quick"])
+    script = HERE / BENCHES[name][0]
+    if not script.is_file():
+        return "", f"absent: {script.name} is not in this checkout"
+    if full:
+        extra: list[str] = []
+    elif '"--quick"' in script.read_text(encoding="utf-8"):
+        extra = ["--quick"]
+    else:
+        extra = QUICK_ARGS.get(name, [])
+    cmd = [python, str(script), *extra]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -109,7 +138,7 @@ def run_bench(name: str, full: bool, timeout: float, python: str) -> tuple[str, 
         return out, f"timed out after {timeout:.0f} s"
     out = r.stdout + r.stderr
     if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        last = (out.strip().splitlines() or ["?"])[-1]
         return out, f"exit {r.returncode}: {last[:120]}"
     return out + f"\n[{time.perf_counter() - t0:.0f} s]", ""
 
@@ -133,10 +162,12 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="default sizes instead of --quick")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHES)}")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per bench")
+    ap.add_argument("--skip", default="", help="comma-separated benches to leave out")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args()
-    names = args.only.split(",") if args.only else list(BENCHES)
+    skip = {n for n in args.skip.split(",") if n}
+    names = [n for n in (args.only.split(",") if args.only else list(BENCHES)) if n not in skip]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         ap.error(f"unknown bench {unknown}; choose from {list(BENCHES)}")
@@ -154,11 +185,11 @@ def main() -> int:
         f"cores {cores}; load average {start_load:.1f} at start, {load_average():.1f} at end; "
         f"{'full' if args.full else 'quick'} sizes"
     )
-    print(f"{'bench':10s} {'ratio':42s} {'value':>8s} {'target':>8s} {'met':>4s}  detail")
+    print(f"{'bench':12s} {'ratio':42s} {'value':>8s} {'target':>8s} {'met':>4s}  detail (spread)")
     for r in rows:
         val = f"{r.value:8.3f}" if r.value is not None else f"{'-':>8s}"
         met = {True: "yes", False: "NO", None: "-"}[r.met]
-        print(f"{r.bench:10s} {r.name:42s} {val} {r.target:>8s} {met:>4s}  {r.detail}")
+        print(f"{r.bench:12s} {r.name:42s} {val} {r.target:>8s} {met:>4s}  {r.detail}")
     return 0
 
 

@@ -113,6 +113,12 @@ class ComfyServer:
     pack: Path | None = None
     #: run on the CPU (``--cpu``); False lets ComfyUI pick its device
     cpu: bool = True
+    #: output / input folders shared with other servers (``fdta run --launch``); default under ``base``
+    output: Path | None = None
+    input: Path | None = None
+    #: Linux: the server gets SIGKILL when the thread that started it dies (a killed runner or Ray
+    #: actor leaves no orphan server still running its chunk); start it from a long-lived thread
+    die_with_parent: bool = False
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- lifecycle
@@ -130,11 +136,11 @@ class ComfyServer:
 
     @property
     def input_dir(self) -> Path:
-        return self.base / "input"
+        return self.input if self.input is not None else self.base / "input"
 
     @property
     def output_dir(self) -> Path:
-        return self.base / "output"
+        return self.output if self.output is not None else self.base / "output"
 
     @property
     def temp_dir(self) -> Path:
@@ -146,8 +152,10 @@ class ComfyServer:
         return self.base / "user"
 
     def prepare(self) -> None:
-        for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+        for sub in ("custom_nodes", "models", "temp", "user"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / PACK_NAME
         pack = (self.pack or pack_root()).resolve()
         if link.is_symlink() and Path(os.readlink(link)).resolve() != pack:
@@ -182,6 +190,7 @@ class ComfyServer:
             env=env,
             # its own session: a Ctrl-C in the terminal reaches the caller, which stops the server cleanly
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent and _can_die_with_parent() else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -294,6 +303,19 @@ class ComfyServer:
         except PromptFailed as e:
             return json.dumps(e.payload)
         raise AssertionError("the prompt was expected to fail but succeeded")
+
+
+def _can_die_with_parent() -> bool:
+    import sys
+
+    return sys.platform.startswith("linux")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def node_outputs(history_entry: dict[str, Any], node: str) -> dict[str, Any]:

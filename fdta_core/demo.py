@@ -313,7 +313,7 @@ def prepare_models(cfg: DemoConfig, server: ComfyServer, workflow: dict[str, Any
     else:
         _write_tiny_stg(tiny_root / "fdta" / "stg" / TINY["stg"])
         out.tiny.append("stg")
-        out.sets += [f"FDTASTGLoader.checkpoint={TINY['stg']}", "FDTASTGMixer.steps=2"]
+        out.sets += [f"FDTASTGLoader.model_name={TINY['stg']}", "FDTASTGMixer.steps=2"]
     sam = real("FDTAAgeLoader")
     if sam:
         out.real["age"] = str(sam)

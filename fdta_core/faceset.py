@@ -102,12 +102,17 @@ class ChunkStamp:
     end: int
     spec_hash: str = ""
     run_seed: int | None = None
+    #: 0: the chunk's first pass; k >= 1: repair round k (the faceset holds identities the chunk on disk
+    #: is missing, and the writer adds them to it)
+    repair: int = 0
 
     def __post_init__(self) -> None:
         if int(self.start) < 0 or int(self.end) <= int(self.start):
             raise InputError(
                 f"chunk range [{self.start}, {self.end}) is empty or negative", where="ChunkStamp"
             )
+        if int(self.repair) < 0:
+            raise InputError(f"repair round must be >= 0, got {self.repair}", where="ChunkStamp")
 
     @property
     def count(self) -> int:
@@ -122,7 +127,7 @@ class ChunkStamp:
             return None
         seed = data.get("run_seed")
         return cls(int(data["start"]), int(data["end"]), str(data.get("spec_hash") or ""),
-                   None if seed is None else int(seed))  # fmt: skip
+                   None if seed is None else int(seed), int(data.get("repair") or 0))  # fmt: skip
 
     def same_run(self, other: ChunkStamp | None) -> bool:
         """Whether ``other`` comes from the same run (same spec and run seed, both known)."""
@@ -199,6 +204,8 @@ class FaceSet:
     sources: dict[int, np.ndarray] = field(default_factory=dict)
     chunk: ChunkStamp | None = None
     dropped: list[Dropped] = field(default_factory=list)
+    #: what each stage so far cost (:class:`fdta_core.timing.StageTiming`), carried to the writer
+    timings: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = _check_images(np.ascontiguousarray(self.images), "FaceSet.images")
@@ -289,6 +296,7 @@ class FaceSet:
             sources,
             join_stamps(s.chunk for s in sets),
             dropped=[d for s in sets for d in s.dropped],
+            timings=[t for s in sets for t in s.timings],
         )
 
     # ------------------------------------------------------------------ access
@@ -325,13 +333,15 @@ class FaceSet:
             idx = np.nonzero(idx)[0]
         idx = idx.astype(np.int64)
         keep_ids = {int(self.labels[i]) for i in idx}
+        whole = len(idx) == len(self) and bool(np.array_equal(idx, np.arange(len(self))))
         return FaceSet(
-            self.images[idx],
+            self.images if whole else self.images[idx],  # facesets are never mutated: share, don't copy
             self.labels[idx],
             [self.provenance[i] for i in idx],
             {k: v for k, v in self.sources.items() if k in keep_ids},
             self.chunk,
             dropped=list(self.dropped),
+            timings=list(self.timings),
         )
 
     def derived(self, images: np.ndarray, labels: Any, provenance: list[Provenance],
@@ -345,6 +355,7 @@ class FaceSet:
             dict(self.sources) if sources is None else sources,
             self.chunk,
             dropped=list(self.dropped),
+            timings=list(self.timings),
         )
 
     def by_identity(self) -> dict[int, np.ndarray]:
@@ -391,6 +402,9 @@ class FaceSet:
             dropped=np.frombuffer(
                 json.dumps([d.to_dict() for d in self.dropped], sort_keys=True).encode("utf-8"), np.uint8
             ),
+            timings=np.frombuffer(
+                json.dumps([t.to_dict() for t in self.timings], sort_keys=True).encode("utf-8"), np.uint8
+            ),
         )
 
     @classmethod
@@ -408,7 +422,14 @@ class FaceSet:
                 if "dropped" in z.files
                 else []
             )
-            return cls(z["images"], z["labels"], prov, sources, chunk, dropped=dropped)
+            timings = []
+            if "timings" in z.files:
+                from .timing import StageTiming
+
+                timings = [
+                    StageTiming.from_dict(d) for d in json.loads(z["timings"].tobytes().decode("utf-8"))
+                ]
+            return cls(z["images"], z["labels"], prov, sources, chunk, dropped=dropped, timings=timings)
 
 
 # ---------------------------------------------------------------------- ComfyUI IMAGE conversions
@@ -457,6 +478,46 @@ def uint8_to_image(images: np.ndarray):  # -> torch.Tensor
     if arr.ndim == 3:
         arr = arr[None]
     return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
+
+
+#: Bounds of :func:`faceset_preview`: rows (identities) and images per row, whatever the faceset's size.
+PREVIEW_IDENTITIES = 8
+PREVIEW_PER_IDENTITY = 8
+
+
+def preview_caption(prov: Provenance) -> str:
+    """What a preview tile says about an image: its target age, else its STG style, else its stage."""
+    if prov.age_target is not None:
+        return f"age {prov.age_target:g}"
+    style = prov.extra.get("stg_style_index") if isinstance(prov.extra, dict) else None
+    if style is not None:
+        return f"style {style}"
+    return prov.history[-1] if prov.history else ""
+
+
+def faceset_preview(
+    faceset: FaceSet,
+    *,
+    max_identities: int = PREVIEW_IDENTITIES,
+    max_per_identity: int = PREVIEW_PER_IDENTITY,
+) -> np.ndarray:
+    """A bounded contact sheet of a faceset: its first ``max_identities`` identities, one row each with
+    up to ``max_per_identity`` of their images, captioned (:func:`preview_caption`). Returns uint8
+    ``[H, W, 3]`` whose size does not grow with the faceset, so a node's preview output (held in ComfyUI's
+    cache with every other output) costs the same for 10 or 10,000 identities."""
+    from .grid import WHITE, Cell, render_grid
+
+    rows: list[list[Cell | None]] = []
+    labels = []
+    for ident, idx in list(faceset.by_identity().items())[: max(1, int(max_identities))]:
+        rows.append(
+            [Cell(faceset.images[i], [(preview_caption(faceset.provenance[i])[:18], WHITE)])
+             for i in idx[: max(1, int(max_per_identity))]]
+        )  # fmt: skip
+        labels.append([(f"id {ident}", WHITE), (f"{len(idx)} images", WHITE)])
+    if not rows:
+        return render_grid([[Cell(None, [("empty faceset", WHITE)])]], tile=FACE_SIZE, caption_height=14)
+    return render_grid(rows, tile=FACE_SIZE, gap=4, caption_height=14, label_width=72, row_labels=labels)
 
 
 def faceset_to_image(faceset: FaceSet):  # -> torch.Tensor

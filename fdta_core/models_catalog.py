@@ -50,7 +50,7 @@ LOADERS: dict[str, tuple[str, str]] = {
     "CLIPLoader": ("clip_name", "text_encoders"),
     "UpscaleModelLoader": ("model_name", "upscale_models"),
     "FDTAFaceModelLoader": ("pack", "insightface"),
-    "FDTASTGLoader": ("checkpoint", "fdta_stg"),
+    "FDTASTGLoader": ("model_name", "fdta_stg"),
     "FDTAAgeLoader": ("model_name", "fdta_age"),
 }
 #: Widget index of the model input in UI-format workflows (LoraLoader's first widget is the LoRA name too).

@@ -72,17 +72,31 @@ class IdentitySpec:
 class IdentityPlan:
     """The identities ``[start, start + count)`` of a run with ``run_seed``; ``spec_hash`` identifies the
     attribute spec that produced them (two plans compose only when seed and hash agree). ``spec`` is
-    the normalised spec itself (JSON-able), so later stages can re-formulate prompts."""
+    the normalised spec itself (JSON-able), so later stages can re-formulate prompts.
+
+    A *repair* plan (``repair_round`` >= 1, see :func:`repair_plan`) holds only the identities of the
+    chunk ``[start, start + chunk_count)`` that an earlier pass left missing: the ACG regenerates them
+    with the attempt seeds of that round and the dataset writer adds them to the committed chunk.
+    """
 
     run_seed: int
     start: int
     identities: tuple[IdentitySpec, ...]
     spec_hash: str = ""
     spec: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: the chunk's size when the plan holds a subset of it (a repair round); 0: ``len(identities)``
+    chunk_count: int = 0
+    #: 0 for a chunk's first pass; k >= 1 for its k-th repair round
+    repair_round: int = 0
 
     @property
     def count(self) -> int:
         return len(self.identities)
+
+    @property
+    def end(self) -> int:
+        """End of the chunk the plan belongs to (a repair plan's chunk is wider than its identities)."""
+        return int(self.start) + (int(self.chunk_count) or len(self.identities))
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -97,6 +111,8 @@ class IdentityPlan:
             "spec_hash": self.spec_hash,
             "spec": self.spec,
             "identities": [i.to_dict() for i in self.identities],
+            "chunk_count": self.chunk_count,
+            "repair_round": self.repair_round,
         }
 
     @classmethod
@@ -107,12 +123,75 @@ class IdentityPlan:
             identities=tuple(IdentitySpec.from_dict(d) for d in data["identities"]),
             spec_hash=str(data.get("spec_hash", "")),
             spec=dict(data.get("spec") or {}),
+            chunk_count=int(data.get("chunk_count") or 0),
+            repair_round=int(data.get("repair_round") or 0),
         )
 
     def concat(self, other: IdentityPlan) -> IdentityPlan:
         """Join two adjacent chunks of the same run (same seed and spec)."""
         if (other.run_seed, other.spec_hash) != (self.run_seed, self.spec_hash):
             raise ValueError("plans of different runs (seed or spec differ) cannot be joined")
+        if self.repair_round or other.repair_round:
+            raise ValueError("repair plans (a subset of a chunk) cannot be joined")
         if other.start != self.start + self.count:
             raise ValueError(f"plan starting at {other.start} does not follow {self.start}+{self.count}")
         return dataclasses.replace(self, identities=self.identities + other.identities)
+
+
+@dataclass(frozen=True)
+class RepairRequest:
+    """Regenerate ``identities`` of a chunk in repair round ``round`` (>= 1)."""
+
+    round: int
+    identities: tuple[int, ...]
+
+    def text(self) -> str:
+        """The value of ``FDTAAttributeSpec.repair`` that asks for this repair."""
+        return f"{self.round}: " + ", ".join(str(i) for i in self.identities)
+
+
+def parse_repair(text: str | None, *, where: str = "repair") -> RepairRequest | None:
+    """``"ROUND: ID, ID, ..."`` (e.g. ``"1: 3, 7"``) -> :class:`RepairRequest`; empty text -> None."""
+    from .errors import InputError
+
+    raw = str(text or "").strip()
+    if not raw:
+        return None
+    fix = "write the repair round, a colon and the identity numbers, e.g. '1: 3, 7' (or leave it empty)."
+    if ":" not in raw:
+        raise InputError(f"{raw!r} has no 'ROUND:' prefix", where=where, fix=fix)
+    head, tail = raw.split(":", 1)
+    try:
+        rnd = int(head.strip())
+        ids = tuple(int(x) for x in tail.replace(";", ",").replace(" ", ",").split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{raw!r} is not 'ROUND: ID, ID, ...'", where=where, fix=fix) from None
+    if rnd < 1:
+        raise InputError(f"repair round must be >= 1, got {rnd}", where=where, fix=fix)
+    if not ids:
+        raise InputError(f"{raw!r} names no identity", where=where, fix=fix)
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{raw!r} names an identity twice", where=where, fix=fix)
+    return RepairRequest(rnd, tuple(sorted(ids)))
+
+
+def repair_plan(plan: IdentityPlan, request: RepairRequest, *, where: str = "repair") -> IdentityPlan:
+    """The subset of the chunk plan ``plan`` that ``request`` regenerates (same run, same chunk range)."""
+    from .errors import InputError
+
+    if plan.repair_round:
+        raise InputError("the plan already is a repair plan", where=where)
+    by_index = {int(i.index): i for i in plan.identities}
+    outside = [i for i in request.identities if i not in by_index]
+    if outside:
+        raise InputError(
+            f"identities {outside[:10]} are not in this chunk ({plan.start}..{plan.end - 1})",
+            where=where,
+            fix="name identities of the chunk the spec plans (identity_start .. identity_start + identity_count - 1).",
+        )
+    return dataclasses.replace(
+        plan,
+        identities=tuple(by_index[i] for i in request.identities),
+        chunk_count=len(plan.identities),
+        repair_round=int(request.round),
+    )

@@ -256,6 +256,13 @@ def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> di
                     inputs[name] = [str(src[0]), src[1]]
                 elif not is_widget(typ):
                     continue
+        if values and cls.startswith("FDTA"):
+            raise ConfigError(
+                f"node {nid} ({cls}) holds {len(values)} more widget value(s) than its inputs take: it was "
+                "saved with an older layout of the node",
+                where="workflow",
+                fix="rebuild it from the shipped workflows (workflows/), or re-create the node in the editor.",
+            )
         entry: dict[str, Any] = {"class_type": cls, "inputs": inputs}
         if node.get("title"):
             entry["_meta"] = {"title": node["title"]}

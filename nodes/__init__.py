@@ -68,9 +68,11 @@ class FDTAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.64 does not call on_load(); folders are registered here, before any node runs.
         from ._common import register_model_folders
+        from ._server import register_routes
         from ._validation import register_prompt_handler
 
         register_model_folders()
         register_prompt_handler()  # queue-time validation sees the whole prompt
+        register_routes()  # /fdta/... for the frontend extension (web/js)
         warn_onnxruntime_conflict()
         return load_node_classes()

@@ -36,16 +36,104 @@ STGModel = io.Custom("FDTA_STG_MODEL")
 ReferenceBank = io.Custom("FDTA_REFERENCE_BANK")
 #: SAM age model.
 AgeModel = io.Custom("FDTA_AGE_MODEL")
+#: Advanced ACG settings (``fdta_core.acg.ACGOptions``) from FDTAACGOptions.
+ACGOptionsSocket = io.Custom("FDTA_ACG_OPTIONS")
 #: A written dataset (folder with train.rec / train.idx / property / manifest).
 Dataset = io.Custom("FDTA_DATASET")
 
 CATEGORY = "FDTA"
 
 
+# ---------------------------------------------------------------------------- the widget vocabulary
+# One concept, one widget: the same name, range, default and tooltip style on every node. Tooltips are
+# sentences (capital first, full stop last): :func:`tip` makes them so.
+
+
+def tip(text: str) -> str:
+    """A tooltip in the pack's style: a sentence with a capital first letter and a full stop."""
+    text = " ".join(str(text).split())
+    if not text:
+        return text
+    if not text.split(" ", 1)[0].endswith(":"):  # "none: ..." starts with a choice's name: keep its case
+        text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?)" else text + "."
+
+
+def int_input(name: str, default: int, lo: int, hi: int, tooltip: str, **kw: Any) -> io.Int.Input:
+    return io.Int.Input(name, default=default, min=lo, max=hi, tooltip=tip(tooltip), **kw)
+
+
+def float_input(
+    name: str, default: float, lo: float, hi: float, step: float, tooltip: str, **kw: Any
+) -> io.Float.Input:
+    return io.Float.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tip(tooltip), **kw)
+
+
+def combo_input(name: str, options: Any, default: str | None, tooltip: str, **kw: Any) -> io.Combo.Input:
+    options = list(options)
+    return io.Combo.Input(name, options=options, default=default, tooltip=tip(tooltip), **kw)
+
+
+def bool_input(name: str, default: bool, tooltip: str, **kw: Any) -> io.Boolean.Input:
+    return io.Boolean.Input(name, default=default, tooltip=tip(tooltip), **kw)
+
+
 def seed_input(tooltip: str) -> io.Int.Input:
     """The one seed widget of every FDTA node: 0..SEED_MAX (a range ComfyUI's own seed widgets accept
     too, so one run seed passes every node), never randomised by ComfyUI after a run."""
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=False, tooltip=tooltip)
+    return io.Int.Input(
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=False, tooltip=tip(tooltip)
+    )
+
+
+#: Weight and compute precision choices of every FDTA model (``precision`` on every node that has one).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+
+
+def precision_input(auto: str = "fp16 where ComfyUI uses it") -> io.Combo.Input:
+    """The one precision widget (never ``dtype``): GPU precision, fp32 on the CPU."""
+    return combo_input(
+        "precision", PRECISIONS, "auto", f"Precision on a GPU (auto: {auto}); the CPU always computes in fp32"
+    )
+
+
+_DEVICE_TIPS = {
+    "auto": "auto: ComfyUI's device (the GPU when there is one)",
+    "cuda": "cuda: the GPU, failing clearly when none is visible",
+    "cpu": "cpu: always the CPU (slow)",
+}
+
+
+def device_input(
+    options: tuple[str, ...] = ("auto", "cpu"), what: str = "Where the model runs"
+) -> io.Combo.Input:
+    """The one device widget: ``auto`` first and default, each choice explained the same way."""
+    return combo_input("device", options, "auto", f"{what}. " + "; ".join(_DEVICE_TIPS[o] for o in options))
+
+
+def batch_size_input(default: int, hi: int, what: str, *, lo: int = 1) -> io.Int.Input:
+    """The one batch-size widget: how many items go through together; it changes speed and memory,
+    never the results (every item has its own seed)."""
+    auto = " (0: as many as free memory allows)" if lo == 0 else ""
+    return int_input(
+        "batch_size",
+        default,
+        lo,
+        hi,
+        f"{what} processed together{auto}; changes speed and memory, not results",
+    )
+
+
+def model_file_input(files: ModelFiles, tooltip: str, name: str = "model_name") -> io.Combo.Input:
+    """The one model-file widget of a loader: ``model_name``, the files of ``files.folder`` (with the
+    folders of extra_model_paths.yaml)."""
+    return combo_input(
+        name,
+        files.names(),
+        None,
+        f"{tooltip} in models/{MODEL_FOLDERS.get(files.folder, files.folder)} (or a folder added as "
+        f"{files.folder} in extra_model_paths.yaml)",
+    )
 
 
 # ---------------------------------------------------------------------------- model folders
@@ -159,15 +247,19 @@ def progress_callback(total: int, node_id: str | None = None) -> Callable[[int, 
     """A ``progress(done, total)`` callback for ``fdta_core`` loops.
 
     It moves ComfyUI's progress bar and, through the bar's hook, raises ComfyUI's interrupt exception
-    when the user cancels; ``fdta_core`` never catches it.
+    when the user cancels; ``fdta_core`` never catches it. It also feeds the frontend's run panel
+    (a throttled ``fdta.progress`` event naming the running node, see ``nodes/_server.py``).
     """
     import comfy.model_management
     import comfy.utils
+
+    from ._server import stage_progress
 
     bar = comfy.utils.ProgressBar(max(int(total), 1), node_id=node_id)
 
     def progress(done: int, total_now: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(int(done), int(total_now) if total_now else None)
+        stage_progress(int(done), int(total_now or total))
 
     return progress

@@ -1,17 +1,23 @@
 """ACG node: unique identity faces from formulated prompts with SD 1.5 + an edge-map ControlNet.
 
-The node only glues ComfyUI to ``fdta_core.acg``: it encodes prompts with the CLIP it is given, samples
-with ComfyUI's own sampling API (``comfy.sample.sample_custom`` with ComfyUI's samplers, schedulers and
-ControlNet objects, so LoRAs, model patches and memory management all apply), decodes with the VAE, and
-hands the images to ``fdta_core.acg.run_acg`` which does seeds, batching, selection, retries and outputs.
+The sampler only glues ComfyUI to ``fdta_core.acg``: it encodes prompts with the CLIP it is given,
+samples with ComfyUI's own sampling API (``comfy.sample.sample_custom`` with ComfyUI's samplers,
+schedulers and ControlNet objects, so LoRAs, model patches and memory management all apply), decodes with
+the VAE, and hands that sampler to ``fdta_core.acg.generate_sources`` which does control images, the
+real-person bank, seeds, batching, selection, retries, progress, provenance and outputs.
+
+Two nodes, as PuLID's Apply / Apply Advanced: ``FDTAACGSampler`` holds what a user sets every time
+(models, plan, control images, seed, steps, cfg, sampler, ControlNet strength, image size, candidates);
+``FDTAACGOptions`` holds the selection criteria, retries and edge preprocessing, whose defaults (the
+sampler's when nothing is connected) suit most runs.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import comfy.model_management
@@ -21,36 +27,31 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..fdta_core.acg import (
-    CONTROL_POLICIES,
-    EDGE_METHODS,
-    ON_FAILURE,
-    ACGSettings,
-    CandidateJob,
-    EdgeSettings,
-    IdentityIndex,
-    SelectionCriteria,
-    contact_sheet,
-    run_acg,
-)
+from ..fdta_core.acg import CONTROL_POLICIES, EDGE_METHODS, ON_FAILURE, CandidateJob
 from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
-from ..fdta_core.acg.edges import control_images as make_control_images
-from ..fdta_core.acg.faces_adapter import as_analyzer
+from ..fdta_core.acg.generate import ACGOptions, check_range, generate_sources, index_folder, sampling_meta
 from ..fdta_core.errors import InputError
-from ..fdta_core.faces.audit import real_identities
-from ..fdta_core.faces.identity import RunIndex, real_index, resolve_index_folder, subject_embeddings
+from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
+    ACGOptionsSocket,
     FaceModels,
     Faceset,
     IdentityPlan,
     ReferenceBank,
+    batch_size_input,
+    bool_input,
+    combo_input,
+    float_input,
+    int_input,
     node_errors,
     output_roots,
     progress_callback,
     seed_input,
+    tip,
 )
 from ._validation import PromptGraph, check_widgets, validate
 
@@ -177,14 +178,147 @@ class ComfyBatchSampler:
         return image_to_uint8(images, where="VAE decode")
 
 
+def _acg_options(options: Any) -> ACGOptions:
+    if options is None:
+        return ACGOptions()
+    if isinstance(options, ACGOptions):
+        return options
+    if isinstance(options, dict):
+        return ACGOptions.from_values(options)
+    raise InputError(
+        f"expected ACG options, got {type(options).__name__}",
+        where="options",
+        fix="connect the options output of FDTAACGOptions, or leave the socket empty for the defaults.",
+    )
+
+
 def check_acg(values: dict, graph: PromptGraph | None) -> None:
     lo, hi = values.get("start_percent"), values.get("end_percent")
-    if lo is not None and hi is not None and float(lo) > float(hi):
-        raise InputError(
-            f"start_percent {lo} is after end_percent {hi}",
-            where="start_percent",
-            fix="the ControlNet acts from start_percent to end_percent: make start_percent <= end_percent.",
+    if lo is not None and hi is not None:
+        check_range(lo, hi)
+
+
+_DEFAULTS = ACGOptions()
+
+
+class FDTAACGOptions(io.ComfyNode):
+    """The advanced ACG settings as one socket; unconnected, the sampler uses these same defaults."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = _DEFAULTS
+        return io.Schema(
+            node_id="FDTAACGOptions",  # literal: tests/node_registry.py reads node ids statically
+            display_name="FDTA ACG Options (selection, retries, edges)",
+            category=f"{CATEGORY}/acg",
+            description=(
+                "Advanced settings of the FDTA ACG Sampler: how control photos become edge maps, how "
+                "candidates pick their control image, how many retry rounds, and which candidates are "
+                "acceptable (detection score, planned gender and age, uniqueness, no real person). Connect "
+                "it to the sampler's options input; without it the sampler uses these defaults."
+            ),
+            inputs=[
+                combo_input(
+                    "control_preprocess",
+                    EDGE_METHODS,
+                    d.control_preprocess,
+                    "none: the control images already are edge maps; canny: OpenCV Canny with the thresholds "
+                    "below; canny_auto: thresholds from each photo's median; sobel: soft gradient edges",
+                ),
+                int_input("canny_low", d.canny_low, 0, 255, "Canny lower hysteresis threshold"),
+                int_input("canny_high", d.canny_high, 0, 255, "Canny upper hysteresis threshold"),
+                int_input(
+                    "edge_blur", d.edge_blur, 0, 31, "Gaussian blur size before edge detection (0: none)"
+                ),
+                combo_input(
+                    "control_assignment",
+                    CONTROL_POLICIES,
+                    d.control_assignment,
+                    "random: each candidate draws its control image from its derived seed; cycle: "
+                    "candidates walk the control images in order so all are used equally",
+                ),
+                int_input(
+                    "retries",
+                    d.retries,
+                    0,
+                    50,
+                    "Extra rounds with new seeds for identities without an acceptable candidate",
+                ),
+                combo_input(
+                    "on_failure",
+                    ON_FAILURE,
+                    d.on_failure,
+                    "After the last retry: skip leaves the identity out (listed in the report and the "
+                    "contact sheet); error stops with the list",
+                ),
+                float_input("min_det_score", d.min_det_score, 0.0, 1.0, 0.01, "Minimum face detection score"),
+                bool_input("check_gender", d.check_gender, "Reject faces whose gender differs from the plan"),
+                bool_input(
+                    "check_age", d.check_age, "Reject faces whose age is off by more than age_tolerance"
+                ),
+                float_input("age_tolerance", d.age_tolerance, 0.0, 100.0, 0.5, "Allowed age error in years"),
+                float_input(
+                    "uniqueness_threshold",
+                    d.uniqueness_threshold,
+                    -1.0,
+                    1.0,
+                    0.01,
+                    "ArcFace cosine at or above which a face counts as an identity already accepted",
+                ),
+                float_input(
+                    "real_person_threshold",
+                    d.real_person_threshold,
+                    -1.0,
+                    1.0,
+                    0.01,
+                    "ArcFace cosine at or above which a face counts as a copy of a real person (control "
+                    "photos, real_faces, the reference bank's subjects, real_sets)",
+                ),
+                io.String.Input(
+                    "real_sets",
+                    default=d.real_sets,
+                    tooltip=tip(
+                        "Real people no identity may resemble, besides the reference bank: paths separated by "
+                        "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M), a dataset folder "
+                        "(train.rec), or a folder of photos (one subfolder per person, or one photo per person; "
+                        "embedded once, cached in the output folder)"
+                    ),
+                ),
+            ],
+            outputs=[
+                ACGOptionsSocket.Output(
+                    "options", tooltip="The advanced settings, for the options input of FDTA ACG Sampler."
+                )
+            ],
         )
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values (nodes/_validation.py)."""
+        check_widgets(cls, values)
+        lo, hi = values.get("canny_low"), values.get("canny_high")
+        if lo is not None and hi is not None and int(lo) > int(hi):
+            raise InputError(
+                f"canny_low {lo} is above canny_high {hi}",
+                where="canny_low",
+                fix="make canny_low <= canny_high.",
+            )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        control_preprocess=None,
+        control_assignment=None,
+        on_failure=None,
+        canny_low=None,
+        canny_high=None,
+    ) -> bool | str:
+        return validate(cls, locals())
+
+    @classmethod
+    def execute(cls, **values: Any) -> io.NodeOutput:
+        with node_errors("FDTAACGOptions"):
+            return io.NodeOutput(ACGOptions.from_values(values))
 
 
 class FDTAACGSampler(io.ComfyNode):
@@ -199,7 +333,8 @@ class FDTAACGSampler(io.ComfyNode):
                 "candidates from its formulated prompt with SD 1.5 + an edge-map ControlNet (many identities "
                 "per sampler call), keeps the candidate whose face is detected and matches the planned gender "
                 "and age and is neither a duplicate nor a copy of a real person, retries the others with new "
-                "seeds, and outputs one aligned 112x112 source face per identity with every seed in provenance."
+                "seeds, and outputs one aligned 112x112 source face per identity with every seed in provenance. "
+                "Selection criteria, retries and edge preprocessing: connect FDTA ACG Options."
             ),
             inputs=[
                 io.Model.Input(
@@ -217,145 +352,48 @@ class FDTAACGSampler(io.ComfyNode):
                 ),
                 io.Image.Input(
                     "control_images",
-                    tooltip="Control images: edge maps used as they are, or real face photos that the node turns "
-                    "into edge maps (see control_preprocess). Candidates draw from this batch.",
-                ),
-                io.Combo.Input(
-                    "control_preprocess",
-                    options=list(EDGE_METHODS),
-                    default="canny",
-                    tooltip="none: the images already are edge maps; canny: OpenCV Canny with the thresholds "
-                    "below; canny_auto: thresholds from each photo's median; sobel: soft gradient edges.",
-                ),
-                io.Int.Input(
-                    "canny_low", default=100, min=0, max=255, tooltip="Canny lower hysteresis threshold."
-                ),
-                io.Int.Input(
-                    "canny_high", default=200, min=0, max=255, tooltip="Canny upper hysteresis threshold."
-                ),
-                io.Int.Input(
-                    "edge_blur",
-                    default=3,
-                    min=0,
-                    max=31,
-                    tooltip="Gaussian blur size before edge detection (0: none).",
-                ),
-                io.Combo.Input(
-                    "control_assignment",
-                    options=list(CONTROL_POLICIES),
-                    default="random",
-                    tooltip="random: each candidate draws its control image from its derived seed; cycle: "
-                    "candidates walk the control images in order so all are used equally.",
-                ),
-                io.Float.Input(
-                    "strength", default=1.0, min=0.0, max=10.0, step=0.01, tooltip="ControlNet strength."
-                ),
-                io.Float.Input(
-                    "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    tooltip="ControlNet starts here.",
-                ),
-                io.Float.Input(
-                    "end_percent", default=1.0, min=0.0, max=1.0, step=0.001, tooltip="ControlNet ends here."
-                ),
-                io.Int.Input(
-                    "candidates",
-                    default=4,
-                    min=1,
-                    max=64,
-                    tooltip="Candidates sampled per identity and round.",
-                ),
-                io.Int.Input(
-                    "batch_size",
-                    default=8,
-                    min=1,
-                    max=256,
-                    tooltip="Candidates per sampler call (from several identities, each with its own prompt). "
-                    "Does not change the images, only speed and memory.",
+                    tooltip="Control images: real face photos that become edge maps, or edge maps used as they "
+                    "are (control_preprocess 'none' on FDTA ACG Options). Candidates draw from this batch.",
                 ),
                 seed_input(
                     "Mixed with the plan's run seed, identity, round and candidate into every candidate "
-                    "seed; change it to re-roll all faces of the same plan.",
+                    "seed; change it to re-roll all faces of the same plan",
                 ),
-                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Sampling steps."),
-                io.Float.Input(
-                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance."
+                int_input("steps", 25, 1, 1000, "Sampling steps"),
+                float_input("cfg", 7.0, 0.0, 100.0, 0.1, "Classifier-free guidance"),
+                combo_input("sampler_name", comfy.samplers.KSampler.SAMPLERS, "dpmpp_2m", "Sampler"),
+                combo_input("scheduler", comfy.samplers.KSampler.SCHEDULERS, "karras", "Scheduler"),
+                float_input("strength", 1.0, 0.0, 10.0, 0.01, "ControlNet strength"),
+                float_input(
+                    "start_percent", 0.0, 0.0, 1.0, 0.001, "ControlNet starts here (share of the steps)"
                 ),
-                io.Combo.Input(
-                    "sampler_name",
-                    options=comfy.samplers.KSampler.SAMPLERS,
-                    default="dpmpp_2m",
-                    tooltip="Sampler.",
+                float_input("end_percent", 1.0, 0.0, 1.0, 0.001, "ControlNet ends here (share of the steps)"),
+                int_input("width", 512, 32, 4096, "Image width in pixels", step=8),
+                int_input("height", 512, 32, 4096, "Image height in pixels", step=8),
+                int_input("candidates", 4, 1, 64, "Candidates sampled per identity and round"),
+                batch_size_input(8, 256, "Candidates (from several identities, each with its own prompt)"),
+                FaceModels.Input(
+                    "face_models",
+                    optional=True,
+                    tooltip="Face models for selection (FDTAFaceModelLoader). Without them nothing is checked: "
+                    "candidate 0 is kept, centre-cropped, and marked unchecked.",
                 ),
-                io.Combo.Input(
-                    "scheduler",
-                    options=comfy.samplers.KSampler.SCHEDULERS,
-                    default="karras",
-                    tooltip="Scheduler.",
+                ReferenceBank.Input(
+                    "reference_bank",
+                    optional=True,
+                    tooltip="The STG reference bank (FDTA Reference Bank): its real subjects are in the graph, so no "
+                    "identity may resemble any of them.",
                 ),
-                io.Int.Input(
-                    "width", default=512, min=32, max=4096, step=8, tooltip="Image width in pixels."
+                Faceset.Input(
+                    "real_faces",
+                    optional=True,
+                    tooltip="Aligned faces of real people that no identity may resemble (besides the control photos).",
                 ),
-                io.Int.Input(
-                    "height", default=512, min=32, max=4096, step=8, tooltip="Image height in pixels."
-                ),
-                io.Int.Input(
-                    "retries",
-                    default=2,
-                    min=0,
-                    max=50,
-                    tooltip="Extra rounds with new seeds for identities without an acceptable candidate.",
-                ),
-                io.Combo.Input(
-                    "on_failure",
-                    options=list(ON_FAILURE),
-                    default="skip",
-                    tooltip="After the last retry: skip leaves the identity out (listed in the report and the "
-                    "contact sheet); error stops with the list.",
-                ),
-                io.Float.Input(
-                    "min_det_score",
-                    default=0.5,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Minimum face detection score.",
-                ),
-                io.Boolean.Input(
-                    "check_gender", default=True, tooltip="Reject faces whose gender differs from the plan."
-                ),
-                io.Boolean.Input(
-                    "check_age",
-                    default=True,
-                    tooltip="Reject faces whose age is off by more than the tolerance.",
-                ),
-                io.Float.Input(
-                    "age_tolerance",
-                    default=10.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.5,
-                    tooltip="Allowed age error in years.",
-                ),
-                io.Float.Input(
-                    "uniqueness_threshold",
-                    default=0.3,
-                    min=-1.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="ArcFace cosine at or above which a face counts as an identity already accepted.",
-                ),
-                io.Float.Input(
-                    "real_person_threshold",
-                    default=0.3,
-                    min=-1.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="ArcFace cosine at or above which a face counts as a copy of a real face (the control "
-                    "photos and real_faces).",
+                ACGOptionsSocket.Input(
+                    "options",
+                    optional=True,
+                    tooltip="Selection criteria, retries and edge preprocessing (FDTA ACG Options); unconnected: "
+                    "canny edges, 2 retries, detection 0.5, gender and age (10 years) checked, thresholds 0.3.",
                 ),
                 io.String.Input(
                     "identity_index",
@@ -364,30 +402,6 @@ class FDTAACGSampler(io.ComfyNode):
                     tooltip="Folder of the run's identity index (one FAISS file per chunk), relative to ComfyUI's "
                     "output folder: identities accepted by earlier chunks of the run are not generated again, and "
                     "this chunk's identities are added. Empty: uniqueness within this chunk only. fdta run sets it.",
-                ),
-                io.String.Input(
-                    "real_sets",
-                    default="",
-                    optional=True,
-                    tooltip="Real people no identity may resemble, besides the reference bank: paths separated by "
-                    "';', each an .npy of [N, 512] identity embeddings (e.g. of MS1M) or a dataset folder (train.rec).",
-                ),
-                FaceModels.Input(
-                    "face_models",
-                    optional=True,
-                    tooltip="Face models for selection (FDTAFaceModelLoader). Without them nothing is checked: "
-                    "candidate 0 is kept, centre-cropped, and marked unchecked.",
-                ),
-                Faceset.Input(
-                    "real_faces",
-                    optional=True,
-                    tooltip="Aligned faces of real people that no identity may resemble (besides the control photos).",
-                ),
-                ReferenceBank.Input(
-                    "reference_bank",
-                    optional=True,
-                    tooltip="The STG reference bank (FDTA Reference Bank): its real subjects are in the graph, so no "
-                    "identity may resemble any of them.",
                 ),
             ],
             outputs=[
@@ -413,14 +427,7 @@ class FDTAACGSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls,
-        control_preprocess=None,
-        control_assignment=None,
-        sampler_name=None,
-        scheduler=None,
-        on_failure=None,
-        start_percent=None,
-        end_percent=None,
+        cls, sampler_name=None, scheduler=None, start_percent=None, end_percent=None
     ) -> bool | str:
         return validate(cls, locals())
 
@@ -433,164 +440,86 @@ class FDTAACGSampler(io.ComfyNode):
         control_net,
         plan,
         control_images,
-        control_preprocess,
-        canny_low,
-        canny_high,
-        edge_blur,
-        control_assignment,
-        strength,
-        start_percent,
-        end_percent,
-        candidates,
-        batch_size,
         seed,
         steps,
         cfg,
         sampler_name,
         scheduler,
+        strength,
+        start_percent,
+        end_percent,
         width,
         height,
-        retries,
-        on_failure,
-        min_det_score,
-        check_gender,
-        check_age,
-        age_tolerance,
-        uniqueness_threshold,
-        real_person_threshold,
-        identity_index="",
-        real_sets="",
+        candidates,
+        batch_size,
         face_models=None,
-        real_faces=None,
         reference_bank=None,
+        real_faces=None,
+        options=None,
+        identity_index="",
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
+            clock = StageClock()
             plan = _as_plan(plan)
-            if start_percent > end_percent:
-                raise InputError(
-                    f"start_percent {start_percent} is after end_percent {end_percent}", where="start_percent"
+            check_range(start_percent, end_percent)
+            opts = _acg_options(options)
+
+            def make_sample(controls: np.ndarray, on_step: Any) -> ComfyBatchSampler:
+                return ComfyBatchSampler(
+                    model=model,
+                    clip=clip,
+                    vae=vae,
+                    control_net=control_net,
+                    controls=uint8_to_image(controls),
+                    strength=strength,
+                    start_percent=start_percent,
+                    end_percent=end_percent,
+                    steps=steps,
+                    cfg=cfg,
+                    sampler_name=sampler_name,
+                    scheduler=scheduler,
+                    width=width,
+                    height=height,
+                    on_step=on_step,
                 )
-            edge = EdgeSettings(control_preprocess, canny_low, canny_high, edge_blur)
-            settings = ACGSettings(
-                candidates=candidates,
-                retries=retries,
-                batch_size=batch_size,
-                control_policy=control_assignment,
-                seed=seed,
-                on_failure=on_failure,
-            )
-            criteria = SelectionCriteria(
-                min_det_score=min_det_score,
-                check_gender=check_gender,
-                age_tolerance=age_tolerance if check_age else None,
-                uniqueness_threshold=uniqueness_threshold,
-                real_person_threshold=real_person_threshold,
-            )
-            photos = image_to_uint8(control_images, where="control_images")
-            controls = control_images_to_tensor(photos, width, height, edge)
 
-            analyzer = (
-                as_analyzer(face_models, det_threshold=max(0.05, min(0.2, min_det_score)))
-                if face_models is not None
-                else None
-            )
-            real = IdentityIndex()
-            if analyzer is not None:
-                if control_preprocess != "none":  # real photos: generated faces must not copy them
-                    for k, a in enumerate(analyzer.analyze(photos)):
-                        if a.detected and a.embedding is not None:
-                            real.add(f"control photo {k}", a.embedding)
-                if isinstance(real_faces, FaceSet) and len(real_faces):
-                    embs = analyzer.embed_aligned(real_faces.images)
-                    real.extend(
-                        [f"real face {i} (label {int(x)})" for i, x in enumerate(real_faces.labels)], embs
-                    )
-                if reference_bank is not None and len(reference_bank):
-                    subjects = subject_embeddings(
-                        reference_bank.images, reference_bank.subjects, analyzer.embed_aligned
-                    )
-                    real.merge_from(real_index(subjects))
-                for path in [
-                    x.strip() for x in str(real_sets or "").replace("\n", ";").split(";") if x.strip()
-                ]:
-                    got = real_identities(path, face_models)
-                    real.merge_from(real_index(sets=[(path, got.centers)]))
-                log.info("[FDTA] %s: %d real identities to stay away from", NODE_ID, len(real))
-            else:
-                log.warning("[FDTA] %s: no face models connected; candidates are NOT checked", NODE_ID)
-            run_index = prior = None
-            if identity_index and str(identity_index).strip():
-                run_index = RunIndex(resolve_index_folder(identity_index, output_roots()))
-                prior = run_index.prior(plan.start)
-
-            per_batch = steps
-            state = {"done": 0, "total": math.ceil(len(plan) * candidates / batch_size)}
-            bar = progress_callback(state["total"] * per_batch)
-
-            def on_batch(done: int, total: int) -> None:
-                state["done"], state["total"] = done, total
-                bar(done * per_batch, total * per_batch)
-
-            def on_step(step: int, total_steps: int) -> None:
-                bar(state["done"] * per_batch + min(step, per_batch), state["total"] * per_batch)
-
-            sampler = ComfyBatchSampler(
-                model=model,
-                clip=clip,
-                vae=vae,
-                control_net=control_net,
-                controls=controls,
-                strength=strength,
-                start_percent=start_percent,
-                end_percent=end_percent,
-                steps=steps,
-                cfg=cfg,
-                sampler_name=sampler_name,
-                scheduler=scheduler,
+            out = generate_sources(
+                plan,
+                image_to_uint8(control_images, where="control_images"),
+                make_sample,
                 width=width,
                 height=height,
-                on_step=on_step,
+                steps=steps,
+                candidates=candidates,
+                batch_size=batch_size,
+                seed=seed,
+                options=opts,
+                face_models=face_models,
+                real_faces=real_faces if isinstance(real_faces, FaceSet) else None,
+                reference_bank=reference_bank,
+                index_folder=index_folder(identity_index, output_roots()),
+                # an image folder in real_sets is embedded once; the cache lives in the output folder
+                real_cache=Path(output_roots()[0]) / REAL_SET_CACHE,
+                meta=sampling_meta(
+                    sampler_name=sampler_name,
+                    scheduler=scheduler,
+                    steps=steps,
+                    cfg=cfg,
+                    width=width,
+                    height=height,
+                    strength=strength,
+                    start_percent=start_percent,
+                    end_percent=end_percent,
+                    control_preprocess=opts.control_preprocess,
+                ),
+                progress=progress_callback(1),
+                where=NODE_ID,
             )
-            meta = {
-                "sampler": sampler_name,
-                "scheduler": scheduler,
-                "steps": steps,
-                "cfg": cfg,
-                "width": width,
-                "height": height,
-                "controlnet_strength": strength,
-                "controlnet_range": [start_percent, end_percent],
-                "control_preprocess": control_preprocess,
-            }
-            result = run_acg(
-                plan,
-                sampler,
-                controls.shape[0],
-                settings=settings,
-                criteria=criteria,
-                analyzer=analyzer,
-                real=real,
-                prior=prior,
-                meta=meta,
-                progress=on_batch,
-            )
-            if run_index is not None and analyzer is not None:
-                run_index.save_chunk(plan.start, plan.start + len(plan), result.accepted_index())
-            faceset = result.faceset()
-            images = result.images()
-            if images.shape[0] == 0:
-                images = np.zeros((1, height, width, 3), np.uint8)
-            sheet = contact_sheet(result)
-            report = result.report()
-            log.info("[FDTA] %s: %s", NODE_ID, report.splitlines()[-1])
+            clock.stamp(out.faceset, None, "acg", NODE_ID, len(out.faceset))
             # the report and the provenance also go to the prompt's history, for API users and the runner
-            ui = {"fdta_acg_report": [report], "fdta_acg_provenance": [faceset.provenance_json()]}
-            return io.NodeOutput(faceset, uint8_to_image(images), uint8_to_image(sheet), report, ui=ui)
+            return io.NodeOutput(
+                out.faceset, uint8_to_image(out.images), uint8_to_image(out.sheet), out.report, ui=out.ui()
+            )
 
 
-def control_images_to_tensor(photos: np.ndarray, width: int, height: int, edge: EdgeSettings) -> torch.Tensor:
-    """Photos or edge maps (uint8) -> control images at the sampling size as an IMAGE tensor."""
-    return uint8_to_image(make_control_images(photos, width, height, edge))
-
-
-NODES = [FDTAACGSampler]
+NODES = [FDTAACGSampler, FDTAACGOptions]

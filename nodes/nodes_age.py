@@ -27,14 +27,18 @@ from ..fdta_core.age.shift import (
     shift_faceset,
 )
 from ..fdta_core.errors import InputError
-from ..fdta_core.faceset import FaceSet, faceset_to_image
+from ..fdta_core.faceset import FaceSet, faceset_preview, uint8_to_image
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     AgeModel,
     Faceset,
     ModelFiles,
+    device_input,
     load_patched,
+    model_file_input,
     node_errors,
+    precision_input,
     progress_callback,
     seed_input,
 )
@@ -106,23 +110,9 @@ class FDTAAgeLoader(io.ComfyNode):
             "'fdta age convert') from models/fdta/age. The file is read without executing code and checked "
             "tensor by tensor. The weights are research-only (StyleGAN2 FFHQ derived).",
             inputs=[
-                io.Combo.Input(
-                    "model_name",
-                    options=AGE_FILES.names(),
-                    tooltip="SAM checkpoint in models/fdta/age (or a folder added as fdta_age in extra_model_paths.yaml).",
-                ),
-                io.Combo.Input(
-                    "device",
-                    options=["auto", "cpu"],
-                    default="auto",
-                    tooltip="auto: ComfyUI's device (the GPU when there is one); cpu: always run on the CPU (slow).",
-                ),
-                io.Combo.Input(
-                    "dtype",
-                    options=["auto", "fp16", "bf16", "fp32"],
-                    default="auto",
-                    tooltip="Weight precision on CUDA (auto = fp16 where ComfyUI uses it). The CPU always uses fp32.",
-                ),
+                model_file_input(AGE_FILES, "SAM checkpoint"),
+                device_input(),
+                precision_input(),
             ],
             outputs=[
                 AgeModel.Output(display_name="age_model", tooltip="The SAM age model, managed by ComfyUI.")
@@ -135,15 +125,15 @@ class FDTAAgeLoader(io.ComfyNode):
         check_widgets(cls, values, cls.MODEL_RESOLVERS())
 
     @classmethod
-    def validate_inputs(cls, model_name=None, device=None, dtype=None) -> bool | str:
+    def validate_inputs(cls, model_name=None, device=None, precision=None) -> bool | str:
         return validate(cls, locals())
 
     @classmethod
-    def execute(cls, model_name: str, device: str = "auto", dtype: str = "auto") -> io.NodeOutput:
+    def execute(cls, model_name: str, device: str = "auto", precision: str = "auto") -> io.NodeOutput:
         with node_errors("FDTAAgeLoader"):
 
             def load(path: str, load_device: torch.device) -> tuple[SAM, torch.dtype]:
-                torch_dtype = _pick_dtype(dtype, load_device)
+                torch_dtype = _pick_dtype(precision, load_device)
                 return load_sam(path, dtype=torch_dtype), torch_dtype
 
             patcher, path, torch_dtype = load_patched(
@@ -225,7 +215,11 @@ class FDTAAgeShifter(io.ComfyNode):
                 Faceset.Output(
                     display_name="faceset", tooltip="Originals (if kept) and aged variants, same labels."
                 ),
-                io.Image.Output(display_name="preview", tooltip="The output faces as an IMAGE batch."),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="A sample of the output faces: one row per identity, at most 8 identities x 8 images "
+                    "(a bounded preview; the faceset output carries them all).",
+                ),
             ],
         )
 
@@ -255,6 +249,7 @@ class FDTAAgeShifter(io.ComfyNode):
         batch_size: int = 0,
     ) -> io.NodeOutput:
         with node_errors("FDTAAgeShifter"):
+            clock = StageClock()
             if not isinstance(faceset, FaceSet):
                 raise InputError("expected an FDTA faceset", where="faceset")
             if not isinstance(age_model, AgeModelHandle):
@@ -292,7 +287,8 @@ class FDTAAgeShifter(io.ComfyNode):
                 raise placement_error(
                     per, int(mm.get_free_memory(device)), str(device), during=f"running a batch of {batch}"
                 ) from None
-            return io.NodeOutput(out, faceset_to_image(out))
+            clock.stamp(out, faceset, "age", "FDTAAgeShifter", len(out))
+            return io.NodeOutput(out, uint8_to_image(faceset_preview(out)[None]))
 
     @staticmethod
     def _place(handle: AgeModelHandle, requested: int, jobs: int) -> int:

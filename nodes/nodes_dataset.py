@@ -8,12 +8,15 @@ from comfy_api.latest import io, ui
 
 from ..fdta_core.dataset import DatasetChunk, chunk_range_of, merge, write_faceset
 from ..fdta_core.dataset.merge import MergedDataset
-from ..fdta_core.dataset.writer import MAX_IDENTITIES, check_chunk_slot, planned_range
+from ..fdta_core.dataset.writer import MAX_IDENTITIES, check_chunk_slot, missing_text, planned_range
 from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import ChunkStamp, FaceSet
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
+from ..fdta_core.runner.repair import MISSING_KEY
+from ..fdta_core.timing import STAGES_UI_KEY, format_stage_table, stage_table
 from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
+from ._server import panel_report_chunk
 from ._validation import PromptGraph, check_widgets, validate
 
 
@@ -165,8 +168,10 @@ class FDTADatasetWriter(io.ComfyNode):
                 count=end - start,
                 overwrite=bool(overwrite),
                 progress=progress_callback(len(faceset)),
+                node="FDTADatasetWriter",
             )
         result = DatasetChunk(dataset=str(root), chunk=info)
+        panel_report_chunk(str(root), info)
         text = (
             f"chunk {info.name}: {info.images} images of {info.classes} identities "
             f"(identities {info.start}..{info.end - 1}) written to {Path(info.path)} in {info.seconds:.1f}s"
@@ -178,7 +183,14 @@ class FDTADatasetWriter(io.ComfyNode):
                 f"{r['spec_hash'] or '?'}, run seed {r['run_seed']}; {r['reason']}); recorded in "
                 f"{Path(info.path) / 'chunk.json'} and dataset.json"
             )
-        return io.NodeOutput(result, ui=ui.PreviewText(text))
+        if info.repairs:
+            r = info.repairs[-1]
+            text += f"\nrepair round {r['round']}: added identities {r['added'] or 'none'} of {r['tried']}"
+        text += missing_text(info)
+        text += "\n" + format_stage_table(stage_table(info.stages))
+        missing = [int(m["identity"]) for m in info.missing]
+        # the stage timings also go to the prompt's history: `fdta run` sums them into its table
+        return io.NodeOutput(result, ui={"text": [text], MISSING_KEY: missing, STAGES_UI_KEY: info.stages})
 
 
 def _dataset_root(dataset, where: str) -> str:

@@ -12,9 +12,10 @@ from comfy_api.latest import io
 from ..fdta_core.errors import ModelNotFoundError
 from ..fdta_core.faces import PROVIDER_CHOICES, list_packs, load_face_pack
 from ..fdta_core.faces.csim import REFERENCES, contact_sheet, csim_filter, histogram_image
-from ..fdta_core.faces.identity import subject_embeddings
+from ..fdta_core.faces.identity import bank_subject_embeddings
 from ..fdta_core.faces.pack import DEFAULT_FILES, pack_dirs
 from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     FaceModels,
@@ -24,6 +25,7 @@ from ._common import (
     node_errors,
     progress_callback,
 )
+from ._server import panel_report_csim
 from ._validation import PromptGraph, check_widgets, validate
 
 _CAT = f"{CATEGORY}/faces"
@@ -200,6 +202,7 @@ class FDTAAlignFaces(io.ComfyNode):
         one_identity: bool,
     ) -> io.NodeOutput:
         with node_errors("FDTAAlignFaces"):
+            clock = StageClock()
             arr = image_to_uint8(image, where="FDTAAlignFaces.image")
             res = face_models.align_batch(
                 arr,
@@ -210,6 +213,7 @@ class FDTAAlignFaces(io.ComfyNode):
             n = len(arr)
             labels = np.full(n, identity_start, np.int64) if one_identity else identity_start + np.arange(n)
             fs = res.to_faceset(labels)
+            clock.stamp(fs, None, "align", "FDTAAlignFaces", n)
             return io.NodeOutput(fs, faceset_to_image(fs), res.report())
 
 
@@ -326,12 +330,16 @@ class FDTACSIMFilter(io.ComfyNode):
         reference_bank=None,
     ) -> io.NodeOutput:
         with node_errors("FDTACSIMFilter"):
+            clock = StageClock()
             subjects = None
             if reference_bank is not None and len(reference_bank):
-                subjects = subject_embeddings(
-                    reference_bank.images,
-                    reference_bank.subjects,
+                # only the subjects this faceset was styled after: the bank may be an MS1M-size index
+                used = {p.extra.get("stg_reference_subject") for p in faceset.provenance if isinstance(p.extra, dict)}
+                subjects = bank_subject_embeddings(
+                    reference_bank,
                     lambda x: face_models.embed(x, batch_size=int(batch_size)),
+                    names={str(u) for u in used if u is not None},
+                    batch_size=int(batch_size),
                 )
             kept, stats = csim_filter(
                 faceset,
@@ -346,6 +354,8 @@ class FDTACSIMFilter(io.ComfyNode):
             )
             sheet = contact_sheet(faceset, stats, max_identities=int(sheet_identities))
             hist = histogram_image(stats.csim, float(threshold))
+            clock.stamp(kept, faceset, "csim", "FDTACSIMFilter", len(faceset))
+            panel_report_csim(stats, sheet)
             return io.NodeOutput(kept, uint8_to_image(sheet), stats.to_text(), uint8_to_image(hist))
 
 

@@ -1,9 +1,10 @@
 """Attribute stage nodes: ``FDTAAttributeSpec`` (stratified identity plan + grammar prompts) and
 ``FDTAAttributePrompt`` (optional LLM-written descriptions through an OpenAI-compatible server).
 
-The API key never enters a widget: it comes from an environment variable (``OPENAI_API_KEY`` or the
-variable *named* in ``api_key_env``) or, failing that, from ComfyUI's user settings
-(``<user directory>/default/comfy.settings.json``, setting id :data:`SETTING_ID`).
+The API key never enters a widget or a setting: it comes from an environment variable only
+(``OPENAI_API_KEY`` or the variable *named* in ``api_key_env``). ComfyUI's settings file is plain text on
+disk and served over HTTP, so the frontend's settings hold only the LLM base URL and model
+(:data:`SETTING_BASE_URL`, :data:`SETTING_MODEL`), which this node uses where its widget is empty.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from comfy_api.latest import io
 
 from ..fdta_core.errors import ConfigError
 from ..fdta_core.plan import IdentityPlan as PlanRecord
+from ..fdta_core.plan import parse_repair, repair_plan
 from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, describe_plan, resolve_api_key
 from ..fdta_core.prompts.planner import build_plan, plan_preview
 from ..fdta_core.prompts.spec import default_spec_text, parse_spec
@@ -24,13 +26,19 @@ from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
-#: ComfyUI user setting that may hold the key (read server-side; environment variables win).
-SETTING_ID = "FDTA.LLM.APIKey"
+#: ComfyUI settings registered by the frontend extension (web/js/fdta.js): defaults of empty widgets.
+SETTING_BASE_URL = "FDTA.LLM.BaseURL"
+SETTING_MODEL = "FDTA.LLM.Model"
+#: Used when both the model widget and the setting are empty.
+DEFAULT_MODEL = "gpt-4o-mini"
+#: An API key stored here by earlier versions is ignored (and reported once): settings are plain text.
+LEGACY_KEY_SETTING = "FDTA.LLM.APIKey"
 _AREA = f"{CATEGORY}/attributes"
+_warned_legacy_key = False
 
 
-def settings_api_key(setting_id: str = SETTING_ID) -> str | None:
-    """The key stored in ComfyUI's settings of the default user, if any (never logged)."""
+def comfy_setting(setting_id: str) -> str | None:
+    """A text setting of ComfyUI's default user (``<user directory>/default/comfy.settings.json``), if set."""
     try:
         import folder_paths
 
@@ -39,7 +47,27 @@ def settings_api_key(setting_id: str = SETTING_ID) -> str | None:
             value = json.load(f).get(setting_id)
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) and value.strip() else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def llm_endpoint(base_url: str, model: str) -> tuple[str | None, str]:
+    """``(base_url or None for OpenAI, model)``: the widget when filled, else the ComfyUI setting, else
+    OpenAI and :data:`DEFAULT_MODEL`."""
+    url = (base_url or "").strip() or comfy_setting(SETTING_BASE_URL)
+    name = (model or "").strip() or comfy_setting(SETTING_MODEL) or DEFAULT_MODEL
+    return url or None, name
+
+
+def _warn_legacy_key() -> None:
+    global _warned_legacy_key
+    if not _warned_legacy_key and comfy_setting(LEGACY_KEY_SETTING):
+        _warned_legacy_key = True
+        log.warning(
+            "[FDTA] the ComfyUI setting %s holds an API key; it is ignored (settings are plain text on disk and "
+            "served over HTTP). Put the key in the environment variable named by api_key_env and delete the "
+            "setting.",
+            LEGACY_KEY_SETTING,
+        )
 
 
 def llm_cache_dir() -> str:
@@ -57,6 +85,8 @@ def check_spec(values: dict, graph: PromptGraph | None) -> None:
     """The spec parses (errors name the bad entry), so a typo is refused before any node runs."""
     if isinstance(values.get("spec"), str):
         parse_spec(values["spec"], source="spec")
+    if isinstance(values.get("repair"), str):
+        parse_repair(values["repair"])
 
 
 class FDTAAttributeSpec(io.ComfyNode):
@@ -101,6 +131,15 @@ class FDTAAttributeSpec(io.ComfyNode):
                     "Run seed: every attribute and prompt derives from it and the identity index. "
                     "Keep it fixed for a whole run.",
                 ),
+                io.String.Input(
+                    "repair",
+                    default="",
+                    optional=True,
+                    tooltip="Empty for a normal chunk. 'ROUND: ID, ID, ...' (e.g. '1: 3, 7') regenerates only "
+                    "those identities of the chunk, with that round's new ACG seeds, and the dataset writer adds "
+                    "them to the chunk already written. The writer names the missing identities and the value "
+                    "to put here; fdta run does it by itself (--repair-rounds).",
+                ),
             ],
             outputs=[
                 IdentityPlan.Output(
@@ -119,12 +158,15 @@ class FDTAAttributeSpec(io.ComfyNode):
         check_spec(values, graph)
 
     @classmethod
-    def validate_inputs(cls, spec=None) -> bool | str:
+    def validate_inputs(cls, spec=None, repair=None) -> bool | str:
         return validate(cls, locals())
 
     @classmethod
-    def execute(cls, spec: str, identity_start: int, identity_count: int, seed: int) -> io.NodeOutput:
+    def execute(
+        cls, spec: str, identity_start: int, identity_count: int, seed: int, repair: str = ""
+    ) -> io.NodeOutput:
         with node_errors("FDTAAttributeSpec"):
+            request = parse_repair(repair)
             parsed = parse_spec(spec, source="spec")
             plan = build_plan(
                 parsed,
@@ -133,6 +175,8 @@ class FDTAAttributeSpec(io.ComfyNode):
                 int(seed),
                 progress=progress_callback(identity_count),
             )
+            if request is not None:
+                plan = repair_plan(plan, request)
             preview = plan_preview(plan)
         return io.NodeOutput(plan, preview)
 
@@ -160,9 +204,14 @@ class FDTAAttributePrompt(io.ComfyNode):
                 io.String.Input(
                     "base_url",
                     default="",
-                    tooltip="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 for Ollama; empty = OpenAI.",
+                    tooltip="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 for Ollama; empty = the "
+                    "setting FDTA > LLM > Base URL, else OpenAI.",
                 ),
-                io.String.Input("model", default="gpt-4o-mini", tooltip="Model name on that server."),
+                io.String.Input(
+                    "model",
+                    default="",
+                    tooltip=f"Model name on that server; empty = the setting FDTA > LLM > Model, else {DEFAULT_MODEL}.",
+                ),
                 io.Float.Input(
                     "temperature",
                     default=0.7,
@@ -195,8 +244,9 @@ class FDTAAttributePrompt(io.ComfyNode):
                 io.String.Input(
                     "api_key_env",
                     default=DEFAULT_ENV_VAR,
-                    tooltip="NAME of the environment variable that holds the key (not the key itself). "
-                    f"If it is unset, ComfyUI's setting {SETTING_ID} is used.",
+                    tooltip="NAME of the environment variable that holds the key (not the key itself), set "
+                    "before ComfyUI starts. The key is read from the environment only: a widget would save it "
+                    "in the workflow, and ComfyUI's settings file is plain text on disk.",
                 ),
             ],
             outputs=[
@@ -249,9 +299,10 @@ class FDTAAttributePrompt(io.ComfyNode):
                         fix="put the key in an environment variable such as OPENAI_API_KEY and enter only that name "
                         "(a key typed here would be saved in the workflow).",
                     )
+                url, model_name = llm_endpoint(base_url, model)
                 settings = LLMSettings(
-                    model=model,
-                    base_url=base_url.strip() or None,
+                    model=model_name,
+                    base_url=url,
                     temperature=float(temperature),
                     batch_size=int(batch_size),
                     concurrency=int(concurrency),
@@ -259,7 +310,8 @@ class FDTAAttributePrompt(io.ComfyNode):
                     use_cache=bool(use_cache),
                     cache_dir=llm_cache_dir(),
                 )
-                key = resolve_api_key(name, fallback=settings_api_key())
+                _warn_legacy_key()
+                key = resolve_api_key(name)
                 plan = describe_plan(plan, settings, api_key=key, progress=progress_callback(plan.count))
             preview = plan_preview(plan)
         return io.NodeOutput(plan, preview)

@@ -10,11 +10,14 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..fdta_core.errors import InputError
-from ..fdta_core.faceset import faceset_to_image, image_to_uint8, uint8_to_image
+from ..fdta_core.faces.identity import model_file_id
+from ..fdta_core.faceset import faceset_preview, image_to_uint8, uint8_to_image
 from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.stg import POLICIES, ReferenceBank, STGSampler, build_model, load_stg_weights, mix
 from ..fdta_core.stg.checkpoint import ADAFACE_STYLE_FILE
+from ..fdta_core.stg.policies import GRID_POLICIES, MPIE_EXPRESSIONS, MPIE_LIGHTINGS, MPIE_YAWS
 from ..fdta_core.stg.solvers import SAMPLERS, check_sampler
+from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
     FaceModels,
@@ -22,7 +25,9 @@ from ._common import (
     ModelFiles,
     STGModel,
     load_patched,
+    model_file_input,
     node_errors,
+    precision_input,
     progress_callback,
     seed_input,
 )
@@ -32,6 +37,8 @@ from ._validation import PromptGraph, check_widgets, validate
 log = logging.getLogger("FDTA")
 
 STG_FOLDER = "fdta_stg"
+#: Cells of the Syn-MPIE style grid (13 yaws x 7 lightings x 2 expressions = 182), from the core's table.
+MPIE_CELLS = len(MPIE_YAWS) * len(MPIE_LIGHTINGS) * len(MPIE_EXPRESSIONS)
 STG_EXPECTED = ("dcface_5x5.ckpt", "dcface_3x3.ckpt", "<name>.safetensors from `fdta stg convert`")
 
 
@@ -93,7 +100,7 @@ def _bank_fix(source: str, path: str, root: str) -> str:
 class FDTASTGLoader(io.ComfyNode):
     @classmethod
     def MODEL_RESOLVERS(cls) -> dict:
-        return {"checkpoint": lambda name: STG_FILES.resolve(name, where="checkpoint")}
+        return {"model_name": lambda name: STG_FILES.resolve(name, where="model_name")}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -105,9 +112,7 @@ class FDTASTGLoader(io.ComfyNode):
             "safetensors file made by `fdta stg convert`) from models/fdta/stg. The style grid size is read from the "
             "checkpoint; Lightning checkpoints are read without executing any pickled code.",
             inputs=[
-                io.Combo.Input(
-                    "checkpoint", options=STG_FILES.names(), tooltip="mixer checkpoint in models/fdta/stg"
-                ),
+                model_file_input(STG_FILES, "DCFace mixer checkpoint"),
             ],
             outputs=[
                 STGModel.Output(
@@ -122,21 +127,21 @@ class FDTASTGLoader(io.ComfyNode):
         check_widgets(cls, values, cls.MODEL_RESOLVERS())
 
     @classmethod
-    def validate_inputs(cls, checkpoint=None) -> bool | str:
+    def validate_inputs(cls, model_name=None) -> bool | str:
         return validate(cls, locals())
 
     @classmethod
-    def execute(cls, checkpoint: str) -> io.NodeOutput:
+    def execute(cls, model_name: str) -> io.NodeOutput:
         with node_errors("FDTASTGLoader"):
 
             def load(path: str, _device: Any) -> tuple[Any, Any]:
                 weights = load_stg_weights(path)
                 return build_model(weights), weights
 
-            patcher, _path, weights = load_patched(STG_FILES, checkpoint, where="checkpoint", load=load)
+            patcher, _path, weights = load_patched(STG_FILES, model_name, where="model_name", load=load)
             log.info("[FDTA] STG: %s", weights.report.summary())
             return io.NodeOutput(
-                STGHandle(patcher, weights.config.grid, checkpoint, weights.report.summary())
+                STGHandle(patcher, weights.config.grid, model_name, weights.report.summary())
             )
 
 
@@ -243,6 +248,7 @@ class FDTAReferenceBank(io.ComfyNode):
 
         with node_errors("FDTAReferenceBank"):
             align = _align_fn(face_models)
+            align_id = model_file_id(face_models, "detector") if face_models is not None else ""
             root = folder_paths.get_input_directory()
             if source == "images":
                 if images is None:
@@ -260,6 +266,7 @@ class FDTAReferenceBank(io.ComfyNode):
                 bank = ReferenceBank.from_folder(
                     folder,
                     align=align,
+                    align_id=align_id,
                     tags_csv=csv_path,
                     max_subjects=max_subjects,
                     max_per_subject=max_per_subject,
@@ -272,6 +279,7 @@ class FDTAReferenceBank(io.ComfyNode):
                     max_per_subject=max_per_subject,
                     first_subject=first_subject,
                     align=align,
+                    align_id=align_id,
                 )
             else:
                 raise InputError(f"unknown source '{source}'", where="source")
@@ -326,12 +334,7 @@ class FDTASTGMixer(io.ComfyNode):
                     max=1024,
                     tooltip="images denoised together (mixes identities and styles)",
                 ),
-                io.Combo.Input(
-                    "precision",
-                    options=["auto", "fp32", "fp16", "bf16"],
-                    default="auto",
-                    tooltip="auto: fp16 on CUDA, fp32 on CPU",
-                ),
+                precision_input("fp16"),
                 io.Combo.Input(
                     "sampler",
                     options=list(SAMPLERS),
@@ -347,7 +350,11 @@ class FDTASTGMixer(io.ComfyNode):
                     display_name="contact_sheet",
                     tooltip="per identity: source and references above the generated images",
                 ),
-                io.Image.Output(display_name="images", tooltip="the styled images as an IMAGE batch"),
+                io.Image.Output(
+                    display_name="images",
+                    tooltip="a sample of the styled images: one row per identity, at most 8 identities x 8 "
+                    "images (a bounded preview; the faceset output carries them all)",
+                ),
             ],
         )
 
@@ -378,11 +385,12 @@ class FDTASTGMixer(io.ComfyNode):
         import comfy.model_management as mm
 
         with node_errors("FDTASTGMixer"):
+            clock = StageClock()
             mm.load_models_gpu([stg_model.patcher])
             device = mm.get_torch_device()
             stg = STGSampler(stg_model.patcher.model, device, precision)
             n_ids = len(source_faces.identities)
-            per = images_per_identity if (not style_policy.startswith("grid") or images_per_identity) else 182
+            per = images_per_identity or (MPIE_CELLS if style_policy in GRID_POLICIES else 1)
             progress = progress_callback(max(1, n_ids * per * steps))
             result = mix(
                 stg,
@@ -398,7 +406,8 @@ class FDTASTGMixer(io.ComfyNode):
                 solver=check_sampler(sampler, "sampler"),
             )
             sheet = uint8_to_image(result.contact_sheet[None])
-            return io.NodeOutput(result.faceset, sheet, faceset_to_image(result.faceset))
+            clock.stamp(result.faceset, source_faces, "stg", "FDTASTGMixer", len(result.faceset))
+            return io.NodeOutput(result.faceset, sheet, uint8_to_image(faceset_preview(result.faceset)[None]))
 
 
 NODES = [FDTASTGLoader, FDTAReferenceBank, FDTASTGMixer]

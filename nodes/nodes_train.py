@@ -18,9 +18,11 @@ from ..fdta_core.dataset.merge import MergedDataset
 from ..fdta_core.dataset.writer import DatasetChunk
 from ..fdta_core.errors import InputError
 from ..fdta_core.fsutil import resolve_inside
+from ..fdta_core.train.recipes import PRESETS
 from ._common import (
     CATEGORY,
     Dataset,
+    device_input,
     model_folders,
     node_errors,
     output_roots,
@@ -121,7 +123,7 @@ class FDTATrainerLauncher(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "preset",
-                    options=["synthetic", "arcface_r50_ms1mv3", "tiny"],
+                    options=list(PRESETS),
                     default="synthetic",
                     tooltip="recipe preset: synthetic sets of 0.5M-1.2M images, the arcface_torch r50 "
                     "MS1MV3 recipe, or a tiny CPU smoke run",
@@ -161,12 +163,7 @@ class FDTATrainerLauncher(io.ComfyNode):
                     max=64,
                     tooltip="processes (GPUs) on this machine; more than 1 uses torchrun DDP",
                 ),
-                io.Combo.Input(
-                    "device",
-                    options=["auto", "cuda", "cpu"],
-                    default="auto",
-                    tooltip="training device; cuda fails clearly when no GPU is visible",
-                ),
+                device_input(("auto", "cuda", "cpu"), "Training device"),
                 io.String.Input(
                     "val_bins",
                     default="",

@@ -190,3 +190,19 @@ def test_placement_error_says_what_and_how():
     assert activation_bytes_per_image(full, torch.float32) > 50 * activation_bytes_per_image(
         TINY_CONFIG, torch.float32
     )
+
+
+def test_shift_faceset_fills_one_output_array_exactly_as_aging_each_job(model):
+    """The streamed stage (one output array, inputs gathered per batch) gives the images that
+    age_faces gives on the gathered jobs, originals in place."""
+    from fdta_core.age.shift import AgeTargets, age_faces, shift_faceset
+    from fdta_core.faceset import FaceSet, Provenance
+
+    rng = np.random.default_rng(3)
+    faces = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    fs = FaceSet(faces, np.array([0, 0, 1]), [Provenance(identity=i) for i in (0, 0, 1)])
+    out = shift_faceset(model, fs, AgeTargets("list", (20.0, 70.0)), batch_size=4)
+    ref = age_faces(model, faces[[0, 0, 1, 1, 2, 2]], [20.0, 70.0] * 3, batch_size=4)
+    np.testing.assert_array_equal(out.images[[0, 3, 6]], faces)
+    np.testing.assert_array_equal(out.images[[1, 2, 4, 5, 7, 8]], ref)
+    assert [p.age_target for p in out.provenance] == [None, 20.0, 70.0] * 3

@@ -58,3 +58,21 @@ def test_gpu_suite_without_cuda_says_so_and_exits_0():
     )
     assert r.returncode == 0, r.stderr
     assert "no CUDA device" in r.stdout
+
+
+def test_run_all_lists_an_absent_bench_and_reads_the_new_ratios(tmp_path, monkeypatch):
+    """A bench not in this checkout (e.g. bench_bank.py before issue 15 lands) is a row with the reason,
+    not a crash; the runner, chunk-memory and bank ratios are read with their targets ("<" is strict)."""
+    import bench.run_all as ra
+
+    monkeypatch.setitem(ra.BENCHES, "bank", ["bench_does_not_exist.py"])
+    out, problem = ra.run_bench("bank", False, 10, sys.executable)
+    assert out == "" and problem.startswith("absent")
+    (row,) = ra.rows_for("bank", out, problem)
+    assert row.value is None and row.detail.startswith("absent")
+    (row,) = ra.rows_for("chunk_memory", "chunk RSS 100/10: 2.00x\n", "")
+    assert row.value == 2.0 and row.met is False and row.target == "< 2"
+    (row,) = ra.rows_for("runner", "fraction of hand-queued throughput: 0.97\n", "")
+    assert row.met is True and row.target == ">= 0.95"
+    (row,) = ra.rows_for("bank", "bank RSS 1M/10K: 1.10x\n", "")
+    assert row.met is True

@@ -182,21 +182,21 @@ def test_unwritable_dataset_folder(tmp_path):
 def test_full_disk_mid_chunk_leaves_committed_chunks_intact(tmp_path, monkeypatch):
     write_faceset(make_faceset(0, 3, 2), tmp_path, start=0, count=3)
     calls = {"n": 0}
-    real = RecordWriter.write_encoded_many
+    real = RecordWriter.write_joined  # the writer's one write per batch
 
-    def full(self, items):
+    def full(self, *args):
         calls["n"] += 1
         if calls["n"] > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, items)
+        return real(self, *args)
 
-    monkeypatch.setattr(RecordWriter, "write_encoded_many", full)
+    monkeypatch.setattr(RecordWriter, "write_joined", full)
     with pytest.raises(
         DatasetError, match="no space left on the device while writing chunk 000000003-000000006"
     ) as err:
         write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3, batch_size=2)
     assert "Fix: free disk space" in str(err.value)
-    monkeypatch.setattr(RecordWriter, "write_encoded_many", real)
+    monkeypatch.setattr(RecordWriter, "write_joined", real)
     assert [c.name for c in list_chunks(tmp_path)] == ["000000000-000000003"]
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.startswith(".")]
     write_faceset(make_faceset(3, 3, 4), tmp_path, start=3, count=3)  # next run continues
@@ -217,3 +217,46 @@ def test_progress_is_reported_and_may_interrupt(tmp_path):
     assert seen[0] == (4, 16)
     assert list_chunks(tmp_path) == []
     assert not (tmp_path / "chunks").exists()  # the folder this write created went with it
+
+
+def test_manifest_json_fast_path_matches_the_json_module():
+    """Manifest JSON columns come from json's C encoder built once; the text is what ``_ENCODE`` writes."""
+    from fdta_core.dataset.manifest import _ENCODE, _json
+
+    values = [
+        {"gender": "female", "age": "30-40"},
+        {"b": [1, 2.5, None, True], "a": {"z": "é", "y": float("inf")}},
+        ["acg", "stg", "csim"],
+        {"seed": np.int64(7), "score": np.float32(0.5)},  # numpy scalars go through default=str
+        {1: "one", 2: "two"},
+    ]
+    for v in values:
+        assert _json(v) == _ENCODE(v)
+    assert _json({}) == "{}" and _json([]) == "[]"
+
+
+@pytest.mark.parametrize("backend", ["pillow", "auto"])
+def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backend):
+    """The threaded, batched writer produces exactly the bytes of encoding each face in order and
+    appending ``pack`` records one by one (the speed work must not change the data set)."""
+    from fdta_core.imagecodec import jpeg_encoder
+    from fdta_core.recordio import IRHeader, pack
+
+    fs = make_faceset(0, 5, 7)
+    info = write_faceset(fs, tmp_path / "ds", jpeg_backend=backend, batch_size=3, workers=3, sync_every=1000)
+    _, encode = jpeg_encoder(backend)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with RecordWriter(ref / "train.rec", ref / "train.idx") as w:
+        n, c = len(fs), 5
+        for k in range(n):
+            w.write(k + 1, pack(IRHeader(0, float(fs.labels[k]), k + 1, 0), encode(fs.images[k])))
+        for label in range(c):
+            w.write(
+                n + 1 + label,
+                pack(IRHeader(2, (float(1 + 7 * label), float(8 + 7 * label)), n + 1 + label, 0)),
+            )
+        w.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
+    got = tmp_path / "ds" / "chunks" / info.name
+    assert (got / "train.rec").read_bytes() == (ref / "train.rec").read_bytes()
+    assert (got / "train.idx").read_bytes() == (ref / "train.idx").read_bytes()

@@ -12,6 +12,7 @@ import pytest
 
 from fdta_core.cli import main
 from fdta_core.dataset.writer import write_faceset
+from fdta_core.errors import InputError
 from fdta_core.faces import load_face_pack
 from fdta_core.faceset import FaceSet, Provenance
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces
@@ -160,3 +161,104 @@ def test_merge_audits_across_chunks(planted, capsys, tmp_path):
     assert summary["audit"]["flagged"] == [4] and summary["classes"] == 6
     rc, out = _run(capsys, "rec", "merge", str(tmp_path / "m2"), str(ds), "--audit")
     assert rc == 2 and "--pack" in out.err
+
+
+def _save_png(path, img):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def test_a_photo_folder_is_a_real_set_with_cached_embeddings(planted, capsys, tmp_path):
+    """--real FOLDER: one subfolder per person (or one photo per person); faces aligned and embedded with
+    the pack, each person's embedding cached outside the folder; identity 7 is found in it."""
+    from fdta_core.faces.audit import real_identities
+    from fdta_core.faces.realset import folder_identities, list_people
+
+    base, models, ds, _npy, _real_ds = planted
+    rng = np.random.default_rng(9)
+    src, _, _ = synthetic_identity_faces(N_ID, PER, noise=20, seed=3)
+    strangers, _, _ = synthetic_identity_faces(3, 1, seed=21)
+    photos = tmp_path / "photos"
+    for k, img in enumerate(_noisy(rng, src[7], 2)):
+        _save_png(photos / "seven" / "sub" / f"{k}.png", img)
+    _save_png(photos / "stranger.png", strangers[0])
+    _save_png(photos / "other" / "a.png", strangers[1])
+    (photos / "empty").mkdir()
+    (photos / "notes.txt").write_text("not an image")
+    people = list_people(photos)
+    assert people.names == ["other", "seven", "stranger"]
+    assert people.files[1] == ["seven/sub/0.png", "seven/sub/1.png"]
+
+    cache = tmp_path / "cache"
+    pack = ["--pack", "tiny_pack", "--insightface-dir", str(base / "insightface")]
+    rc, out = _run(
+        capsys, "audit", str(ds), "--real", str(photos), "--cache-dir", str(cache), *pack, "--json"
+    )
+    assert rc == 1, out.err
+    res = json.loads(out.out)
+    assert [m[:3] for m in res["real_matches"]] == [[7, 0, 1]]  # person 1 = 'seven'
+    assert sorted(p.name for p in photos.rglob("*") if p.suffix == ".npz") == []  # nothing in the folder
+    (cached,) = cache.glob("real-*.npz")
+    rc, out = _run(capsys, "audit", str(ds), "--real", str(photos), "--cache-dir", str(cache), *pack)
+    assert rc == 1 and "matches" in out.out and "'seven'" in out.out
+
+    class Counting:
+        """The pack, counting how many faces it embeds (the cache must spare them)."""
+
+        calls = 0
+
+        def describe(self):
+            return models.describe()
+
+        def align_batch(self, *a, **kw):
+            return models.align_batch(*a, **kw)
+
+        def embed(self, x, batch_size=32):
+            Counting.calls += len(x)
+            return models.embed(x, batch_size=batch_size)
+
+    got = real_identities(photos, Counting(), cache_dir=cache)
+    assert Counting.calls == 0 and got.names == ["other", "seven", "stranger"]
+    _save_png(photos / "seven" / "2.png", _noisy(rng, src[7], 1)[0])  # the folder changed: embedded again
+    names, centers = folder_identities(photos, Counting(), cache_dir=cache)
+    assert Counting.calls == 5 and centers.shape == (3, models.embedding_dim)
+    assert len(list(cache.glob("real-*.npz"))) == 2 and cached.is_file()
+    with pytest.raises(InputError, match="lies inside the real set"):
+        folder_identities(photos, Counting(), cache_dir=photos / ".cache")
+
+
+def test_photo_folder_errors_name_the_folder(tmp_path, capsys):
+    from fdta_core.faces.pack import AlignResult, DroppedImage
+    from fdta_core.faces.realset import folder_identities
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=f"no images .* in {empty}"):
+        folder_identities(empty, None)
+    photos = tmp_path / "p"
+    _save_png(photos / "a" / "x.png", np.zeros((64, 80, 3), np.uint8))
+    _save_png(photos / "b.png", np.zeros((64, 80, 3), np.uint8))
+    with pytest.raises(InputError, match="needs a face pack"):
+        folder_identities(photos, None)
+
+    class NoFaces:
+        def describe(self):
+            return "none"
+
+        def align_batch(self, images, **kw):
+            return AlignResult(
+                np.zeros((0, 112, 112, 3), np.uint8),
+                np.zeros((0,), np.int64),
+                [],
+                [DroppedImage(i, "no face found (80x64 image)") for i in range(len(images))],
+                len(images),
+            )
+
+    with pytest.raises(InputError, match=f"no faces found in {photos} \\(2 image\\(s\\) of 2 people\\)"):
+        folder_identities(photos, NoFaces(), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    rc = main(["audit", str(tmp_path / "nothing"), "--pack", "x", "--insightface-dir", str(tmp_path)])
+    assert rc == 2
+    capsys.readouterr()

@@ -110,3 +110,24 @@ def test_npz_round_trip_without_pickle(tmp_path, rng):
     np.testing.assert_array_equal(back.images, fs.images)
     assert back.provenance == fs.provenance
     np.testing.assert_array_equal(back.sources[4], fs.sources[4])
+
+
+def test_preview_is_bounded_and_shows_the_faces(rng):
+    """A node preview is a sample sheet whose size does not grow with the faceset (ComfyUI keeps every
+    node output in its cache, so a whole-batch float preview would grow with the chunk)."""
+    from fdta_core.faceset import PREVIEW_IDENTITIES, PREVIEW_PER_IDENTITY, faceset_preview
+
+    def make(n_ids, per):
+        labels = np.repeat(np.arange(n_ids), per)
+        prov = [Provenance(identity=int(i), age_target=30.0 + k % per) for k, i in enumerate(labels)]
+        return FaceSet(_faces(rng, len(labels)), labels, prov)
+
+    small, large = make(2, 3), make(40, 20)
+    s, big = faceset_preview(small), faceset_preview(large)
+    assert s.dtype == np.uint8 and s.shape == (4 + 2 * 130, 4 + 72 + 3 * 116, 3)
+    assert big.shape == (4 + PREVIEW_IDENTITIES * 130, 4 + 72 + PREVIEW_PER_IDENTITY * 116, 3)
+    assert faceset_preview(make(400, 50)).shape == big.shape
+    np.testing.assert_array_equal(s[4 : 4 + 112, 76 : 76 + 112], small.images[0])  # row 0: identity 0's faces
+    np.testing.assert_array_equal(s[134 : 134 + 112, 76 + 116 : 76 + 116 + 112], small.images[4])
+    empty = faceset_preview(FaceSet.empty())
+    assert empty.ndim == 3 and empty.shape[0] < 200

@@ -155,6 +155,9 @@ def test_train_refuses_a_broken_set_by_name(chunked, tmp_path, layout, kind, cap
     err = capfd.readouterr().err  # the training process reports on its own stderr
     assert str(bad / f"train.{kind}") in err
     assert not list((tmp_path / "run").glob("**/*.pt"))  # no checkpoint of a broken set
+    # running again cannot cure a broken set: the advice is the data set's fix, not "resume"
+    assert "run the same command again to resume" not in err
+    assert "fails the same way" in err and "fdta rec info" in err
 
 
 @pytest.mark.parametrize("kind", ["idx", "rec"])

@@ -166,3 +166,25 @@ def test_random_payloads_round_trip(tmp_path):
             w.write(i, r)
     rd = RecordReader(tmp_path / "r.rec")
     assert [rd.read(i) for i in range(len(recs))] == recs
+
+
+def test_encode_scalar_record_is_byte_identical_to_the_general_path():
+    """The writer's one-join fast path gives exactly ``encode_record(pack_scalar(...))``, including
+    payloads that hold the magic (aligned, unaligned, across the header boundary) and every padding."""
+    from fdta_core.recordio import _MAGIC_BYTES, encode_record, encode_scalar_record, pack_scalar
+
+    rng = np.random.default_rng(0)
+    payloads = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (0, 1, 2, 3, 4, 5, 17, 100, 5000)]
+    base = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+    for at in (0, 1, 2, 3, 4, 8, 30, 60):  # magic inside the payload at every alignment
+        payloads.append(base[:at] + _MAGIC_BYTES + base[at:])
+    for cut in (1, 2, 3):  # magic split between the last header bytes and the payload
+        payloads.append(_MAGIC_BYTES[cut:] + base)
+    for label, key in (
+        (0.0, 1),
+        (3.0, 7),
+        (float(2**23), 2**40),
+        (1.0, 0xCED7230A),
+    ):  # last: magic in the header
+        for p in payloads:
+            assert encode_scalar_record(label, key, p) == encode_record(pack_scalar(label, key, p))

@@ -83,11 +83,22 @@ def test_patch_sets_range_and_derives_every_seed():
         patch_workflow(WORKFLOW, c, 1, [("Nope", "x", 1)])
 
 
+def _stages(start: int) -> list[dict]:
+    """What FDTADatasetWriter reports for a chunk: its stages' timings (10 images, fixed seconds)."""
+    return [
+        {"stage": "stg", "node": "FDTASTGMixer", "seconds": 2.0, "images": 10, "chunk": f"c{start}"},
+        {"stage": "write", "node": "FDTADatasetWriter", "seconds": 0.5, "images": 10, "chunk": f"c{start}"},
+    ]
+
+
 class FakeComfy:
     """Answers /prompt and /history like ComfyUI; chunks listed in ``fail`` fail that many times."""
 
-    def __init__(self, fail: dict[int, int] | None = None, object_info: dict | None = None) -> None:
+    def __init__(
+        self, fail: dict[int, int] | None = None, object_info: dict | None = None, missing=None
+    ) -> None:
         self.object_info = object_info or {}
+        self.missing = missing  # (identity_start, repair text) -> the writer's missing list, or None
         self.prompts: list[dict] = []
         self.fail = dict(fail or {})
         self.history: dict[str, dict] = {}
@@ -110,7 +121,7 @@ class FakeComfy:
                 if self.path == "/prompt":
                     prompt = data["prompt"]
                     outer.prompts.append(prompt)
-                    pid = f"p{len(outer.prompts)}"
+                    pid = data.get("prompt_id") or f"p{len(outer.prompts)}"
                     start = prompt["1"]["inputs"]["identity_start"]
                     if outer.fail.get(start, 0) > 0:
                         outer.fail[start] -= 1
@@ -119,9 +130,14 @@ class FakeComfy:
                             "status": {"status_str": "error", "messages": [["execution_error", err]]}
                         }
                     else:
+                        out = {"text": [f"wrote {start}"], "fdta_stages": _stages(start)}
+                        if outer.missing is not None:
+                            got = outer.missing(start, prompt["1"]["inputs"].get("repair", ""))
+                            if got is not None:
+                                out["fdta_missing"] = got
                         outer.history[pid] = {
                             "status": {"status_str": "success", "completed": True},
-                            "outputs": {"4": {"text": [f"wrote {start}"]}},
+                            "outputs": {"4": out},
                         }
                     self._send({"prompt_id": pid, "node_errors": {}})
                 else:
@@ -130,6 +146,8 @@ class FakeComfy:
             def do_GET(self):
                 if self.path == "/object_info":
                     return self._send(outer.object_info)
+                if self.path == "/queue":  # every prompt finishes at once: nothing is ever queued
+                    return self._send({"queue_running": [], "queue_pending": []})
                 pid = self.path.rsplit("/", 1)[-1]
                 self._send({pid: outer.history[pid]} if pid in outer.history else {})
 
@@ -301,3 +319,104 @@ def test_cli_run_refuses_a_seed_out_of_range(tmp_path, capsys, seed):
     err = capsys.readouterr().err
     assert "run --seed" in err and f"seed {seed} is not an integer in 0 .. 2**63-1" in err
     assert str(SEED_MAX) in err and not (tmp_path / "r").exists()
+
+
+def test_missing_identities_get_repair_rounds_up_to_the_bound(tmp_path, fake):
+    """The writer reports what a chunk is missing; the runner queues the same chunk again for just those
+    identities (FDTAAttributeSpec.repair = 'ROUND: IDS') until nothing is missing or the bound is
+    reached, records every round, and a killed run resumes with the next round, never redoing the chunk."""
+    from fdta_core.runner.repair import missing_of, next_repair
+
+    answers = {(0, ""): [3, 7], (0, "1: 3, 7"): [7], (0, "2: 7"): [7], (100, ""): [], (200, ""): []}
+    s = fake(missing=lambda start, repair: answers[(start, repair)])
+    counts = run(_cfg(tmp_path, [s.url], repair_rounds=2))
+    assert counts["done"] == 3
+    asked = [(p["1"]["inputs"]["identity_start"], p["1"]["inputs"].get("repair")) for p in s.prompts]
+    assert asked == [(0, None), (0, "1: 3, 7"), (0, "2: 7"), (100, None), (200, None)]
+    for p in s.prompts:  # the same chunk every time: only the repair input differs
+        assert p["1"]["inputs"]["identity_count"] == 100 or p["1"]["inputs"]["identity_start"] == 200
+    man = json.loads((tmp_path / "run" / "run-shard0000-of-0001.json").read_text())
+    c0 = man["chunks"]["0"]
+    assert c0["missing"] == [7] and [r["round"] for r in c0["repairs"]] == [1, 2]
+    assert c0["repairs"][0]["identities"] == [3, 7] and c0["repairs"][0]["missing_after"] == [7]
+    assert man["chunks"]["1"]["missing"] == [] and man["chunks"]["1"]["repairs"] == []
+    assert run(_cfg(tmp_path, [s.url], repair_rounds=2))["done"] == 3 and len(s.prompts) == 5
+
+    # a run killed after chunk 0's first pass resumes with repair round 1 (the chunk is not redone)
+    cfg = _cfg(tmp_path / "k", [s.url], repair_rounds=2, identities=100)
+    m = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    m.mark(cfg.chunks()[0], ChunkState.RUNNING, attempts=1, missing=[3, 7])
+    before = len(s.prompts)
+    assert run(cfg)["done"] == 1
+    assert [p["1"]["inputs"].get("repair") for p in s.prompts[before:]] == ["1: 3, 7", "2: 7"]
+    # --repair-rounds 0 never repairs; a workflow whose writer reports nothing has nothing to repair
+    assert next_repair([3], 0, 0) is None and next_repair([], 0, 2) is None
+    assert missing_of({"9": {"text": ["x"]}}) is None and missing_of({"4": {"fdta_missing": [2, 1]}}) == [1, 2]
+    with pytest.raises(ConfigError, match="repair rounds"):
+        _cfg(tmp_path, [s.url], repair_rounds=-1)
+
+
+# ------------------------------------------------------------------ old widget names (issue 19: node set reshaped)
+def test_old_widget_names_are_aliases_or_clear_errors():
+    """``--set`` with a widget name from before the node set was reshaped: a renamed input is renamed, an
+    input that moved to FDTAACGOptions goes to the options node linked into the sampler, and a workflow
+    without one is told what to add."""
+    from fdta_core.runner.overrides import check_overrides
+
+    sets = ["FDTAAgeLoader.dtype=fp32", "FDTASTGLoader.checkpoint=dcface_3x3.ckpt",
+            "FDTAACGSampler.uniqueness_threshold=0.4", "FDTAACGSampler.check_age=false"]  # fmt: skip
+    opts = next(k for k, n in SHIPPED.items() if n["class_type"] == "FDTAACGOptions")
+    out = check_overrides(SHIPPED, [parse_override(s) for s in sets], None)
+    assert out == [
+        ("FDTAAgeLoader", "precision", "fp32"),
+        ("FDTASTGLoader", "model_name", "dcface_3x3.ckpt"),
+        (opts, "uniqueness_threshold", 0.4),
+        (opts, "check_age", False),
+    ]
+    p = patch_workflow(SHIPPED, plan_chunks(10, 5)[0], 1, out)
+    assert p[opts]["inputs"]["uniqueness_threshold"] == 0.4 and "uniqueness_threshold" not in p["7"]["inputs"]
+    bare = {k: v for k, v in SHIPPED.items() if k != opts}
+    bare["7"] = {**bare["7"], "inputs": {k: v for k, v in bare["7"]["inputs"].items() if k != "options"}}
+    with pytest.raises(ConfigError, match="moved to FDTAACGOptions.*add a FDTAACGOptions node"):
+        check_overrides(bare, [parse_override("FDTAACGSampler.retries=3")], OBJECT_INFO)
+
+
+def test_an_old_api_workflow_is_upgraded_or_refused(tmp_path):
+    from fdta_core.runner.overrides import upgrade_workflow
+
+    old = {"1": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": "sam.pt", "device": "auto", "dtype": "fp16"}},
+           "2": {"class_type": "FDTASTGLoader", "inputs": {"checkpoint": "dcface_5x5.ckpt"}}}  # fmt: skip
+    up = upgrade_workflow(old)
+    assert up["1"]["inputs"] == {"model_name": "sam.pt", "device": "auto", "precision": "fp16"}
+    assert up["2"]["inputs"] == {"model_name": "dcface_5x5.ckpt"}
+    old["3"] = {"class_type": "FDTAACGSampler", "inputs": {"steps": 2, "control_preprocess": "none"}}
+    with pytest.raises(ConfigError, match=r"node 3 \(FDTAACGSampler\) sets control_preprocess, which moved"):
+        upgrade_workflow(old)
+    wf = tmp_path / "old.json"
+    wf.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="saved with an older FDTA"):
+        RunConfig.from_file(wf, run_dir=tmp_path / "r", identities=2, chunk_size=1, seed=1, servers=[])
+
+
+def test_cli_run_prints_the_per_stage_table_of_the_run_so_far(tmp_path, fake, capsys):
+    """After a run, the stage timings every done chunk reported are summed per stage: a table on stderr
+    and ``stages`` in the JSON line (``--json``: the JSON only); a resumed run counts earlier chunks."""
+    s = fake()
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    base = ["run", str(wf), "--run-dir", str(tmp_path / "r"), "--chunk-size", "100", "--seed", "3",
+            "--server", s.url]  # fmt: skip
+    assert cli_main([*base, "--identities", "200"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])["stages"]
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert list(rows) == ["stg", "write"]
+    assert rows["stg"]["chunks"] == 2 and rows["stg"]["images"] == 20 and rows["stg"]["seconds"] == 4.0
+    assert rows["stg"]["images_per_s"] == 5.0 and rows["write"]["images_per_s"] == 20.0
+    assert abs(rows["stg"]["share"] - 0.8) < 1e-9 and summary["chunks_done"] == 2
+    assert "per-stage time" in err and "FDTASTGMixer" in err and "2 chunk(s) done" in err
+    capsys.readouterr()
+    assert cli_main([*base, "--identities", "200", "--json"]) == 0  # nothing left to do: the table stays
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip())["stages"]["stages"][0]["images"] == 20
+    assert "per-stage time" not in err

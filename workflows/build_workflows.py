@@ -92,24 +92,32 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
                 "control_net": ["2", 0],
                 "plan": ["5", 0],
                 "control_images": ["3", 0],
-                "face_models": ["6", 0],
-                "control_preprocess": "none",
-                "canny_low": 100,
-                "canny_high": 200,
-                "edge_blur": 3,
-                "control_assignment": "random",
-                "strength": 0.8,
-                "start_percent": 0.0,
-                "end_percent": 0.8,
-                "candidates": 4,
-                "batch_size": 8,
                 "seed": RUN_SEED,
                 "steps": 25,
                 "cfg": 7.0,
                 "sampler_name": "dpmpp_2m",
                 "scheduler": "karras",
+                "strength": 0.8,
+                "start_percent": 0.0,
+                "end_percent": 0.8,
                 "width": 512,
                 "height": 512,
+                "candidates": 4,
+                "batch_size": 8,
+                "face_models": ["6", 0],
+                "options": ["15", 0],
+                "identity_index": f"fdta/{slug}_identity_index",
+            },
+            "_meta": {"title": "ACG: one source face per identity"},
+        },  # fmt: skip
+        "15": {
+            "class_type": "FDTAACGOptions",
+            "inputs": {
+                "control_preprocess": "none",  # the shipped control image already is an edge map
+                "canny_low": 100,
+                "canny_high": 200,
+                "edge_blur": 3,
+                "control_assignment": "random",
                 "retries": 2,
                 "on_failure": "skip",
                 "min_det_score": 0.5,
@@ -118,12 +126,11 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
                 "age_tolerance": 10.0,
                 "uniqueness_threshold": 0.3,
                 "real_person_threshold": 0.3,
-                "identity_index": f"fdta/{slug}_identity_index",
                 "real_sets": "",
             },
-            "_meta": {"title": "ACG: one source face per identity"},
+            "_meta": {"title": "ACG options: selection criteria, retries, edges"},
         },  # fmt: skip
-        "8": {"class_type": "FDTASTGLoader", "inputs": {"checkpoint": STG}},
+        "8": {"class_type": "FDTASTGLoader", "inputs": {"model_name": STG}},
         "20": {
             "class_type": "PreviewImage",
             "inputs": {"images": ["7", 2]},
@@ -236,7 +243,7 @@ def syn_ms1m() -> dict[str, dict[str, Any]]:
     )
     g["11"] = {
         "class_type": "FDTAAgeLoader",
-        "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
+        "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
     }
     g["12"] = {
         "class_type": "FDTAAgeShifter",
@@ -282,7 +289,7 @@ def syn_vggface2() -> dict[str, dict[str, Any]]:
     )
     g["11"] = {
         "class_type": "FDTAAgeLoader",
-        "inputs": {"model_name": SAM, "device": "auto", "dtype": "auto"},
+        "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
     }
     g["12"] = {
         "class_type": "FDTAAgeShifter",

@@ -23,6 +23,7 @@ from .engine import (
     plan_round,
     run_acg,
 )
+from .generate import ACGOptions, ACGOutputs, StepProgress, generate_sources, real_person_bank, sampling_meta
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
 from .selection import (
     FaceAnalysis,
@@ -38,6 +39,8 @@ __all__ = [
     "EDGE_METHODS",
     "ON_FAILURE",
     "STAGE",
+    "ACGOptions",
+    "ACGOutputs",
     "ACGResult",
     "ACGSettings",
     "CandidateJob",
@@ -49,6 +52,7 @@ __all__ = [
     "Rejection",
     "SelectionCriteria",
     "SelectionFailedError",
+    "StepProgress",
     "candidate_seed",
     "check_candidate",
     "choose",
@@ -57,7 +61,10 @@ __all__ = [
     "control_index",
     "edge_map",
     "fit_image",
+    "generate_sources",
     "make_batches",
     "plan_round",
+    "real_person_bank",
     "run_acg",
+    "sampling_meta",
 ]

@@ -253,6 +253,7 @@ class ACGResult:
             "sampler_seed": self.settings.seed,
             "control_policy": self.settings.control_policy,
             "candidates": [r.summary() for r in self.records_of(slot)],
+            "repair_round": int(self.plan.repair_round),
             **self.meta,
         }
         if self.checked:
@@ -329,6 +330,7 @@ class ACGResult:
                         "prompt": spec.prompt,
                         "run_seed": self.plan.run_seed,
                         "sampler_seed": self.settings.seed,
+                        "repair_round": int(self.plan.repair_round),
                         "candidates": [r.summary() for r in recs],
                     },
                 )
@@ -362,9 +364,10 @@ class ACGResult:
             return None
         return ChunkStamp(
             int(self.plan.start),
-            int(self.plan.start) + len(self.plan),
+            int(self.plan.end),
             self.plan.spec_hash,
             int(self.plan.run_seed),
+            int(self.plan.repair_round),
         )
 
     def accepted_index(self) -> IdentityIndex:
@@ -414,6 +417,13 @@ class ACGResult:
         return "\n".join(lines)
 
 
+def first_attempt(plan: IdentityPlan, settings: ACGSettings) -> int:
+    """The first attempt number of ``plan``: 0 for a chunk's first pass; repair round k (an identity the
+    CSIM filter or the leak check left without images) continues after the attempts of the rounds
+    before it, so every (identity, attempt) has its own seeds and control image."""
+    return int(plan.repair_round) * (settings.retries + 1)
+
+
 def run_acg(
     plan: IdentityPlan,
     sample: SampleFn,
@@ -451,11 +461,12 @@ def run_acg(
     done = 0
     total = math.ceil(len(pending) * settings.candidates / settings.batch_size)
     rounds = 0
-    for attempt in range(settings.retries + 1):
+    first = first_attempt(plan, settings)
+    for attempt in range(first, first + settings.retries + 1):
         rounds += 1
         jobs = plan_round(plan, pending, attempt, settings, n_controls)
         batches = make_batches(jobs, settings.batch_size)
-        if attempt:
+        if attempt > first:
             total += len(batches)
             log.info("ACG retry round %d for %d identities (%d candidates)", attempt, len(pending), len(jobs))
         round_recs: list[CandidateRecord] = []

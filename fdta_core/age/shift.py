@@ -150,35 +150,45 @@ def age_faces(
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    index: Sequence[int] | np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    out_index: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Age aligned 112x112 uint8 faces ``[N,112,112,3]``, face i to ``ages[i]``; returns ``[N,112,112,3]`` uint8.
 
-    Runs in batches of ``batch_size`` on the model's device and dtype (unless given); ``progress(done,
-    total)`` is called before the first batch and after each one, and whatever it raises (an interrupt)
+    With ``index``, job i ages ``faces[index[i]]`` (the faces are gathered per batch, never copied
+    whole); with ``out`` and ``out_index``, job i's result is written to ``out[out_index[i]]`` and
+    ``out`` is returned, so a caller that assembles a larger faceset needs no second copy. Runs in
+    batches of ``batch_size`` on the model's device and dtype (unless given); ``progress(done, total)``
+    is called before the first batch and after each one, and whatever it raises (an interrupt)
     propagates.
     """
-    n = int(faces.shape[0])
+    src = np.arange(int(faces.shape[0])) if index is None else np.asarray(index, np.int64)
+    n = int(src.shape[0])
     if len(ages) != n:
         raise InputError(f"{len(ages)} ages for {n} faces", where="age_faces")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}", where="batch_size")
+    if out is None:
+        out = np.empty((n, 112, 112, 3), np.uint8)
+        dst = np.arange(n)
+    else:
+        dst = np.asarray(out_index if out_index is not None else np.arange(n), np.int64)
+        if dst.shape != (n,):
+            raise InputError(f"{len(dst)} output positions for {n} faces", where="age_faces")
     m_dev, m_dtype = model_device_dtype(model)
     device = torch.device(device) if device is not None else m_dev
     dtype = dtype or m_dtype
-    out = np.empty((n, 112, 112, 3), np.uint8)
-    done = 0
     if progress is not None and n:
         progress(0, n)  # lets a cancel requested before this node started stop it at once
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = faces_to_sam_input(
-            torch.from_numpy(np.ascontiguousarray(faces[start:stop])).to(device), dtype=dtype
-        )
+        batch = faces[src[start:stop]]  # only this batch is gathered (and made float below)
+        x = faces_to_sam_input(torch.from_numpy(np.ascontiguousarray(batch)).to(device), dtype=dtype)
         y = model.transform(x, torch.tensor([float(a) for a in ages[start:stop]]), resize=False)
-        out[start:stop] = sam_output_to_faces(y).numpy()
-        done = stop
+        out[dst[start:stop]] = sam_output_to_faces(y).numpy()
         if progress is not None:
-            progress(done, n)
+            progress(stop, n)
     return out
 
 
@@ -196,40 +206,47 @@ def shift_faceset(
     """A new faceset with aged variants of every image (each original first when ``keep_originals``).
 
     Each variant's provenance is its original's, with the ``age`` stage appended, ``age_target`` set and
-    the mode details in ``extra``; labels and source faces are unchanged.
+    the mode details in ``extra``; labels and source faces are unchanged. The output array is allocated
+    once and filled batch by batch: the stage holds its input, its output and one batch, nothing more.
     """
     plan = plan_targets(faceset, targets)
-    jobs = [(i, age) for i, items in enumerate(plan) for age, _, _ in items]
-    aged = age_faces(
-        model,
-        faceset.images[[j[0] for j in jobs]] if jobs else np.zeros((0, 112, 112, 3), np.uint8),
-        [j[1] for j in jobs],
-        batch_size=batch_size,
-        progress=progress,
-        device=device,
-        dtype=dtype,
-    )
-    images: list[np.ndarray] = []
-    labels: list[int] = []
+    total = sum(len(items) + (1 if keep_originals else 0) for items in plan)
+    if not total:
+        return faceset.derived(np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0,), np.int64), [])
+    images = np.empty((total, 112, 112, 3), np.uint8)
+    labels = np.empty((total,), np.int64)
     prov: list[Provenance] = []
-    k = 0
+    job_src: list[int] = []
+    job_dst: list[int] = []
+    job_age: list[float] = []
     for i, items in enumerate(plan):
         if keep_originals:
-            images.append(faceset.images[i])
-            labels.append(int(faceset.labels[i]))
+            images[len(prov)] = faceset.images[i]
+            labels[len(prov)] = int(faceset.labels[i])
             prov.append(faceset.provenance[i])
         for age, extra, seeds in items:
-            images.append(aged[k])
-            labels.append(int(faceset.labels[i]))
+            job_src.append(i)
+            job_dst.append(len(prov))
+            job_age.append(age)
+            labels[len(prov)] = int(faceset.labels[i])
             prov.append(
                 faceset.provenance[i].derive(
                     STAGE, age_target=float(age), seeds=seeds, extra={**extra, "age_source_index": i}
                 )
             )
-            k += 1
-    if not images:
-        return faceset.derived(np.zeros((0, 112, 112, 3), np.uint8), np.zeros((0,), np.int64), [])
-    return faceset.derived(np.stack(images), np.asarray(labels, np.int64), prov)
+    age_faces(
+        model,
+        faceset.images,
+        job_age,
+        index=job_src,
+        out=images,
+        out_index=job_dst,
+        batch_size=batch_size,
+        progress=progress,
+        device=device,
+        dtype=dtype,
+    )
+    return faceset.derived(images, labels, prov)
 
 
 def activation_bytes_per_image(config: SAMConfig, dtype: torch.dtype) -> int:

@@ -26,7 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="REAL",
-        help="real set: data-set folder or .npy (repeatable)",
+        help="real set: data-set folder, .npy of [N, D] embeddings, or a folder of photos (one subfolder per "
+        "person, or one photo per person) (repeatable)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the embeddings of photo folders are cached (default $FDTA_CACHE_DIR, else "
+        "~/.cache/fdta/real_sets; never inside the photo folder)",
     )
     p.add_argument("--pack", required=True, help="insightface pack for embeddings, e.g. buffalo_l")
     add_pack_location_args(p)
@@ -48,6 +56,7 @@ def _audit(args: argparse.Namespace) -> int:
     from ..dataset.merge import filter_dataset
     from ..faces.audit import audit_identities, dataset_identities, real_identities
     from ..faces.identity import check_threshold
+    from ..faces.realset import default_cache_dir
     from .rec import _bar
     from .report import load_pack
 
@@ -58,7 +67,8 @@ def _audit(args: argparse.Namespace) -> int:
         data = dataset_identities(args.dataset, models, batch_size=args.batch_size, progress=progress)
     finally:
         close()
-    real = [real_identities(r, models, batch_size=args.batch_size) for r in args.real]
+    cache = args.cache_dir or default_cache_dir()
+    real = [real_identities(r, models, batch_size=args.batch_size, cache_dir=cache) for r in args.real]
     result = audit_identities(data, real, args.threshold, exact=args.exact)
     written = None
     if args.write_filtered is not None:
@@ -75,7 +85,7 @@ def _audit(args: argparse.Namespace) -> int:
         for a, b, c in result.duplicate_pairs:
             print(f"duplicate: {a} and {b} (cos {c:.3f})")
         for lab, k, rl, c in result.real_matches:
-            print(f"real person: {lab} matches {args.real[k]} identity {rl} (cos {c:.3f})")
+            print(f"real person: {lab} matches {args.real[k]} {real[k].label_text(rl)} (cos {c:.3f})")
         print(f"flagged: {len(result.flagged)} identit{'y' if len(result.flagged) == 1 else 'ies'}")
         if written:
             print(f"wrote {written['path']}: {written['images']} images, {written['classes']} identities")

@@ -173,6 +173,10 @@ def _report(args: argparse.Namespace) -> int:
         ):
             if summary.get(key):
                 print(diversity_line(name, summary[key]))
+        if summary.get("stages"):
+            from ..timing import format_stage_table
+
+            print(format_stage_table(summary["stages"]))
         for note in summary["notes"]:
             print(f"note: {note}")
         print(f"wrote {html_path} and {json_path}")

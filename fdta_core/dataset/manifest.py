@@ -11,6 +11,7 @@ Tables::
     identities(label, identity, chunk, first_key, end_key, images)
     dropped(id, chunk, stage, identity, reasons, detail, record)
     meta(name, value)
+    stages(id, chunk, stage, node, seconds, images, images_per_s, started)
 
 ``key``/``label`` are the record key and class label in the ``train.rec`` beside the manifest;
 ``identity`` is the original identity id of the plan (stable across chunks and merges); ``chunk`` and
@@ -18,7 +19,8 @@ Tables::
 ``history`` and ``extra`` are JSON text (query them with SQLite's ``json_extract``).
 ``dropped`` lists what the pipeline left out of the chunk and why (an identity without an acceptable
 ACG candidate, an image below the CSIM threshold, ...): ``reasons`` is a JSON list of codes, ``record``
-JSON details (manifests written before this table existed simply lack it).
+JSON details (manifests written before this table existed simply lack it). ``stages`` holds the wall time
+and images/s of every stage that made the chunk's images (:mod:`fdta_core.timing`; older manifests lack it).
 """
 
 from __future__ import annotations
@@ -72,7 +74,18 @@ CREATE TABLE dropped (
     detail TEXT NOT NULL DEFAULT '',
     record TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE stages (
+    id INTEGER PRIMARY KEY,
+    chunk TEXT,
+    stage TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '',
+    seconds REAL NOT NULL,
+    images INTEGER NOT NULL,
+    images_per_s REAL,
+    started REAL
+);
 """
+STAGE_COLUMNS = ("chunk", "stage", "node", "seconds", "images", "images_per_s", "started")
 DROPPED_COLUMNS = ("chunk", "stage", "identity", "reasons", "detail", "record")
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
@@ -118,9 +131,34 @@ EXAMPLE_QUERIES: dict[str, str] = {
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
+def _c_encoder() -> Any:
+    """json's C encoder built once with ``_ENCODE``'s options (``JSONEncoder.encode`` builds it again on
+    every call, half the cost of a small dict); None where the C accelerator is missing."""
+    import json.encoder as je
+
+    make = getattr(je, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    c = make(None, str, je.encode_basestring_ascii, None, ":", ",", True, False, True)
+    probe = {"b": [1, 2.5, None, "\u00e9"], "a": {"y": True, "x": "s"}}
+    return c if "".join(c(probe, 0)) == _ENCODE(probe) else None
+
+
+_C_ENCODE = _c_encoder()
+
+
 def _json(value: Any) -> str:
     if not value:
         return "[]" if isinstance(value, list) else "{}"
+    if _C_ENCODE is not None and type(value) in (dict, list):
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except (
+            TypeError,
+            ValueError,
+            RecursionError,
+        ):  # e.g. a non-string key: the Python encoder says what is wrong
+            pass
     return _ENCODE(value)
 
 
@@ -192,6 +230,74 @@ class ManifestWriter:
             ],
         )
 
+    def add_stages(self, chunk: str | None, timings: Iterable[Any]) -> None:
+        """Record what each stage cost (:class:`~fdta_core.timing.StageTiming`) for ``chunk``."""
+        self.conn.executemany(
+            f"INSERT INTO stages ({', '.join(STAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (t.chunk or chunk, t.stage, t.node, float(t.seconds), int(t.images), round(t.images_per_s, 3),
+                 float(t.started))
+                for t in timings
+            ],
+        )  # fmt: skip
+
+    def copy_from(self, path: str | os.PathLike) -> None:
+        """Copy the ``images`` and ``dropped`` rows of another manifest (a repair round starts from the
+        committed chunk's manifest; its ``identities`` are rewritten at commit)."""
+        self.conn.execute("COMMIT")
+        self.conn.execute("ATTACH DATABASE ? AS base", (str(Path(path)),))
+        try:
+            cols = ", ".join(IMAGE_COLUMNS)
+            self.conn.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM base.images ORDER BY key")
+            has = self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='dropped'"
+            ).fetchone()
+            if has:
+                cols = ", ".join(DROPPED_COLUMNS)
+                self.conn.execute(f"INSERT INTO dropped ({cols}) SELECT {cols} FROM base.dropped ORDER BY id")
+            if self.conn.execute(
+                "SELECT 1 FROM base.sqlite_master WHERE type='table' AND name='stages'"
+            ).fetchone():  # the earlier rounds' stage timings stay with the chunk
+                cols = ", ".join(STAGE_COLUMNS)
+                self.conn.execute(f"INSERT INTO stages ({cols}) SELECT {cols} FROM base.stages ORDER BY id")
+        finally:
+            self.conn.execute("DETACH DATABASE base")
+            self.conn.execute("BEGIN")
+
+    def dropped_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM dropped").fetchone()[0])
+
+    def dropped_identities_since(self, count: int) -> list[int]:
+        """Identities of the dropped rows added after the first ``count``."""
+        rows = self.conn.execute("SELECT DISTINCT identity FROM dropped WHERE id > ?", (int(count),))
+        return [int(r[0]) for r in rows]
+
+    def drop_reasons(self, identities: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Why each of ``identities`` was left out, from its latest round's dropped rows: ``{stage,
+        reasons: {code: count}, detail, round}`` (identities without a row are absent)."""
+        wanted = {int(i) for i in identities}
+        rows = self.conn.execute(
+            "SELECT identity, coalesce(json_extract(record, '$.repair_round'), 0) AS r, stage, reasons, "
+            "count(*), min(detail), max(id) FROM dropped GROUP BY identity, r, stage, reasons"
+        ).fetchall()
+        latest: dict[int, int] = {}
+        for ident, r, *_ in rows:
+            if int(ident) in wanted:
+                latest[int(ident)] = max(latest.get(int(ident), 0), int(r))
+        out: dict[int, dict[str, Any]] = {}
+        last_id: dict[int, int] = {}
+        for ident, r, stage, reasons, n, detail, last in rows:
+            ident = int(ident)
+            if ident not in wanted or int(r) != latest[ident]:
+                continue
+            w = out.setdefault(ident, {"stage": stage, "reasons": {}, "detail": detail, "round": int(r)})
+            for code in json.loads(reasons or "[]"):
+                w["reasons"][code] = w["reasons"].get(code, 0) + int(n)
+            if int(last) > last_id.get(ident, -1):  # the stage of the identity's last record
+                last_id[ident] = int(last)
+                w["stage"], w["detail"] = stage, detail
+        return out
+
     def set_meta(self, **values: Any) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -248,6 +354,15 @@ def read_identities(path: str | os.PathLike) -> list[tuple[int, int, str | None,
                 "SELECT label, identity, chunk, first_key, end_key FROM identities ORDER BY label"
             )
         ]
+
+
+def read_stages(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``stages`` row of a manifest as a dict; [] for manifests written before the table existed."""
+    with open_manifest(path) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='stages'").fetchone():
+            return []
+        rows = conn.execute(f"SELECT {', '.join(STAGE_COLUMNS)} FROM stages ORDER BY id").fetchall()
+    return [dict(zip(STAGE_COLUMNS, r, strict=True)) for r in rows]
 
 
 def read_dropped(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -33,11 +33,12 @@ from .manifest import (
     DROPPED_COLUMNS,
     IMAGE_COLUMNS,
     MANIFEST_NAME,
+    STAGE_COLUMNS,
     ManifestWriter,
     image_row,
     read_identities,
 )
-from .writer import CHUNKS_DIR, list_chunks
+from .writer import CHUNKS_DIR, list_chunks, read_missing
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,10 @@ def _write_merged(
                 w.write(n + 1 + label, pack(IRHeader(2, (float(s), float(e)), n + 1 + label, 0)))
         _merge_manifests(manifest, sources, idents, bounds, renumber=renumber)
         meta: dict[str, Any] = {"images": n, "classes": c, "merged_from": [str(s.path) for s in sources]}
+        # planned identities without images stay on record, with why (an empty chunk is all of this)
+        meta["missing"] = [
+            {**m, "chunk": m.get("chunk", s.name)} for s in sources for m in read_missing(s.path)
+        ]
         if renumber:
             meta.update(renumbered="1", inputs=inputs or [])
         manifest.set_meta(**meta)
@@ -393,6 +398,12 @@ def _merge_manifests(
                     f"INSERT INTO dropped ({dcols}) SELECT {scols} FROM src.dropped ORDER BY id",
                     (_group_of(idents, i),) if renumber else (),
                 )
+            has_stages = conn.execute(
+                "SELECT 1 FROM src.sqlite_master WHERE type='table' AND name='stages'"
+            ).fetchone()
+            if has_stages:  # what each chunk's stages cost stays on record
+                scols = ", ".join(STAGE_COLUMNS)
+                conn.execute(f"INSERT INTO stages ({scols}) SELECT {scols} FROM src.stages ORDER BY id")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -56,7 +57,8 @@ from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..plan import CHUNK_NAME_DIGITS
 from ..plan import chunk_name as chunk_name
-from ..recordio import IRHeader, RecordWriter, encode_record, pack, pack_scalar
+from ..recordio import IRHeader, RecordWriter, encode_scalar_record, pack
+from ..timing import StageTiming
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ _D = CHUNK_NAME_DIGITS
 MAX_IDENTITIES = 1 << 24
 _NAME_RE = re.compile(rf"^(\d{{{_D},}})-(\d{{{_D},}})$")
 _TMP_RE = re.compile(rf"^\.(tmp|old)-(\d{{{_D},}}-\d{{{_D},}})-(.+)-(\d+)$")
+_UINT8 = np.dtype(np.uint8)
+_FDATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 #: Temporary chunk folders owned by live writers of this process (never cleaned up as stale).
 _ACTIVE: set[str] = set()
@@ -100,6 +104,13 @@ class ChunkInfo:
     run_seed: int | None = None
     #: earlier copies this chunk replaced, newest last: what made them and why they were replaced
     replaced: list[dict[str, Any]] = field(default_factory=list)
+    #: wall time and images/s of every stage that made the chunk, the writer last (fdta_core.timing)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    #: planned identities of the range that have no images, each with why (stage, reason counts, detail,
+    #: the round that last tried it); empty when every planned identity was written
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    #: repair rounds that added identities to this chunk, oldest first (see ``ChunkStamp.repair``)
+    repairs: list[dict[str, Any]] = field(default_factory=list)
     path: str = ""
 
     @property
@@ -247,13 +258,23 @@ def update_index(dataset: str | os.PathLike) -> dict[str, Any]:
         index = {
             "format": "fdta-dataset-1",
             "chunks": [
-                {"name": c.name, "start": c.start, "end": c.end, "images": c.images, "classes": c.classes}
+                {
+                    "name": c.name,
+                    "start": c.start,
+                    "end": c.end,
+                    "images": c.images,
+                    "classes": c.classes,
+                    "missing": len(c.missing),
+                }  # fmt: skip
                 for c in infos
             ],
             "images": sum(c.images for c in infos),
             "classes": sum(c.classes for c in infos),
             # every replacement of a chunk on disk, as recorded by the chunk that replaced it
             "replacements": [{"chunk": c.name, **r} for c in infos for r in c.replaced],
+            # planned identities without images, and why (never left out silently)
+            "missing": [{"chunk": c.name, **m} for c in infos for m in c.missing],
+            "repairs": [{"chunk": c.name, **r} for c in infos for r in c.repairs],
             "updated": time.time(),
         }
         atomic_write_text(root / DATASET_INDEX, json.dumps(index, indent=1))
@@ -334,6 +355,29 @@ def check_chunk_slot(
     )
 
 
+def check_repair_base(
+    dataset: str | os.PathLike, name: str, stamp: ChunkStamp | None, on_disk: ChunkInfo | None
+) -> ChunkInfo:
+    """The committed chunk a repair round adds to (refused unless the same run wrote it)."""
+    assert stamp is not None
+    chunks = Path(dataset) / CHUNKS_DIR
+    if on_disk is None:
+        raise InputError(
+            f"repair round {stamp.repair} of chunk {name}: the chunk is not written in {chunks}, so there is "
+            "nothing to add the regenerated identities to",
+            where="repair",
+            fix="write the chunk first (FDTAAttributeSpec.repair empty), then repair what it is missing.",
+        )
+    if not stamp.same_run(on_disk.stamp):
+        raise InputError(
+            f"repair round {stamp.repair} comes from {_run_text(stamp)}, but chunk {name} in {chunks} was "
+            f"written by {on_disk.made_by()}; identities of two runs would be mixed",
+            where="repair",
+            fix="repair with the spec and seed that wrote the chunk.",
+        )
+    return on_disk
+
+
 def _make_dirs(path: Path) -> list[Path]:
     """``mkdir -p path``; returns the folders it created, deepest first (for cleanup after a failure)."""
     missing = []
@@ -349,19 +393,29 @@ def _make_dirs(path: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------- the writer
 def _encode_batch(
-    encode: Callable[[np.ndarray], bytes], items: list[tuple[int, int, np.ndarray]]
-) -> list[tuple[bytes, int, str]]:
-    out = []
-    for key, label, image in items:
+    encode: Callable[[np.ndarray], bytes],
+    chunk: str,
+    items: list[tuple[int, int, np.ndarray]],
+    meta: list[tuple[int, int, int, Provenance | None]],
+) -> tuple[bytes, list[int], list[tuple]]:
+    """One batch, in a worker thread: JPEG, RecordIO framing, SHA-256 and the manifest rows.
+
+    Returns the framed records joined (one write), their sizes (for the ``.idx`` offsets) and the rows.
+    Everything per face happens here, so the thread that feeds the writer only queues faces and writes
+    whole batches (its Python would otherwise hold the GIL while the encoders wait for it)."""
+    records, sizes, rows = [], [], []
+    sha256 = hashlib.sha256
+    for (key, label, image), (_key, _label, identity, prov) in zip(items, meta, strict=True):
         jpeg = encode(image)
-        out.append(
-            (
-                encode_record(pack_scalar(float(label), key, jpeg)),
-                len(jpeg),
-                hashlib.sha256(jpeg).hexdigest(),
+        rec = encode_scalar_record(float(label), key, jpeg)
+        records.append(rec)
+        sizes.append(len(rec))
+        rows.append(
+            image_row(
+                key, label, identity, chunk, prov, jpeg_bytes=len(jpeg), sha256=sha256(jpeg).hexdigest()
             )
         )
-    return out
+    return b"".join(records), sizes, rows
 
 
 def default_workers() -> int:
@@ -398,6 +452,9 @@ class ChunkWriter:
         total: int | None = None,
         stamp: ChunkStamp | None = None,
         overwrite: bool = False,
+        sync_every: int = 16 << 20,
+        stages: Iterable[StageTiming] = (),
+        node: str = "ChunkWriter",
     ) -> None:
         self._closed = False
         self._made: list[Path] = []
@@ -420,12 +477,16 @@ class ChunkWriter:
                 fix="leave the writer's identity range at its defaults so it follows the plan.",
             )
         self.stamp = stamp
+        self.stages = list(stages)  # the upstream stages' timings, stored with the chunk
+        self.node = node
+        self._wall0 = time.time()
         self.overwrite = bool(overwrite)
         self.root = Path(dataset)
         self.start, self.end = start, end
         self.name = chunk_name(start, end)
         self.quality = int(quality)
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        self._shape = (*self.image_size, 3)
         self.backend, self._encode = jpeg_encoder(jpeg_backend, self.quality)
         self.workers = int(workers or default_workers())
         self.batch_size = max(1, int(batch_size))
@@ -438,7 +499,12 @@ class ChunkWriter:
         if chunks.is_dir():
             recover(self.root)
         # refused before anything is created: a refused write leaves no folder behind
-        self.replaces = check_chunk_slot(self.root, start, end, stamp=stamp, overwrite=self.overwrite)
+        self.repair = int(stamp.repair) if stamp is not None else 0
+        # a repair round adds to the chunk of its own run (checked next), never replaces another run's
+        self.replaces = check_chunk_slot(
+            self.root, start, end, stamp=stamp, overwrite=self.overwrite or bool(self.repair)
+        )
+        self.base = check_repair_base(self.root, self.name, stamp, self.replaces) if self.repair else None
         try:
             self._made = _make_dirs(chunks)
         except (OSError, sqlite3.Error) as exc:
@@ -451,10 +517,16 @@ class ChunkWriter:
             _ACTIVE.add(str(self.tmp))
             self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
+            self._base_dropped = 0
         except (OSError, sqlite3.Error) as exc:
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")
+        # durability: train.rec is fdatasynced every sync_every bytes while writing (see _background_sync)
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fdta-sync")
+        self._sync: concurrent.futures.Future | None = None
+        self._synced = 0
+        self.sync_every = int(sync_every)
         self._pending: collections.deque = collections.deque()
         self._batch: list[tuple[int, int, np.ndarray]] = []
         self._batch_meta: list[tuple[int, int, int, Provenance | None]] = []
@@ -463,6 +535,30 @@ class ChunkWriter:
         self._first_key: list[int] = []
         self._next_key = 1
         self._written = 0
+        if self.base is not None:
+            self._copy_base(self.base)
+
+    def _copy_base(self, base: ChunkInfo) -> None:
+        """Repair mode: start from the committed chunk, its records and manifest rows copied unchanged
+        (same keys and labels), so the repaired identities follow them and nothing of it is lost."""
+        from ..recordio import RecordReader
+        from .manifest import read_identities
+
+        folder = Path(base.path)
+        try:
+            rows = read_identities(folder / MANIFEST_NAME)
+            with RecordReader(folder / "train.rec", folder / "train.idx") as reader:
+                for key in range(1, base.images + 1):
+                    self._rec.write(key, reader.read(key))
+            self._manifest.copy_from(folder / MANIFEST_NAME)
+        except (OSError, sqlite3.Error) as exc:
+            self._fail(_os_error(exc, f"copying chunk {self.name} for repair round {self.repair}", self.tmp))
+        for _label, identity, _chunk, first_key, _end_key in rows:
+            self._identities.append(int(identity))
+            self._idset.add(int(identity))
+            self._first_key.append(int(first_key))
+        self._next_key = base.images + 1
+        self._base_dropped = self._manifest.dropped_count()
 
     # -------------------------------------------------------------- adding
     def add(
@@ -476,6 +572,48 @@ class ChunkWriter:
         if self._closed:
             raise DatasetError(f"chunk {self.name} is already committed or aborted")
         key = self._next_key
+        # the common case in a few cheap tests (this runs once per face); the messages on the slow path
+        if (
+            type(image) is not np.ndarray
+            or image.shape != self._shape
+            or image.dtype != _UINT8
+            or type(identity) is not int
+            or not self.start <= identity < self.end
+            or (provenance is not None and provenance.identity != identity)
+        ):
+            identity = self._check_face(key, image, identity, provenance)
+        if not self._identities or self._identities[-1] != identity:
+            if self.base is not None and identity in set(self.base.identities):
+                self._fail(
+                    InputError(
+                        f"identity {identity} is already written in chunk {self.name}; repair round "
+                        f"{self.repair} may only add identities the chunk is missing",
+                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
+                        fix="put only the chunk's missing identities in FDTAAttributeSpec.repair (the writer "
+                        "and chunk.json list them).",
+                    )
+                )
+            if identity in self._idset:
+                self._fail(
+                    InputError(
+                        f"images of identity {identity} are not contiguous",
+                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
+                        fix="group the images by identity (FaceSet.sorted_by_identity()).",
+                    )
+                )
+            self._identities.append(identity)
+            self._first_key.append(key)
+            self._idset.add(identity)
+        label = len(self._identities) - 1
+        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
+        self._batch_meta.append((key, label, identity, provenance))
+        self._next_key += 1
+        if len(self._batch) >= self.batch_size:
+            self._submit()
+        return key
+
+    def _check_face(self, key: int, image: Any, identity: Any, provenance: Provenance | None) -> int:
+        """The full checks of :meth:`add`, with messages; returns the identity as an int."""
         where = f"chunk {self.name}, image {key - 1} (identity {identity})"
         h, w = self.image_size
         if not isinstance(image, np.ndarray):
@@ -510,25 +648,7 @@ class ChunkWriter:
             )
         if provenance is not None and int(provenance.identity) != identity:
             self._fail(InputError(f"provenance says identity {provenance.identity}", where=where))
-        if not self._identities or self._identities[-1] != identity:
-            if identity in self._idset:
-                self._fail(
-                    InputError(
-                        f"images of identity {identity} are not contiguous",
-                        where=where,
-                        fix="group the images by identity (FaceSet.sorted_by_identity()).",
-                    )
-                )
-            self._identities.append(identity)
-            self._first_key.append(key)
-            self._idset.add(identity)
-        label = len(self._identities) - 1
-        self._batch.append((key, label, np.array(image, copy=True) if copy else np.ascontiguousarray(image)))
-        self._batch_meta.append((key, label, identity, provenance))
-        self._next_key += 1
-        if len(self._batch) >= self.batch_size:
-            self._submit()
-        return key
+        return identity
 
     def add_faceset(self, faceset: FaceSet) -> None:
         """Add every image of a faceset, grouped by identity (stable within an identity), and record
@@ -551,12 +671,16 @@ class ChunkWriter:
                     where="faceset.dropped",
                 )
             )
+        if self.repair:  # which round dropped it: the chunk's missing list reports the latest round
+            records = [
+                dataclasses.replace(d, record={**d.record, "repair_round": self.repair}) for d in records
+            ]
         self._manifest.add_dropped(self.name, records)
 
     def _submit(self) -> None:
         if not self._batch:
             return
-        fut = self._pool.submit(_encode_batch, self._encode, self._batch)
+        fut = self._pool.submit(_encode_batch, self._encode, self.name, self._batch, self._batch_meta)
         self._pending.append((fut, self._batch_meta))
         self._batch, self._batch_meta = [], []
         while len(self._pending) >= self.max_pending:
@@ -565,22 +689,34 @@ class ChunkWriter:
     def _drain_one(self) -> None:
         fut, meta = self._pending.popleft()
         try:
-            results = fut.result()
+            data, sizes, rows = fut.result()
         except Exception as exc:
             self._fail(
                 DatasetError(f"encoding JPEG failed in chunk {self.name}: {type(exc).__name__}: {exc}")
             )
-        rows = []
         try:
-            for (_encoded, nbytes, sha), (key, label, identity, prov) in zip(results, meta, strict=True):
-                rows.append(image_row(key, label, identity, self.name, prov, jpeg_bytes=nbytes, sha256=sha))
-            self._rec.write_encoded_many([(m[0], r[0]) for r, m in zip(results, meta, strict=True)])
+            self._rec.write_joined([m[0] for m in meta], sizes, data)
             self._manifest.add_images(rows)
         except (OSError, sqlite3.Error) as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
         self._written += len(meta)
+        if self._rec.offset - self._synced >= self.sync_every:
+            self._background_sync()
         if self.progress is not None:
             self.progress(self._written, max(self.total or 0, self._written))
+
+    def _background_sync(self) -> None:
+        """Start an ``fdatasync`` of ``train.rec`` in the background (one at a time): the disk writes
+        overlap the encoding instead of all landing in the commit's fsync."""
+        if self._sync is not None and not self._sync.done():
+            return
+        self._synced = self._rec.offset
+        self._sync = self._sync_pool.submit(_FDATASYNC, self._rec.flush_for_sync())
+
+    def _wait_sync(self) -> None:
+        if self._sync is not None:
+            self._sync.result()  # an I/O error here is the commit's to report
+            self._sync = None
 
     # -------------------------------------------------------------- finishing
     def commit(self) -> ChunkInfo:
@@ -593,7 +729,9 @@ class ChunkWriter:
                 self._drain_one()
             n = self._next_key - 1
             c = len(self._identities)
-            if n == 0:
+            if n == 0 and self.stamp is None:
+                # a planned chunk may be empty (every identity rejected: its dropped records say why);
+                # an unplanned faceset without images has no range to write
                 self._fail(
                     InputError(
                         f"no images to write for chunk {self.name}",
@@ -612,12 +750,26 @@ class ChunkWriter:
                         label, self._identities[label], self.name, bounds[label], bounds[label + 1]
                     )
                 self._rec.write(0, pack(IRHeader(2, (float(n + 1), float(n + c + 1)), 0, 0)))
+                self._wait_sync()
                 self._rec.close()
                 # checked again now: another writer may have committed this range meanwhile
                 old = check_chunk_slot(
                     self.root, self.start, self.end, stamp=self.stamp, overwrite=self.overwrite
                 )
                 replaced = self._replacement_record(old)
+                stages = [
+                    *self.stages,
+                    StageTiming("write", self.node, round(time.perf_counter() - self._t0, 6), n, self.name,
+                                round(self._wall0, 3)),
+                ]  # fmt: skip
+                self._manifest.add_stages(self.name, stages)
+                missing = self._missing() if self.stamp is not None else []
+                repairs = list(self.base.repairs) if self.base is not None else []
+                if self.base is not None:
+                    added = self._identities[len(self.base.identities) :]
+                    tried = sorted({*added, *self._dropped_ids})
+                    repairs.append({"round": self.repair, "tried": tried, "added": added,
+                                    "images": n - self.base.images, "created": time.time()})  # fmt: skip
                 info = ChunkInfo(
                     name=self.name,
                     start=self.start,
@@ -634,6 +786,12 @@ class ChunkWriter:
                     spec_hash=self.stamp.spec_hash if self.stamp else "",
                     run_seed=self.stamp.run_seed if self.stamp else None,
                     replaced=replaced,
+                    stages=[
+                        *(self.base.stages if self.base is not None else []),
+                        *(t.to_dict() for t in stages),
+                    ],
+                    missing=missing,
+                    repairs=repairs,
                 )
                 self._manifest.set_meta(
                     chunk=self.name,
@@ -644,6 +802,8 @@ class ChunkWriter:
                     spec_hash=info.spec_hash,
                     run_seed=info.run_seed,
                     replaced=replaced,
+                    missing=missing,
+                    repairs=repairs,
                 )
                 self._manifest.close()
                 atomic_write_text(self.tmp / "property", f"{c},{self.image_size[0]},{self.image_size[1]}")
@@ -657,6 +817,7 @@ class ChunkWriter:
             raise
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)
         info.path = str(final)
         try:
             update_index(self.root)
@@ -671,8 +832,32 @@ class ChunkWriter:
         )
         return info
 
+    @property
+    def _dropped_ids(self) -> set[int]:
+        """Identities this write recorded dropped records for (this round's attempts)."""
+        return set(self._manifest.dropped_identities_since(self._base_dropped))
+
+    def _missing(self) -> list[dict[str, Any]]:
+        """Planned identities of the range without images, each with the reasons of its latest attempt."""
+        written = set(self._identities)
+        absent = [i for i in range(self.start, self.end) if i not in written]
+        if not absent:
+            return []
+        why = self._manifest.drop_reasons(absent)
+        out = []
+        for ident in absent:
+            w = why.get(ident)
+            if w is None:
+                w = {"stage": "unknown", "reasons": {"not_in_faceset": 1}, "detail": "the faceset that "
+                     "reached the writer has neither images nor a dropped record of this identity (a "
+                     "hand-built graph, or a node that drops without recording)", "round": self.repair}  # fmt: skip
+            out.append({"identity": ident, **w})
+        return out
+
     def _replacement_record(self, old: ChunkInfo | None) -> list[dict[str, Any]]:
         """The ``replaced`` history of the new chunk: the old chunk's history plus the old chunk itself."""
+        if self.base is not None:  # a repair keeps every image of the chunk: nothing was replaced
+            return list(self.base.replaced)
         if old is None:
             return []
         same_run = self.stamp is not None and self.stamp.same_run(old.stamp)
@@ -724,6 +909,9 @@ class ChunkWriter:
             for fut, _meta in getattr(self, "_pending", ()):
                 fut.cancel()
             pool.shutdown(wait=True)
+        sync_pool = getattr(self, "_sync_pool", None)
+        if sync_pool is not None:  # before the file closes: the sync holds its descriptor
+            sync_pool.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self._rec.close(fsync=False)
         with contextlib.suppress(Exception):
@@ -738,6 +926,49 @@ class ChunkWriter:
             self.abort()
         elif not self._closed:
             self.commit()
+
+
+def missing_text(info: ChunkInfo, *, limit: int = 10) -> str:
+    """What a UI user reads about a chunk's missing identities: each with its reason, and the value of
+    ``FDTAAttributeSpec.repair`` that regenerates them (empty text when nothing is missing)."""
+    if not info.missing:
+        return ""
+    parts = []
+    for m in info.missing[:limit]:
+        why = ", ".join(f"{k} x{v}" for k, v in sorted((m.get("reasons") or {}).items()))
+        parts.append(f"{m['identity']} [{m.get('stage', '?')}: {why}]")
+    more = f" ... {len(info.missing) - limit} more" if len(info.missing) > limit else ""
+    from ..plan import RepairRequest
+
+    request = RepairRequest(len(info.repairs) + 1, tuple(int(m["identity"]) for m in info.missing))
+    return (
+        f"\nMISSING {len(info.missing)} planned identit{'y' if len(info.missing) == 1 else 'ies'} without "
+        f"images: {'; '.join(parts)}{more} (recorded in chunk.json, dataset.json and fdta report). To "
+        f"regenerate them with new seeds, set FDTAAttributeSpec.repair to '{request.text()}' and queue the "
+        "same workflow again; fdta run does this by itself (--repair-rounds)."
+    )
+
+
+def read_missing(folder: str | Path) -> list[dict[str, Any]]:
+    """The planned identities a written set has no images of, with why: a chunk's ``chunk.json``, a data
+    set's ``dataset.json`` or a merged set's manifest meta (``missing``); [] when none records any."""
+    from .manifest import query
+
+    root = Path(folder)
+    for name in ("chunk.json", "dataset.json"):
+        p = root / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"cannot read {p}: {exc}") from exc
+            return list(data.get("missing") or [])
+    if (root / MANIFEST_NAME).is_file():
+        has = query(root / MANIFEST_NAME, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+        rows = query(root / MANIFEST_NAME, "SELECT value FROM meta WHERE name = 'missing'") if has else []
+        if rows and rows[0][0]:
+            return list(json.loads(rows[0][0]))
+    return []
 
 
 def planned_range(stamp: ChunkStamp, start: int | None = None, count: int | None = None) -> tuple[int, int]:
@@ -770,14 +1001,9 @@ def chunk_range_of(faceset: FaceSet, start: int | None = None, count: int | None
     has_start = start is not None and start >= 0
     has_count = count is not None and count > 0
     if stamp is not None:
-        s, e = planned_range(stamp, start, count)
-        if len(faceset) == 0:
-            raise InputError(
-                f"the faceset of chunk {stamp.start}..{stamp.end - 1} is empty: nothing to write",
-                where="faceset",
-                fix="check the upstream filter (CSIM threshold) and the ACG report.",
-            )
-        return s, e
+        # an empty planned faceset is written as an empty chunk: its dropped records say why every
+        # identity is missing, and the run goes on
+        return planned_range(stamp, start, count)
     if len(faceset) == 0:
         raise InputError(
             "the faceset is empty: nothing to write",
@@ -801,6 +1027,7 @@ def write_faceset(
     """Write a faceset as one committed chunk of ``dataset`` (see :class:`ChunkWriter` for options)."""
     s, e = chunk_range_of(faceset, start, count)
     kwargs.setdefault("stamp", faceset.chunk)
+    kwargs.setdefault("stages", faceset.timings)
     with ChunkWriter(dataset, s, e, total=len(faceset), **kwargs) as w:
         w.add_faceset(faceset)
         return w.commit()

@@ -31,6 +31,13 @@ class IdentitySet:
     name: str
     labels: np.ndarray
     centers: np.ndarray
+    #: what each label is called, when the set names its people (an image folder: the person's folder)
+    names: list[str] | None = None
+
+    def label_text(self, label: int) -> str:
+        if self.names is not None and 0 <= int(label) < len(self.names):
+            return f"{self.names[int(label)]!r}"
+        return f"identity {int(label)}"
 
 
 def dataset_identities(
@@ -56,8 +63,9 @@ def dataset_identities(
         layout = read_layout(reader, scan_labels=True)
         keys = list(layout.image_keys)
         labels = np.asarray(layout.labels, np.int64)
-        if not len(keys):
-            raise DatasetError(f"{root}: the data set holds no images")
+        if not len(keys):  # an empty chunk (every identity rejected): nothing to check
+            log.warning("%s holds no images (every identity was rejected upstream); nothing to audit", root)
+            return IdentitySet(str(root), np.zeros((0,), np.int64), np.zeros((0, 0), np.float32))
         uniq, inv = np.unique(labels, return_inverse=True)
         sums: np.ndarray | None = None
         buf: list[np.ndarray] = []
@@ -89,9 +97,25 @@ def dataset_identities(
     return IdentitySet(str(root), uniq, unit_rows(sums, "audit"))
 
 
-def real_identities(path: str | os.PathLike, models: Any | None, *, batch_size: int = 64) -> IdentitySet:
-    """A real set: an ``.npy`` of identity embeddings ``[N, D]`` (labels 0..N-1) or a data-set folder."""
+def real_identities(
+    path: str | os.PathLike,
+    models: Any | None,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IdentitySet:
+    """A real set: an ``.npy`` of identity embeddings ``[N, D]`` (labels 0..N-1), a data-set folder
+    (``train.rec``), or a plain image folder (one subfolder per person, or one image per person; see
+    :mod:`fdta_core.faces.realset`), whose embeddings are cached in ``cache_dir``."""
+    from .realset import folder_identities, is_image_folder
+
     p = Path(path)
+    if is_image_folder(p):
+        names, centers = folder_identities(
+            p, models, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        )
+        return IdentitySet(str(p), np.arange(len(names), dtype=np.int64), centers, names)
     if p.suffix == ".npy":
         try:
             arr = np.load(p, allow_pickle=False)
@@ -110,7 +134,12 @@ def real_identities(path: str | os.PathLike, models: Any | None, *, batch_size: 
         if models is None:
             raise InputError(f"{p} is a data-set folder: embedding it needs --pack", where="--real")
         return dataset_identities(p, models, batch_size=batch_size)
-    raise InputError(f"{p} is neither an .npy of embeddings nor a data-set folder", where="--real")
+    raise InputError(
+        f"{p} is neither an .npy of embeddings nor a folder (a data set, or images of people)",
+        where="--real",
+        fix="pass an .npy of [N, D] embeddings, a data-set folder, or a folder of photos (one subfolder "
+        "per person).",
+    )
 
 
 @dataclass
@@ -145,6 +174,8 @@ def audit_identities(
     """Duplicate pairs inside ``data`` and matches to each real set; ``flagged`` = the larger label of
     every duplicate pair and every label with a real match (sorted)."""
     thr = check_threshold(threshold, "--threshold")
+    if not len(data.labels):  # an empty set: nothing can be a duplicate or a real person
+        return AuditResult(0, thr)
     a, b, c, info = range_pairs(data.centers, None, thr, exact=exact)
     lab = data.labels
     dup = [[int(lab[i]), int(lab[j]), round(float(s), 6)] for i, j, s in zip(a, b, c, strict=True)]

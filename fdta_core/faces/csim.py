@@ -206,18 +206,28 @@ def csim_filter(
     if int(min_images_per_identity) < 0:
         raise InputError("min_images_per_identity must be >= 0", where="csim.min_images_per_identity")
     n = len(faceset)
-    if embeddings is None:
-        embeddings = embed_faceset(faceset, models_or_fn, batch_size=batch_size, progress=progress)
-    elif len(embeddings) != n:
+    if embeddings is not None and len(embeddings) != n:
         raise InputError(f"{len(embeddings)} embeddings for {n} images", where="csim.embeddings")
     src_emb: dict[int, np.ndarray] | None = None
     ids = faceset.identities
+    src = None
     if reference == "source" and n:
         missing = [i for i in ids if i not in faceset.sources]
         if missing:
             faceset.source_of(missing[0])
-        fn = _embedder(models_or_fn, batch_size)
         src = np.stack([faceset.sources[i] for i in ids])
+    if embeddings is None and src is not None and hasattr(models_or_fn, "embed_many"):
+        # the faceset and its sources in one pipeline (the sources fill the last batch)
+        def step(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(min(done, n), n)
+
+        embeddings, src_out = models_or_fn.embed_many([faceset.images, src], batch_size, step)
+        src_emb = dict(zip(ids, np.asarray(src_out, np.float64), strict=True))
+    elif embeddings is None:
+        embeddings = embed_faceset(faceset, models_or_fn, batch_size=batch_size, progress=progress)
+    if src is not None and src_emb is None:
+        fn = _embedder(models_or_fn, batch_size)
         src_emb = dict(zip(ids, np.asarray(fn(src), np.float64), strict=True))
     csim = compute_csim(faceset, embeddings, reference, src_emb) if n else np.zeros((0,))
     keep = csim >= float(threshold)

@@ -185,6 +185,15 @@ class IdentityIndex:
         if len(other):
             self.extend(other.labels, other.vectors(), other.ids)
 
+    def without(self, ids: Sequence[int]) -> IdentityIndex:
+        """A copy without the entries whose id is in ``ids``."""
+        drop = {int(i) for i in ids}
+        keep = [k for k, i in enumerate(self.ids) if i not in drop]
+        out = IdentityIndex(self.dim)
+        if keep:
+            out.extend([self.labels[k] for k in keep], self.vectors()[keep], [self.ids[k] for k in keep])
+        return out
+
 
 # ----------------------------------------------------------------------------- the rules
 @dataclass(frozen=True)
@@ -502,19 +511,36 @@ class RunIndex:
                 out.append((rng[0], rng[1], f))
         return sorted(out)
 
-    def prior(self, start: int) -> IdentityIndex:
-        """Every identity accepted by chunks that end at or before ``start``."""
+    def prior(self, start: int, *, repair_of: tuple[int, Sequence[int]] | None = None) -> IdentityIndex:
+        """Every identity accepted by chunks that end at or before ``start``.
+
+        ``repair_of=(end, ids)``: a repair round of chunk ``[start, end)`` regenerates ``ids``; it must also
+        stay away from the identities the chunk itself already accepted (all but ``ids``, whose earlier
+        faces were dropped downstream and are replaced).
+        """
         out = IdentityIndex()
-        for _s, e, f in self.chunk_files():
+        for s, e, f in self.chunk_files():
             if e <= start:
                 out.merge_from(IdentityIndex.load(f))
+            elif repair_of is not None and (s, e) == (start, repair_of[0]):
+                out.merge_from(IdentityIndex.load(f).without(repair_of[1]))
         log.info("identity index %s: %d identities of earlier chunks", self.folder, len(out))
         return out
 
-    def save_chunk(self, start: int, end: int, index: IdentityIndex) -> Path:
-        """Persist a chunk's accepted identities (replacing an earlier attempt of the same chunk)."""
+    def save_chunk(
+        self, start: int, end: int, index: IdentityIndex, *, replacing: Sequence[int] | None = None
+    ) -> Path:
+        """Persist a chunk's accepted identities (replacing an earlier attempt of the same chunk).
+
+        ``replacing``: a repair round of the chunk regenerated these ids; their entries in the chunk's
+        index are replaced by ``index`` and every other entry is kept.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / _chunk_file(start, end)
+        if replacing is not None and path.is_file():
+            merged = IdentityIndex.load(path).without(replacing)
+            merged.merge_from(index)
+            index = merged
         index.save(path)
         return path
 
@@ -544,6 +570,36 @@ def subject_embeddings(
     for subj, idx in order.items():
         out[subj] = l2_normalize(e[idx].mean(axis=0))
     return out
+
+
+def model_file_id(models: Any, role: str = "recognizer") -> str:
+    """A cache key for one model of a face pack (``role``: recognizer, detector): its file's path, size
+    and modification time, so a cache made with another model file is never reused ("" when unknown)."""
+    path = getattr(getattr(models, role, None), "path", None)
+    if path is None:
+        return ""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return ""
+    return f"{role}:{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def bank_subject_embeddings(
+    bank: Any,
+    embed: Any,
+    *,
+    names: Sequence[str] | set[str] | None = None,
+    cache_id: str = "",
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Identity embedding of the subjects of a reference bank (:class:`fdta_core.stg.ReferenceBank`),
+    computed streaming over the bank (never all of its faces at once): only ``names`` when given (the
+    CSIM leak check needs just the subjects a chunk's images were styled after), else every subject
+    (the ACG's real-person check), cached beside an indexed bank under ``cache_id``
+    (:func:`model_file_id` of the recogniser)."""
+    subjects, emb = bank.subject_embeddings(embed, names=names, cache_id=cache_id, batch_size=batch_size)
+    return dict(zip(subjects, emb, strict=True))
 
 
 def real_index(

@@ -206,8 +206,14 @@ class FaceModels:
     def detect(self, image_rgb: np.ndarray, threshold: float | None = None) -> list[Detection]:
         return self._need("detector").detect(image_rgb, threshold)
 
-    def embed(self, aligned: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        return self._need("recognizer").embed(aligned, batch_size)
+    def embed(self, aligned: np.ndarray, batch_size: int = 32, progress: Any = None) -> np.ndarray:
+        return self._need("recognizer").embed(aligned, batch_size, progress)
+
+    def embed_many(
+        self, parts: Sequence[np.ndarray], batch_size: int = 32, progress: Any = None
+    ) -> list[np.ndarray]:
+        """Embeddings of several aligned-face arrays in one batched pipeline, one result per array."""
+        return self._need("recognizer").embed_many(parts, batch_size, progress)
 
     @property
     def embedding_dim(self) -> int:
@@ -312,6 +318,7 @@ def load_face_pack(
     require: Sequence[str] = ("detector", "recognizer"),
     det_threshold: float = 0.5,
     threads: int = 0,
+    recognizer_fp16: bool = False,
 ) -> FaceModels:
     """Load the models of ``pack`` from the first folder that has it.
 
@@ -319,6 +326,8 @@ def load_face_pack(
     model's signature, so other packs (antelopev2, buffalo_s) work. ``require`` lists roles that must
     be present; a missing one raises :class:`ModelNotFoundError` naming the folders and expected files.
     ``threads`` > 0 caps onnxruntime's intra-op threads (useful when several workers share a CPU).
+    ``recognizer_fp16`` runs the recogniser from an fp16 copy (:func:`fdta_core.faces.fp16.cached_float16`;
+    meant for CUDA, where it halves memory traffic; float32 in and out as before).
     """
     if not pack or "/" in pack or "\\" in pack or pack in (".", ".."):
         raise InputError(
@@ -358,6 +367,10 @@ def load_face_pack(
         preferred = DEFAULT_FILES[role]
         if role in found and path.name != preferred:
             continue
+        if role == "recognizer" and recognizer_fp16:
+            from .fp16 import cached_float16
+
+            session = onnx_session(cached_float16(path), prov, threads)
         session = session or onnx_session(path, prov, threads)
         if role == "detector":
             found[role] = SCRFDDetector(path, session, det_size=det_size, threshold=det_threshold)

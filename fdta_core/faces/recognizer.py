@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,25 @@ class ArcFaceRecognizer(BatchedModel):
         else:
             self.mean, self.std = 127.5, 127.5
 
-    def embed(self, faces: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def embed(self, faces: np.ndarray, batch_size: int = 32, progress: Any = None) -> np.ndarray:
         """Unnormalised embeddings of aligned uint8 RGB faces ``[N, 112, 112, 3]``, in batches."""
+        return self.embed_many([faces], batch_size, progress)[0]
+
+    def embed_many(
+        self, parts: Sequence[np.ndarray], batch_size: int = 32, progress: Any = None
+    ) -> list[np.ndarray]:
+        """Embeddings of several face arrays in one pipeline (e.g. a faceset and its source faces, so the
+        sources fill the last batch instead of costing a batch of their own); one array per part."""
+        arrs = [self._checked(f) for f in parts]
+        sizes = [len(a) for a in arrs]
+        if not sum(sizes):
+            return [np.zeros((0, self.dim), np.float32) for _ in arrs]
+        emb = self.run_batches([a for a in arrs if len(a)], batch_size, progress)
+        emb = emb.astype(np.float32, copy=False)
+        return np.split(emb, np.cumsum(sizes)[:-1])
+
+    @staticmethod
+    def _checked(faces: np.ndarray) -> np.ndarray:
         arr = np.asarray(faces)
         if arr.ndim == 3:
             arr = arr[None]
@@ -58,6 +76,4 @@ class ArcFaceRecognizer(BatchedModel):
             )
         if arr.dtype != np.uint8:
             arr = np.stack([ensure_rgb_uint8(a) for a in arr]) if len(arr) else arr.astype(np.uint8)
-        if len(arr) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return self.run_batches(arr, batch_size).astype(np.float32, copy=False)
+        return arr

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset.manifest import read_dropped
+from ..dataset.manifest import read_dropped, read_stages
+from ..dataset.writer import read_missing
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
 from ..grid import Cell, render_grid
 from ..imagecodec import decode_image, encode_png
+from ..timing import stage_table
 from .csim import histogram_image
 from .identity import DCFACE_THRESHOLD
 from .metrics import DatasetMetrics, age_bucket, compute_metrics, plan_vs_written
@@ -48,6 +50,9 @@ class ReportData:
     plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
     #: identity embeddings of the ACG's source faces (the run's identity index), when given
     source_embeddings: np.ndarray | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)  # manifest ``stages`` rows (timings)
+    #: planned identities the data set has no images of, with why (chunk.json / dataset.json ``missing``)
+    missing: list[dict[str, Any]] = field(default_factory=list)
 
 
 #: How many dropped items the JSON summary lists one by one (all are counted).
@@ -96,6 +101,8 @@ def build_report(
         "notes": list(data.notes),
         "source": data.source,
         "dropped": dropped_summary(data.dropped),
+        "stages": stage_table(data.stages),
+        "missing": list(data.missing),
     }
     summary.update(diversity_summary(data))
     if data.plan:
@@ -324,6 +331,20 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
         if drop_rows
         else ""
     )
+    stage_rows = "".join(
+        f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(', '.join(r['nodes']))}</td>"
+        f"<td>{r['chunks']}</td><td>{r['images']}</td><td>{r['seconds']:.2f}</td>"
+        f"<td>{r['images_per_s']:.1f}</td><td>{100 * r['share']:.1f}%</td></tr>"
+        for r in summary.get("stages") or []
+    )
+    stage_html = (
+        "<h2>Where the time went (wall time per stage, summed over chunks)</h2><table><tr><th>stage</th>"
+        "<th>node</th><th>chunks</th><th>images</th><th>seconds</th><th>images/s</th><th>share</th></tr>"
+        + stage_rows
+        + "</table>"
+        if stage_rows
+        else ""
+    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     body = "\n".join(
         f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{_png_data_uri(img)}'>" for t, img in figs
@@ -336,6 +357,7 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{border:1px so
 <table>{table}</table>
 {"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
 {drop_html}
+{stage_html}
 {body}
 <h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=1, default=str)[:20000])}</pre>
 </body></html>
@@ -434,6 +456,7 @@ def load_dataset(
         manifest_path = root / "manifest.sqlite"
         rows = read_manifest_rows(manifest_path) if manifest_path.is_file() else {}
         dropped = read_dropped(manifest_path) if manifest_path.is_file() else []
+        stages = read_stages(manifest_path) if manifest_path.is_file() else []
         if not rows:
             notes.append("no manifest.sqlite: requested attributes and CSIM are unknown")
         need_pixels = models is not None
@@ -522,7 +545,14 @@ def load_dataset(
         for r in first_row.values()
         if r.get("identity") is not None
     }
+    missing = read_missing(root)
+    if not len(keys):
+        notes.append(
+            "the data set has no images (every planned identity was rejected: see 'missing' and 'dropped'); "
+            "nothing to measure"
+        )
     return ReportData(
+        missing=missing,
         written=written,
         name=root.name,
         labels=labels,
@@ -533,6 +563,7 @@ def load_dataset(
         samples=samples,
         notes=notes,
         dropped=dropped,
+        stages=stages,
         source={
             "leaked_images_dropped": int(sum(leaks)) if leaks else None,
             "folder": str(root),

@@ -79,10 +79,18 @@ class ChunkRecord:
     attempts: int = 0
     prompt_id: str | None = None
     server: str | None = None
+    #: who ran it besides the server (a Ray actor: "ray actor K pid P on HOST")
+    worker: str | None = None
+    #: the repair round of the prompt that runs now (0: the chunk's first pass)
+    round: int = 0
     error: str | None = None
     started: float | None = None
     finished: float | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: planned identities the committed chunk lacks (None: the chunk's first pass is not committed yet)
+    missing: list[int] | None = None
+    #: finished repair rounds (see fdta_core.runner.repair), oldest first
+    repairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RunManifest:
@@ -97,6 +105,8 @@ class RunManifest:
         self.run_key = run_key
         self.chunks = {c.index: c for c in chunks}
         self.records: dict[int, ChunkRecord] = {c.index: ChunkRecord() for c in chunks}
+        #: chunks that were running when the last process died (their prompt may still run or be done)
+        self.interrupted: list[int] = []
         if self.path.exists():
             self._load()
         else:
@@ -125,9 +135,11 @@ class RunManifest:
                 known = {k: v for k, v in rec.items() if k in ChunkRecord.__dataclass_fields__}
                 r = ChunkRecord(**{**known, "state": ChunkState(rec["state"])})
                 # a chunk that was running when the process died is pending again: the dataset writer
-                # replaces a chunk atomically, so running it again cannot duplicate images
+                # replaces a chunk atomically, so running it again cannot duplicate images; the runner
+                # first asks its server about its prompt (still running, or done: nothing is redone)
                 if r.state == ChunkState.RUNNING:
                     r.state = ChunkState.PENDING
+                    self.interrupted.append(idx)
                 self.records[idx] = r
 
     def save(self) -> None:

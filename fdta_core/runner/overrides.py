@@ -10,13 +10,92 @@ literal values stand in for the schema: the input must exist there and the value
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError, check_choice
 
+log = logging.getLogger(__name__)
+
 _WHERE = "run.set"
+
+#: Widgets renamed when the node set was reshaped (before the first public release): ``(class, old)``
+#: -> new name. ``--set`` with an old name still works (with a warning); the shipped workflows use the new.
+RENAMED_INPUTS: dict[tuple[str, str], str] = {
+    ("FDTAAgeLoader", "dtype"): "precision",  # one name for precision on every node
+    ("FDTASTGLoader", "checkpoint"): "model_name",  # one name for a loader's model file
+}
+#: The advanced ACG settings moved from FDTAACGSampler to FDTAACGOptions (the sampler's ``options``
+#: socket); the names are ``fdta_core.acg.ACGOptions.names()`` (a test keeps them equal).
+ACG_OPTION_NAMES: tuple[str, ...] = (
+    "control_preprocess",
+    "canny_low",
+    "canny_high",
+    "edge_blur",
+    "control_assignment",
+    "retries",
+    "on_failure",
+    "min_det_score",
+    "check_gender",
+    "check_age",
+    "age_tolerance",
+    "uniqueness_threshold",
+    "real_person_threshold",
+    "real_sets",
+)
+#: ``(class, old input)`` -> ``(class that holds it now, the input of the old class that links to it)``.
+MOVED_INPUTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("FDTAACGSampler", name): ("FDTAACGOptions", "options") for name in ACG_OPTION_NAMES
+}
+
+
+def resolve_aliases(
+    prompt: Mapping[str, Mapping[str, Any]], overrides: Iterable[tuple[str, str, Any]]
+) -> list[tuple[str, str, Any]]:
+    """Old widget names of ``--set`` as their new places: a renamed input under its new name; an input
+    moved to another node (FDTAACGSampler's advanced settings, now on FDTAACGOptions) retargeted to the
+    node linked into the old node's socket, or a clear error when the workflow has none."""
+    out = []
+    for target, name, value in overrides:
+        hits = [(nid, n) for nid, n in prompt.items() if nid == target or n.get("class_type") == target]
+        classes = {str(n.get("class_type")) for _nid, n in hits}
+        if len(classes) != 1:
+            out.append((target, name, value))
+            continue
+        cls = classes.pop()
+        has_input = any(name in (n.get("inputs") or {}) for _nid, n in hits)
+        if (cls, name) in RENAMED_INPUTS and not has_input:
+            new = RENAMED_INPUTS[(cls, name)]
+            log.warning("--set %s.%s: the input is now called %s; use %s.%s", target, name, new, target, new)
+            out.append((target, new, value))
+            continue
+        if (cls, name) in MOVED_INPUTS and not has_input:
+            holder, socket = MOVED_INPUTS[(cls, name)]
+            linked = sorted(
+                {
+                    str(link[0])
+                    for _nid, n in hits
+                    for link in [(n.get("inputs") or {}).get(socket)]
+                    if isinstance(link, list)
+                    and len(link) == 2
+                    and str(link[0]) in prompt
+                    and prompt[str(link[0])].get("class_type") == holder
+                }
+            )
+            if not linked:
+                raise ConfigError(
+                    f"{cls}.{name} moved to {holder} (connected to the {socket} input of {cls}), and this "
+                    f"workflow's {cls} has no {holder} connected",
+                    where=f"{_WHERE} {target}.{name}",
+                    fix=f"add a {holder} node, connect it to {cls}.{socket}, and use --set {holder}.{name}=...",
+                )
+            log.warning("--set %s.%s: the input moved to %s; use %s.%s", target, name, holder, holder, name)
+            out.extend((nid, name, value) for nid in linked)
+            continue
+        out.append((target, name, value))
+    return out
 
 
 def _schema_inputs(schema: Mapping[str, Any]) -> dict[str, tuple[Any, dict]]:
@@ -127,7 +206,7 @@ def check_overrides(
     value that does not fit the input (type, range, choices). ``object_info`` None: offline check."""
     out = []
     classes = {str(n.get("class_type")) for n in prompt.values()}
-    for target, name, value in overrides:
+    for target, name, value in resolve_aliases(prompt, overrides):
         hits = [(nid, n) for nid, n in prompt.items() if nid == target or n.get("class_type") == target]
         if not hits:
             extra = (
@@ -171,4 +250,32 @@ def check_overrides(
                 )
                 coerced = _offline_coerce(value, current[name], where=where)
         out.append((target, name, coerced))
+    return out
+
+
+def upgrade_workflow(prompt: Mapping[str, Any], *, where: str = "workflow") -> dict[str, Any]:
+    """An API workflow saved before the node set was reshaped, brought up to date or refused.
+
+    A renamed input is renamed (the value is the same setting); an input that moved to another node
+    (the sampler's advanced settings, now on FDTAACGOptions) is refused, because ComfyUI would ignore it
+    and run with the default instead (an edge map would be run through Canny, say)."""
+    out: dict[str, Any] = {}
+    for nid, node in prompt.items():
+        cls = str(node.get("class_type"))
+        inputs = dict(node.get("inputs") or {})
+        for (c, old), new in RENAMED_INPUTS.items():
+            if c == cls and old in inputs and new not in inputs:
+                log.warning("%s: node %s (%s) input %s is now called %s", where, nid, cls, old, new)
+                inputs[new] = inputs.pop(old)
+        moved = sorted(old for (c, old) in MOVED_INPUTS if c == cls and old in inputs)
+        if moved:
+            holder, socket = MOVED_INPUTS[(cls, moved[0])]
+            raise ConfigError(
+                f"node {nid} ({cls}) sets {', '.join(moved)}, which moved to {holder} (connected to its "
+                f"{socket} input): this workflow was saved with an older FDTA",
+                where=where,
+                fix=f"rebuild it from the shipped workflows (workflows/), or add a {holder} node with those "
+                f"values and connect it to {cls}.{socket}.",
+            )
+        out[nid] = {**node, "inputs": inputs}
     return out

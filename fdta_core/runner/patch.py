@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..plan import RepairRequest
 from ..seeds import derive_seed
 from .manifest import Chunk
 
@@ -61,6 +62,7 @@ def patch_workflow(
     run_seed: int,
     overrides: list[tuple[str, str, Any]] | None = None,
     identity_index: str | None = None,
+    repair: RepairRequest | None = None,
 ) -> dict[str, Any]:
     """A copy of ``prompt`` set up for ``chunk``.
 
@@ -71,7 +73,9 @@ def patch_workflow(
       the node id and the chunk start;
     * every ACG node gets ``identity_index`` (the run's identity index folder), so no chunk repeats an
       identity of an earlier chunk;
-    * ``overrides`` (``(class_type or node id, input, value)``) are applied last.
+    * ``overrides`` (``(class_type or node id, input, value)``) are applied last;
+    * ``repair`` (a repair round, :mod:`fdta_core.runner.repair`) goes to the spec's ``repair`` input
+      after the overrides: the same chunk, only its missing identities.
 
     Only the spec node gets the range: the ACG stamps it on the faceset and the dataset writer commits
     that range. A writer whose own range override disagrees with the chunk is refused here, before
@@ -109,6 +113,8 @@ def patch_workflow(
             )
         for n in hits:
             n.setdefault("inputs", {})[name] = value
+    if repair is not None:
+        out[specs[0]]["inputs"]["repair"] = repair.text()
     for nid, node in out.items():
         if nid == specs[0]:
             continue

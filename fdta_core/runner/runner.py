@@ -15,10 +15,19 @@ from typing import Any
 from ..errors import ConfigError, FDTAError
 from ..faces.identity import prepare_run_index
 from ..seeds import check_seed
-from .client import ComfyClient
+from .client import ComfyClient, new_prompt_id
+from .dispatch import (
+    Ledger,
+    execute,
+    follow,
+    next_prompt,
+    prompt_finished,
+    recover_interrupted,
+    settle_failure,
+)
 from .manifest import Chunk, ChunkState, RunManifest, plan_chunks, select_shard
-from .overrides import check_overrides
-from .patch import load_api_workflow, patch_workflow, workflow_hash
+from .overrides import check_overrides, upgrade_workflow
+from .patch import load_api_workflow, workflow_hash
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +46,22 @@ class RunConfig:
     max_attempts: int = 3
     timeout: float | None = None
     identity_index: str | None = None  # None: RUN_DIR/identities (prepared here); "" disables
+    #: repair rounds per chunk for identities a committed chunk is missing (fdta_core.runner.repair)
+    repair_rounds: int = 2
+    #: the servers' output folder as this machine sees it: a chunk whose commit is already there (same
+    #: run) is not written again (None: not known, only the manifest and the servers are asked)
+    output_dir: Path | None = None
+    #: seconds a worker waits for its server to answer again before it stops taking chunks
+    server_wait: float = 600.0
 
     def __post_init__(self) -> None:
         # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
         # first FDTA node that range-checks it
         self.seed = check_seed(self.seed, where="run --seed")
+        if int(self.repair_rounds) < 0:
+            raise ConfigError(
+                f"repair rounds must be >= 0, got {self.repair_rounds}", where="run --repair-rounds"
+            )
 
     @classmethod
     def from_file(cls, workflow_path: str | Path, **kw: Any) -> RunConfig:
@@ -62,7 +82,7 @@ class RunConfig:
                     "a UI-format workflow needs a server to read node schemas from", where="run.servers"
                 )
             data = ui_to_api(data, ComfyClient(servers[0]).object_info())
-        return cls(workflow=load_api_workflow(data, where=str(path)), **kw)
+        return cls(workflow=upgrade_workflow(load_api_workflow(data, where=str(path)), where=str(path)), **kw)
 
     def run_key(self) -> dict[str, Any]:
         return {
@@ -104,7 +124,9 @@ def run(
     """Run every chunk of the shard that is not done yet; return the final state counts.
 
     One worker thread per server takes chunks from a shared queue, so a slow or failing server never
-    blocks the others. A chunk that fails is retried (on any server) until ``max_attempts``.
+    blocks the others; a server that stops answering takes no chunk until it answers again (for up to
+    ``cfg.server_wait`` seconds). A chunk that fails is retried (on any server) until ``max_attempts``,
+    but only once its prompt is known not to run (:mod:`.dispatch`).
     """
     if not cfg.servers:
         raise ConfigError(
@@ -112,65 +134,48 @@ def run(
         )
     if cfg.overrides:  # before anything is queued: a misspelt --set must not "succeed" doing nothing
         cfg.check_overrides(client_factory(cfg.servers[0]).object_info())
-    manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
-    if cfg.identity_index is None:
-        prepare_run_index(cfg.index_location(), {"run": cfg.run_key()})
+    ledger = open_ledger(cfg, on_chunk=on_chunk)
+    followed = recover_interrupted(ledger, client_factory)
     todo: queue.Queue[Chunk] = queue.Queue()
-    for c in manifest.todo(cfg.max_attempts):
-        todo.put(c)
-    lock = threading.Lock()
+    busy = {c.index for c, _, _ in followed}
+    for c in ledger.manifest.todo(cfg.max_attempts):
+        if c.index not in busy:
+            todo.put(c)
+    ledger.outstanding = todo.qsize() + len(followed)
     stop = threading.Event()
-    log.info("run %s: %d chunk(s) to do, %s", cfg.run_dir, todo.qsize(), manifest.counts())
+    log.info("run %s: %d chunk(s) to do, %s", cfg.run_dir, ledger.outstanding, ledger.manifest.counts())
+
+    def progress_cb(chunk: Chunk):
+        return (lambda msg: on_progress(chunk.name, msg)) if on_progress else None
+
+    def follower(chunk: Chunk, url: str, pid: str) -> None:
+        if follow(
+            ledger, client_factory(url), chunk, pid, timeout=cfg.timeout, on_progress=progress_cb(chunk)
+        ):
+            todo.put(chunk)
 
     def worker(url: str) -> None:
         client = client_factory(url)
         while not stop.is_set():
-            try:
-                chunk = todo.get_nowait()
-            except queue.Empty:
-                return
-            with lock:
-                rec = manifest.records[chunk.index]
-                manifest.mark(
-                    chunk,
-                    ChunkState.RUNNING,
-                    attempts=rec.attempts + 1,
-                    server=url,
-                    error=None,
-                    started=time.time(),
-                    finished=None,
-                )
-            if on_chunk:
-                on_chunk(chunk, ChunkState.RUNNING)
-            try:
-                prompt = patch_workflow(
-                    cfg.workflow, chunk, cfg.seed, cfg.overrides, identity_index=cfg.index_location()
-                )
-                pid = client.queue(prompt)
-                with lock:
-                    manifest.mark(chunk, ChunkState.RUNNING, prompt_id=pid)
-                cb = (lambda msg, _c=chunk: on_progress(_c.name, msg)) if on_progress else None
-                entry = client.wait(pid, timeout=cfg.timeout, on_progress=cb)
-                outputs = {k: v for k, v in entry.get("outputs", {}).items() if "text" in v or "dataset" in v}
-                with lock:
-                    manifest.mark(chunk, ChunkState.DONE, outputs=outputs, finished=time.time())
-                state = ChunkState.DONE
-            except FDTAError as e:
-                with lock:
-                    rec = manifest.records[chunk.index]
-                    manifest.mark(chunk, ChunkState.FAILED, error=str(e), finished=time.time())
-                    if rec.attempts < cfg.max_attempts:
-                        todo.put(chunk)
+            with ledger.lock:
+                if ledger.outstanding <= 0:
+                    return
+            if not wait_for_server(client, cfg.server_wait, stop):
                 log.warning(
-                    "chunk %s failed (attempt %d/%d): %s", chunk.name, rec.attempts, cfg.max_attempts, e
+                    "server %s gave no answer for %.0f s: it takes no more chunks", url, cfg.server_wait
                 )
-                state = ChunkState.FAILED
-            if on_chunk:
-                on_chunk(chunk, state)
+                return
+            try:
+                chunk = todo.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if run_one(cfg, ledger, client, chunk, on_progress=progress_cb(chunk)):
+                todo.put(chunk)
 
     threads = [
-        threading.Thread(target=worker, args=(u,), daemon=True, name=f"fdta-run-{u}") for u in cfg.servers
-    ]
+        threading.Thread(target=follower, args=f, daemon=True, name=f"fdta-follow-{f[0].name}")
+        for f in followed
+    ] + [threading.Thread(target=worker, args=(u,), daemon=True, name=f"fdta-run-{u}") for u in cfg.servers]
     for t in threads:
         t.start()
     try:
@@ -179,14 +184,77 @@ def run(
                 t.join(timeout=0.5)
     except KeyboardInterrupt:
         stop.set()
-        for u in cfg.servers:
+        stop_running(ledger, client_factory)
+        raise
+    return ledger.manifest.counts()
+
+
+def open_ledger(cfg: RunConfig, *, on_chunk: Callable[[Chunk, ChunkState], None] | None = None) -> Ledger:
+    """The shard's manifest (created or resumed) and the run's identity index, ready for an engine."""
+    manifest = RunManifest(cfg.manifest_path(), cfg.run_key(), cfg.chunks())
+    if cfg.identity_index is None:
+        prepare_run_index(cfg.index_location(), {"run": cfg.run_key()})
+    return Ledger(manifest, cfg.max_attempts, on_chunk=on_chunk)
+
+
+def run_one(
+    cfg: RunConfig,
+    ledger: Ledger,
+    client: ComfyClient,
+    chunk: Chunk,
+    *,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> bool:
+    """Run ``chunk`` on ``client``'s server: its first pass, then its repair rounds; True when it
+    failed and should be queued again."""
+    first = True
+    try:
+        while (step := next_prompt(cfg, ledger, chunk)) is not None:
+            prompt, request = step
+            pid = new_prompt_id()
+            ledger.begin(chunk, client.url, pid, round=request.round if request else 0, new_attempt=first)
+            first = False
+            outputs = execute(
+                client,
+                prompt,
+                pid,
+                timeout=cfg.timeout,
+                on_progress=on_progress,
+                on_queued=lambda real: ledger.renamed(chunk, real),
+            )
+            prompt_finished(ledger, chunk, request, pid, outputs)
+    except FDTAError as e:
+        return settle_failure(ledger, chunk, e)
+    return False
+
+
+def wait_for_server(client: ComfyClient, patience: float, stop: threading.Event | None = None) -> bool:
+    """Wait until the server answers (True) or ``patience`` seconds pass (False)."""
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        if client.alive():
+            return True
+        if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def stop_running(ledger: Ledger, client_factory: Callable[[str], ComfyClient]) -> None:
+    """Ctrl-C: interrupt this run's prompts on their servers and mark their chunks pending again."""
+    with ledger.lock:
+        running = [
+            (ledger.manifest.chunks[i], r.server, r.prompt_id)
+            for i, r in ledger.manifest.records.items()
+            if r.state == ChunkState.RUNNING
+        ]
+    for chunk, server, pid in running:
+        if server and pid:
             try:
-                client_factory(u).interrupt()
+                client = client_factory(server)
+                client._request("POST", "/queue", {"delete": [pid]})
+                client.interrupt(pid)
             except FDTAError:
                 pass
-        with lock:
-            for i, rec in manifest.records.items():
-                if rec.state == ChunkState.RUNNING:
-                    manifest.mark(manifest.chunks[i], ChunkState.PENDING)
-        raise
-    return manifest.counts()
+        ledger.pending(chunk)

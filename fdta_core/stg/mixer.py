@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from ..faceset import FaceSet
 from ..grid import Cell, render_grid
 from ..seeds import derive_seed
@@ -62,7 +61,13 @@ def mix(
     ``eta`` ignored); see docs/stg.md for which to use."""
     identities = source.identities
     if not identities:
-        raise InputError("the source faceset is empty", where="source_faces")
+        # every identity of the chunk was rejected upstream: nothing to style, but the chunk's range and
+        # dropped records still travel on, so the writer records an empty chunk and the run goes on
+        log.warning(
+            "STG: the source faceset is empty (every identity was dropped upstream); nothing to style"
+        )
+        empty = source.derived(source.images, source.labels, [], {})
+        return MixResult(empty, contact_sheet(empty, bank, []), [])
     first_prov = {}
     for _img, lab, prov in source:
         first_prov.setdefault(lab, prov)
@@ -80,9 +85,7 @@ def mix(
     req = GenerationRequest(
         id_images=id_images,
         id_index=np.array([pos[p.identity] for p in picks], np.int64),
-        style_images=bank.images[[p.bank_index for p in picks]]
-        if picks
-        else np.zeros((0, 112, 112, 3), np.uint8),
+        style_images=bank.gather([p.bank_index for p in picks]),  # read per batch by the sampler
         seeds=seeds,
     )
     images = sampler.generate(
@@ -90,21 +93,22 @@ def mix(
     )
     prov = []
     for p, seed in zip(picks, seeds, strict=True):
+        ref = bank.record(p.bank_index)
         extra = {
             "stg_style_index": p.style_index,
             "stg_policy": policy,
-            "stg_reference_subject": bank.subjects[p.bank_index],
+            "stg_reference_subject": ref.subject,
             "stg_sampler": solver,
             "stg_steps": steps,
             "stg_eta": eta if solver == DDIM else None,
         }
         if p.cell is not None:
             extra["stg_cell"] = list(p.cell)
-        if bank.tags[p.bank_index]:
-            extra["stg_reference_tags"] = dict(bank.tags[p.bank_index])
+        if ref.tags:
+            extra["stg_reference_tags"] = dict(ref.tags)
         prov.append(
             first_prov[p.identity].derive(
-                STAGE, reference_key=bank.keys[p.bank_index], seeds={STAGE: seed}, extra=extra
+                STAGE, reference_key=ref.key, seeds={STAGE: seed}, extra=extra
             )
         )
     labels = np.array([p.identity for p in picks], np.int64)
@@ -142,8 +146,8 @@ def contact_sheet(
         outs: list[Cell | None] = [None]
         for i in by_id.get(ident, []):
             pick = picks[i]
-            subject = str(bank.subjects[pick.bank_index])
-            refs.append(Cell(bank.images[pick.bank_index], [(f"reference {subject}"[:20], REFERENCE_COLOUR)]))
+            subject = bank.record(pick.bank_index).subject
+            refs.append(Cell(bank.faces([pick.bank_index])[0], [(f"reference {subject}"[:20], REFERENCE_COLOUR)]))
             outs.append(Cell(styled.images[i], [(f"output {pick.style_index}", OUTPUT_COLOUR)]))
         rows += [refs, outs]
     return render_grid(rows, tile=112, gap=4, caption_height=CAPTION, background=(255, 255, 255), n_cols=cols)

@@ -75,10 +75,10 @@ def pick_styles(
             idx = rng.integers(0, len(bank), size=images_per_identity)
             picks.extend(StylePick(int(ident), j, int(b)) for j, b in enumerate(idx))
         return picks
-    groups = list(bank.subject_groups().values())
+    n_subjects = bank.n_subjects  # an indexed bank reads only the subjects this chunk uses
     for ident in identities:
-        subj = _subject_for(int(ident), len(groups), run_seed)
-        members = groups[subj]
+        subj = _subject_for(int(ident), n_subjects, run_seed)
+        members = bank.subject_members(subj)
         rng = numpy_rng(run_seed, "stg-style-subject-images", int(ident))
         if len(members) >= images_per_identity:
             chosen = rng.permutation(members)[:images_per_identity]
@@ -116,14 +116,14 @@ def _grid(
     for _, values in axes:
         cells = [(*c, _norm(v)) for c in cells for v in values]
     tagged = [
-        (i, tuple(_norm(tags[n]) for n in names))
-        for i, tags in enumerate(bank.tags)
+        (i, subject, tuple(_norm(tags[n]) for n in names))
+        for i, subject, tags in bank.tagged()
         if all(n in tags for n in names)
     ]
     if one_subject:
-        return _grid_one_subject(bank, identities, images_per_identity, run_seed, axes, cells, tagged)
+        return _grid_one_subject(identities, images_per_identity, run_seed, axes, cells, tagged)
     by_cell: dict[tuple[str, ...], list[int]] = {}
-    for i, cell in tagged:
+    for i, _subject, cell in tagged:
         by_cell.setdefault(cell, []).append(i)
     missing = [c for c in cells if c not in by_cell]
     if missing:
@@ -144,19 +144,18 @@ def _grid(
 
 
 def _grid_one_subject(
-    bank: ReferenceBank,
     identities: Sequence[int],
     images_per_identity: int,
     run_seed: int,
     axes: Sequence[tuple[str, Sequence[str]]],
     cells: list[tuple[str, ...]],
-    tagged: list[tuple[int, tuple[str, ...]]],
+    tagged: list[tuple[int, str, tuple[str, ...]]],
 ) -> list[StylePick]:
     """Every cell of an identity from the one subject it is assigned (among the subjects that cover the
     whole grid, so that any balanced sample of cells is available)."""
     per_subject: dict[str, dict[tuple[str, ...], list[int]]] = {}
-    for i, cell in tagged:
-        per_subject.setdefault(bank.subjects[i], {}).setdefault(cell, []).append(i)
+    for i, subject, cell in tagged:
+        per_subject.setdefault(subject, {}).setdefault(cell, []).append(i)
     complete = [s for s, got in per_subject.items() if all(c in got for c in cells)]
     if not complete:
         best = max(per_subject.items(), key=lambda kv: len(kv[1]), default=(None, {}))

@@ -50,7 +50,9 @@ class GenerationRequest:
 
     id_images: np.ndarray  # [I, 112, 112, 3] uint8, one per identity
     id_index: np.ndarray  # [N] int
-    style_images: np.ndarray  # [N, 112, 112, 3] uint8
+    #: [N, 112, 112, 3] uint8, or a lazy sequence whose slices are such arrays (a bank's ``gather``):
+    #: the sampler takes one batch at a time
+    style_images: np.ndarray | Sequence[np.ndarray]
     seeds: Sequence[int]  # [N]
 
     def validate(self) -> None:
@@ -60,7 +62,10 @@ class GenerationRequest:
                 f"{n} style images, {len(self.id_index)} identity indices and {len(self.seeds)} seeds: need one each",
                 where="STG generation",
             )
-        for name, arr in (("id_images", self.id_images), ("style_images", self.style_images)):
+        arrays = [("id_images", self.id_images)]
+        if isinstance(self.style_images, np.ndarray):
+            arrays.append(("style_images", self.style_images))
+        for name, arr in arrays:
             if arr.ndim != 4 or arr.shape[1:] != (112, 112, 3) or arr.dtype != np.uint8:
                 raise InputError(
                     f"{name} must be uint8 [N,112,112,3], got {arr.dtype} {list(arr.shape)}",

@@ -169,9 +169,18 @@ class ChunkedFaceDataset(_FaceItems):
 
         self.root = Path(root)
         chunks = list_chunks(self.root)
+        # a chunk in which every identity was rejected is committed empty (its manifest says why):
+        # nothing to train on, so it is skipped with a note
+        self.empty_chunks = [c.name for c in chunks if c.images == 0]
+        for name in self.empty_chunks:
+            log.warning(
+                "chunk %s of %s has no images (every identity was rejected); skipped", name, self.root
+            )
+        chunks = [c for c in chunks if c.images > 0]
         if not chunks:
             raise DatasetError(
-                f"{self.root / CHUNKS_DIR} holds no committed chunk",
+                f"{self.root / CHUNKS_DIR} holds no committed chunk with images"
+                + (f" ({len(self.empty_chunks)} empty chunk(s))" if self.empty_chunks else ""),
                 fix="let FDTADatasetWriter finish at least one chunk, or pass a folder holding train.rec.",
             )
         self.image_size = int(image_size)
@@ -232,9 +241,7 @@ class ChunkedFaceDataset(_FaceItems):
         self.parts[int(self._part[index])].load(int(self._pos[index]), flip, out)
 
 
-def open_face_dataset(
-    path: str | Path, *, image_size: int = 112
-) -> RecFaceDataset | ChunkedFaceDataset:
+def open_face_dataset(path: str | Path, *, image_size: int = 112) -> RecFaceDataset | ChunkedFaceDataset:
     """The training set at ``path``: a ``.rec`` file or a folder holding ``train.rec`` (one set), or a
     data-set folder holding ``chunks/`` (every committed chunk, labelled as ``fdta rec merge`` would).
 

@@ -241,13 +241,34 @@ def run_foreground(run_dir: str | Path, topo: Topology, *, python: str | None = 
     log.info("running %s", " ".join(cmd))
     rc = subprocess.call(cmd, env=child_env())
     if rc not in (0,):
-        raise ExternalServiceError(
-            f"training exited with status {rc}",
-            where=str(run_dir),
-            fix=f"read {Path(run_dir) / 'train.log'} and state.json; run the same command again to resume "
-            "from the last checkpoint.",
-        )
+        cause, fix = _failure_advice(run_dir)
+        raise ExternalServiceError(f"training exited with status {rc}{cause}", where=str(run_dir), fix=fix)
     return rc
+
+
+#: What to do about a failure that resuming cannot cure, by the kind of error the trainer recorded.
+_KIND_FIX = {
+    "DatasetError": "check the data set with `fdta rec info DATA`, then rewrite or leave out the broken chunk "
+    "(or merge the good ones with `fdta rec merge`) and start again.",
+    "ConfigError": "correct the recipe or options it names and start again.",
+    "InputError": "correct the input it names and start again.",
+    "ModelNotFoundError": "put the model where the message says and start again.",
+    "ModelFormatError": "use a model file of the expected layout and start again.",
+}
+
+
+def _failure_advice(run_dir: str | Path) -> tuple[str, str]:
+    """The cause and advice after a failed run: resume only where resuming can help (see ``failure_record``)."""
+    state = _read_json(Path(run_dir) / "state.json")
+    if state.get("status") == "failed" and state.get("error_resumable") is False:
+        error = str(state.get("error") or "")
+        kind = error.split(":", 1)[0]
+        fix = state.get("error_fix") or _KIND_FIX.get(kind, "correct the input it names and start again.")
+        return f" ({error})", f"running the same command again fails the same way: {fix}"
+    return "", (
+        f"read {Path(run_dir) / 'train.log'} and state.json; run the same command again to resume "
+        "from the last checkpoint."
+    )
 
 
 def format_state(state: dict[str, Any]) -> str:
@@ -273,6 +294,8 @@ def format_state(state: dict[str, Any]) -> str:
         lines.append(f"error: {state['error']}")
     if state.get("stop_requested") and state.get("alive"):
         lines.append("stop requested: the run checkpoints and exits within 10 steps")
+    if state.get("status") == "failed" and state.get("error_resumable") is False:
+        lines.append("running again fails the same way: fix the cause above first")
     if state.get("status") == "dead":
         lines.append("the process is gone without recording why (see stdout.log); start again to resume")
     if state.get("launcher_pid"):

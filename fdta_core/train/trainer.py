@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, InputError, ModelFormatError, ModelNotFoundError
 from ..eval.models import torch_embedder
 from ..eval.verification import verify
 from ..fsutil import atomic_open, atomic_write_text
@@ -462,7 +462,13 @@ class Trainer:
             atomic_write_text(self.files.root / "run.json", json.dumps(run, indent=1), fsync=False)
             log.info("training %s: %s", self.files.root, json.dumps(run))
         self.files.set_state(
-            status="running", step=self.step, total_steps=self.total_steps, epoch=self.epoch, error=None
+            status="running",
+            step=self.step,
+            total_steps=self.total_steps,
+            epoch=self.epoch,
+            error=None,
+            error_resumable=None,
+            error_fix=None,
         )
         self.files.metric("start", **run, step=self.step)
         status = self._loop(progress)
@@ -568,6 +574,23 @@ class Trainer:
             dist.destroy_process_group()
 
 
+#: Failures that running the same command again cannot cure: the input itself must change first.
+_NOT_CURED_BY_RESUME = (ConfigError, DatasetError, InputError, ModelNotFoundError, ModelFormatError)
+
+
+def failure_record(exc: BaseException) -> dict[str, Any]:
+    """What ``state.json`` keeps of a failure: the message, and whether resuming can help.
+
+    A crash, an out-of-memory or a kill is worth resuming from the last checkpoint; a corrupt data set or
+    a bad recipe fails again the same way, so the launcher passes on the error's own fix instead.
+    """
+    resumable = not isinstance(exc, _NOT_CURED_BY_RESUME)
+    record: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}", "error_resumable": resumable}
+    fix = getattr(exc, "fix", None)
+    record["error_fix"] = fix if isinstance(fix, str) and fix else None
+    return record
+
+
 def run_training(config: TrainConfig, progress=None) -> dict[str, Any]:
     """Train (or resume) according to ``config``; records a failure in ``state.json`` before re-raising."""
     trainer = None
@@ -575,11 +598,12 @@ def run_training(config: TrainConfig, progress=None) -> dict[str, Any]:
         trainer = Trainer(config)
         return trainer.train(progress)
     except BaseException as exc:
+        failure = failure_record(exc)
         if trainer is not None:
-            trainer.files.set_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+            trainer.files.set_state(status="failed", **failure)
         elif int(os.environ.get("RANK", "0")) == 0 and config.output:
             Path(config.output).mkdir(parents=True, exist_ok=True)
-            RunFiles(config.output, True).set_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+            RunFiles(config.output, True).set_state(status="failed", **failure)
         raise
     finally:
         if trainer is not None:

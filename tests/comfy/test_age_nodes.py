@@ -59,7 +59,7 @@ def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
               "inputs": {"image": ["B", 0], "face_models": ["M", 0], "min_face_size": 0,
                          "assume_aligned_112": True, "identity_start": 0, "one_identity": False}},
         "G": {"class_type": "FDTAAgeLoader",
-              "inputs": {"model_name": "sam_live_graph.pt", "device": "auto", "dtype": "auto"}},
+              "inputs": {"model_name": "sam_live_graph.pt", "device": "auto", "precision": "auto"}},
         "S": {"class_type": "FDTAAgeShifter",
               "inputs": {"faceset": ["A", 0], "age_model": ["G", 0], "mode": "list", "ages": "20, 65",
                          "age_low": 20, "age_high": 70, "count": 3, "sampling": "even", "seed": 0,
@@ -69,18 +69,19 @@ def test_age_graph_on_aligned_faces(comfy: ComfyServer) -> None:
     }  # fmt: skip
     entry = comfy.run(graph, timeout=300)
     images = node_outputs(entry, "P")["images"]
-    assert len(images) == 6  # 2 originals + 2 x 2 aged
-    sizes = {Image.open(comfy.temp_dir / im.get("subfolder", "") / im["filename"]).size for im in images}
-    assert sizes == {(112, 112)}
+    assert len(images) == 1  # a bounded preview: one sheet, one row per identity (original + 2 aged)
+    sheet = np.asarray(Image.open(comfy.temp_dir / images[0].get("subfolder", "") / images[0]["filename"]))
+    assert sheet.shape[:2] == (4 + 2 * (112 + 14 + 4), 4 + 72 + 3 * (112 + 4))
     text = node_outputs(entry, "T")["text"][0]
     targets = re.findall(r"age_target=([0-9.]+|None)", text)
     assert targets == ["None", "20.0", "65.0"] * 2, targets
     assert re.findall(r"identity=(\d+)", text) == ["0"] * 3 + ["1"] * 3
     histories = re.findall(r"history=\[([^\]]*)\]", text)
     assert histories[1].endswith("'age'") and "'age'" not in histories[0]
-    aged = np.asarray(Image.open(comfy.temp_dir / images[1].get("subfolder", "") / images[1]["filename"]))
-    orig = np.asarray(Image.open(comfy.temp_dir / images[0].get("subfolder", "") / images[0]["filename"]))
-    assert np.abs(aged.astype(int) - orig.astype(int)).mean() > 1  # the model really changed the face
+    x0, y0 = 4 + 72, 4  # first row: the original, then its aged variants
+    orig = sheet[y0 : y0 + 112, x0 : x0 + 112].astype(int)
+    aged = sheet[y0 : y0 + 112, x0 + 116 : x0 + 116 + 112].astype(int)
+    assert np.abs(aged - orig).mean() > 1  # the model really changed the face
 
 
 def test_age_loader_reads_extra_model_paths_folder(comfy: ComfyServer) -> None:
@@ -93,7 +94,7 @@ def test_age_loader_reads_extra_model_paths_folder(comfy: ComfyServer) -> None:
     assert "sam_extra_live.pt" in options
     graph = {
         "G": {"class_type": "FDTAAgeLoader", "inputs": {"model_name": "sam_extra_live.pt", "device": "cpu",
-                                                         "dtype": "fp32"}},
+                                                         "precision": "fp32"}},
         "P": {"class_type": "PreviewAny", "inputs": {"source": ["G", 0]}},
     }  # fmt: skip
     text = comfy.run(graph, timeout=120)["outputs"]["P"]["text"][0]

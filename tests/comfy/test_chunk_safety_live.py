@@ -43,7 +43,7 @@ def ui_prompt(comfy: ComfyServer, *, output: str, start: int, count: int, seed: 
     del acg["face_models"]  # random SD draws no face a detector accepts (see test_workflows_live)
     acg.update(width=64, height=64, steps=2, candidates=1, sampler_name="euler")
     _node(api, "ControlNetLoader")[1]["control_net_name"] = MODELS["cnet"]
-    _node(api, "FDTASTGLoader")[1]["checkpoint"] = "dcface_tiny.safetensors"
+    _node(api, "FDTASTGLoader")[1]["model_name"] = "dcface_tiny.safetensors"
     _node(api, "FDTASTGMixer")[1].update(images_per_identity=2, steps=2)
     _node(api, "FDTAAgeShifter")[1]["batch_size"] = 4
     _node(api, "FDTACSIMFilter")[1].update(threshold=-1, min_images_per_identity=0)
@@ -135,7 +135,7 @@ BAD_INPUTS = {
     "age loader device gpu": ("FDTAAgeLoader", "device", "gpu", "FDTAAgeLoader.device: unknown device 'gpu'"),
     "missing reference folder": ("FDTAReferenceBank", "path", "fdta/nowhere", "FDTAReferenceBank.path: the reference folder"),
     "precision typo": ("FDTASTGMixer", "precision", "fp61", "FDTASTGMixer.precision: unknown precision 'fp61'"),
-    "missing STG checkpoint": ("FDTASTGLoader", "checkpoint", "dcface_9x9.ckpt", "FDTASTGLoader.checkpoint: STG checkpoint 'dcface_9x9.ckpt' not found. Looked in"),
+    "missing STG checkpoint": ("FDTASTGLoader", "model_name", "dcface_9x9.ckpt", "FDTASTGLoader.model_name: STG checkpoint 'dcface_9x9.ckpt' not found. Looked in"),
 }  # fmt: skip
 
 

@@ -38,7 +38,7 @@ SEED = 11
 TINY_SETS = [
     f"ControlNetLoader.control_net_name={MODELS['cnet']}", "FDTAACGSampler.width=64", "FDTAACGSampler.height=64",
     "FDTAACGSampler.steps=2", "FDTAACGSampler.candidates=1", "FDTAACGSampler.sampler_name=euler",
-    "FDTASTGLoader.checkpoint=dcface_tiny.safetensors", "FDTASTGMixer.steps=2",
+    "FDTASTGLoader.model_name=dcface_tiny.safetensors", "FDTASTGMixer.steps=2",
     "FDTACSIMFilter.threshold=-1", "FDTACSIMFilter.min_images_per_identity=0",
 ]  # fmt: skip
 MS1M_OUT = "fdta/syn_ms1m_handoff"

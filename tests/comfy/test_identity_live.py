@@ -70,9 +70,9 @@ def _run(comfy, wf, run_dir, name, *, u, r, real_sets="", capsys=None):
     sets = [
         f"ControlNetLoader.control_net_name={CNET}", "FDTAACGSampler.width=64", "FDTAACGSampler.height=64",
         "FDTAACGSampler.steps=2", "FDTAACGSampler.candidates=2", "FDTAACGSampler.sampler_name=euler",
-        "FDTAACGSampler.check_gender=false", "FDTAACGSampler.check_age=false", "FDTAACGSampler.min_det_score=0.0",
-        "FDTAACGSampler.retries=5", f"FDTAACGSampler.uniqueness_threshold={u}",
-        f"FDTAACGSampler.real_person_threshold={r}", f"FDTAACGSampler.real_sets={json.dumps(real_sets)}",
+        "FDTAACGOptions.check_gender=false", "FDTAACGOptions.check_age=false", "FDTAACGOptions.min_det_score=0.0",
+        "FDTAACGOptions.retries=5", f"FDTAACGOptions.uniqueness_threshold={u}",
+        f"FDTAACGOptions.real_person_threshold={r}", f"FDTAACGOptions.real_sets={json.dumps(real_sets)}",
         f"FDTAFaceModelLoader.pack={PACK}", "FDTAFaceModelLoader.det_threshold=0.1",
         f"FDTADatasetWriter.output_name=fdta/{name}", f"SaveImage.filename_prefix={name}",
     ]  # fmt: skip

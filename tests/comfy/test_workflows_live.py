@@ -144,8 +144,8 @@ CASES = {
         "syn_ms1m.json", "e2e_male45", {"gender": "male", "age": 45.0, "identity_floor": 0.0},
         seed=11, identities=6, chunk_size=3, csim_threshold=0.0, images_per_identity=4,
         sets=("FDTASTGMixer.images_per_identity=2", "FDTAAgeShifter.batch_size=4",
-              "FDTACSIMFilter.min_images_per_identity=1", "FDTAACGSampler.uniqueness_threshold=0.9",
-              "FDTAACGSampler.real_person_threshold=0.9"),
+              "FDTACSIMFilter.min_images_per_identity=1", "FDTAACGOptions.uniqueness_threshold=0.9",
+              "FDTAACGOptions.real_person_threshold=0.9"),
     ),
     # a generator that always draws the same woman of 40 (floor 0.75): after the first acceptable
     # identity of a chunk every other one is a duplicate; every styled image keeps CSIM >= 0.69
@@ -153,7 +153,7 @@ CASES = {
         "syn_mpie.json", "e2e_same_woman40", {"gender": "female", "age": 40.0, "identity_floor": 0.75},
         seed=12, identities=3, chunk_size=3, csim_threshold=0.3, images_per_identity=3,
         sets=("FDTASTGMixer.images_per_identity=3", "FDTACSIMFilter.min_images_per_identity=3",
-              "FDTAACGSampler.real_person_threshold=0.99"),
+              "FDTAACGOptions.real_person_threshold=0.99"),
     ),
 }  # fmt: skip
 
@@ -262,10 +262,12 @@ def _run_case(comfy: ComfyServer, tmp_path: Path, capsys, name: str) -> dict:
     case = CASES[name]
     api = json.loads((WORKFLOWS / "api" / case.workflow).read_text())
     acg_id, acg_node = _node(api, "FDTAACGSampler")
-    acg = dict(acg_node["inputs"])
+    # the sampler's settings with its advanced options (FDTAACGOptions, linked into its options socket)
+    opts_id = acg_node["inputs"]["options"][0]
+    acg = {**api[opts_id]["inputs"], **acg_node["inputs"]}
     for text in case.sets:  # the run's own settings of the sampler count for the prediction
         target, value = text.split("=", 1)
-        if target.startswith("FDTAACGSampler."):
+        if target.startswith(("FDTAACGSampler.", "FDTAACGOptions.")):
             acg[target.split(".", 1)[1]] = json.loads(value)
     assert "face_models" in acg, "the shipped workflow checks its candidates with face models"
     out_name = f"fdta/e2e_{name}"
@@ -294,8 +296,8 @@ def _run_case(comfy: ComfyServer, tmp_path: Path, capsys, name: str) -> dict:
     sets = [
         f"ControlNetLoader.control_net_name={MODELS['cnet']}", "FDTAACGSampler.width=64", "FDTAACGSampler.height=64",
         "FDTAACGSampler.steps=2", "FDTAACGSampler.sampler_name=euler", f"FDTAACGSampler.candidates={candidates}",
-        f"FDTAACGSampler.retries={retries}", f"FDTAFaceModelLoader.pack={case.pack}",
-        "FDTASTGLoader.checkpoint=dcface_tiny.safetensors", "FDTASTGMixer.steps=2",
+        f"FDTAACGOptions.retries={retries}", f"FDTAFaceModelLoader.pack={case.pack}",
+        "FDTASTGLoader.model_name=dcface_tiny.safetensors", "FDTASTGMixer.steps=2",
         f"FDTACSIMFilter.threshold={case.csim_threshold}", f"FDTADatasetWriter.output_name={out_name}", *case.sets,
     ]  # fmt: skip
     run_dir = tmp_path / "run"

@@ -240,8 +240,8 @@ class ControlParams:
         return round(math.degrees(2.0 * math.atan(self.rotation_t)), 3)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["rotation_degrees"] = self.rotation_degrees
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d["rotation_degrees"] = self.rotation_degrees  # JSON-native: the same dict before and after JSON
         return d
 
 

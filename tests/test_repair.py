@@ -192,10 +192,11 @@ def test_exhausted_repairs_stay_missing_with_their_reason(tmp_path, capsys):
     assert {m["identity"]: m["stage"] for m in rep["missing"]} == {4: "acg", 9: "csim"}
     for f in rep["quotas"]["fields"]:
         assert f["max_deviation"] <= 2
-    # repairing an identity the chunk already has is refused, and nothing changes
-    with pytest.raises(InputError, match="already written in chunk"):
-        write_faceset(_pass(repair_plan(plan, RepairRequest(3, (0,))), reject, bad), ds)
-    assert list_chunks(ds)[0].repairs == info.repairs
+    # a round that brings an identity the chunk already holds (queued again after a crash) adds nothing
+    again = write_faceset(_pass(repair_plan(plan, RepairRequest(3, (0, 4))), reject, bad), ds)
+    assert (again.images, again.identities) == (info.images, info.identities)
+    assert again.repairs[-1]["already_written"] == [0] and again.repairs[-1]["added"] == []
+    assert [m["identity"] for m in again.missing] == [4, 9]
 
 
 def test_a_repair_needs_the_chunk_of_the_same_run(tmp_path):

@@ -61,6 +61,7 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
                 "identity_start": 0,
                 "identity_count": CHUNK,
                 "seed": RUN_SEED,
+                "repair": "",  # fdta run sets 'ROUND: IDS' for a chunk's repair rounds
             },
             "_meta": {"title": f"{title}: attributes of identities [start, start+count)"},
         },

@@ -535,6 +535,8 @@ class ChunkWriter:
         self._first_key: list[int] = []
         self._next_key = 1
         self._written = 0
+        self._base_ids: frozenset[int] = frozenset()
+        self._skipped: set[int] = set()  # identities a repair round brought that the chunk already holds
         if self.base is not None:
             self._copy_base(self.base)
 
@@ -559,6 +561,7 @@ class ChunkWriter:
             self._first_key.append(int(first_key))
         self._next_key = base.images + 1
         self._base_dropped = self._manifest.dropped_count()
+        self._base_ids = frozenset(int(i) for i in base.identities)
 
     # -------------------------------------------------------------- adding
     def add(
@@ -582,17 +585,12 @@ class ChunkWriter:
             or (provenance is not None and provenance.identity != identity)
         ):
             identity = self._check_face(key, image, identity, provenance)
+        if self._base_ids and identity in self._base_ids:
+            # a repair round never replaces what the chunk holds: a round queued again after a crash
+            # (its first copy committed, the run manifest not yet updated) adds nothing twice
+            self._skipped.add(identity)
+            return 0
         if not self._identities or self._identities[-1] != identity:
-            if self.base is not None and identity in set(self.base.identities):
-                self._fail(
-                    InputError(
-                        f"identity {identity} is already written in chunk {self.name}; repair round "
-                        f"{self.repair} may only add identities the chunk is missing",
-                        where=f"chunk {self.name}, image {key - 1} (identity {identity})",
-                        fix="put only the chunk's missing identities in FDTAAttributeSpec.repair (the writer "
-                        "and chunk.json list them).",
-                    )
-                )
             if identity in self._idset:
                 self._fail(
                     InputError(
@@ -769,7 +767,8 @@ class ChunkWriter:
                     added = self._identities[len(self.base.identities) :]
                     tried = sorted({*added, *self._dropped_ids})
                     repairs.append({"round": self.repair, "tried": tried, "added": added,
-                                    "images": n - self.base.images, "created": time.time()})  # fmt: skip
+                                    "images": n - self.base.images, "created": time.time(),
+                                    "already_written": sorted(self._skipped)})  # fmt: skip
                 info = ChunkInfo(
                     name=self.name,
                     start=self.start,

@@ -301,8 +301,12 @@ def _run_case(comfy: ComfyServer, tmp_path: Path, capsys, name: str) -> dict:
         f"FDTACSIMFilter.threshold={case.csim_threshold}", f"FDTADatasetWriter.output_name={out_name}", *case.sets,
     ]  # fmt: skip
     run_dir = tmp_path / "run"
+    # --repair-rounds 0: these runs check every decision of one pass against the known functions (a
+    # repair round would regenerate CSIM-emptied identities from new sources); repair rounds have their
+    # own live test below
     argv = ["run", str(wf), "--run-dir", str(run_dir), "--identities", str(case.identities),
-            "--chunk-size", str(case.chunk_size), "--seed", str(case.seed), "--server", comfy.url, "--timeout", "900"]  # fmt: skip
+            "--chunk-size", str(case.chunk_size), "--seed", str(case.seed), "--server", comfy.url, "--timeout", "900",
+            "--repair-rounds", "0"]  # fmt: skip
     for s in sets:
         argv += ["--set", s]
     rc, out = _cli(capsys, argv)
@@ -496,3 +500,116 @@ def sqlite3_rows(folder: Path, sql: str) -> list:
     finally:
         con.close()
     return [r[0] if len(r) == 1 else r for r in rows]
+
+
+# ------------------------------------------------------------------------------------ repair rounds
+
+
+def _repair_workflow(tmp_path: Path, name: str) -> Path:
+    """The shipped Syn-MS1M graph (without the CSIM leak check, whose verdict on a random STG is a coin
+    flip, as in the end-to-end runs above)."""
+    api = json.loads((WORKFLOWS / "api" / "syn_ms1m.json").read_text())
+    _node(api, "FDTACSIMFilter")[1]["inputs"].pop("reference_bank", None)
+    wf = tmp_path / f"{name}.json"
+    wf.write_text(json.dumps(api))
+    return wf
+
+
+def _repair_argv(comfy: ComfyServer, wf: Path, run_dir: Path, out_name: str, identities: int, rounds: int,
+                 *sets: str) -> list[str]:  # fmt: skip
+    base = [
+        f"ControlNetLoader.control_net_name={MODELS['cnet']}", "FDTAACGSampler.width=64", "FDTAACGSampler.height=64",
+        "FDTAACGSampler.steps=2", "FDTAACGSampler.sampler_name=euler", "FDTAACGSampler.candidates=1",
+        "FDTAACGOptions.retries=0", "FDTAFaceModelLoader.pack=e2e_male45", "FDTAACGOptions.check_gender=false",
+        "FDTAACGOptions.check_age=false", "FDTAACGOptions.uniqueness_threshold=0.9",
+        "FDTAACGOptions.real_person_threshold=0.9", "FDTASTGLoader.model_name=dcface_tiny.safetensors",
+        "FDTASTGMixer.steps=2", "FDTASTGMixer.images_per_identity=2", "FDTAAgeShifter.batch_size=4",
+        f"FDTADatasetWriter.output_name={out_name}", *sets,
+    ]  # fmt: skip
+    argv = ["run", str(wf), "--run-dir", str(run_dir), "--identities", str(identities), "--chunk-size",
+            str(identities), "--seed", "11", "--server", comfy.url, "--timeout", "900", "--repair-rounds", str(rounds)]  # fmt: skip
+    for s in base:
+        argv += ["--set", s]
+    return argv
+
+
+@pytest.mark.slow
+def test_csim_emptied_identities_are_repaired_through_comfyui(
+    comfy: ComfyServer, tiny_models, tmp_path, capsys
+) -> None:
+    """fdta run against a real ComfyUI: the CSIM filter (threshold 0 inside the spread of unrelated faces,
+    at least 2 of an identity's 4 images) empties some identities of the chunk; repair rounds queue the
+    same workflow for just those (FDTAAttributeSpec.repair), the ACG draws them from the next attempt
+    seeds, and the writer adds them to the committed chunk. Everything planned is written or recorded
+    missing with its reason, and the written quota-field counts are the plan's less the missing."""
+    wf = _repair_workflow(tmp_path, "repair")
+    out_name, run_dir, n = "fdta/e2e_repair", tmp_path / "run", 6
+    argv = _repair_argv(comfy, wf, run_dir, out_name, n, 3, "FDTACSIMFilter.threshold=0.0",
+                        "FDTACSIMFilter.min_images_per_identity=2")  # fmt: skip
+    comfy.free()
+    rc, out = _cli(capsys, argv)
+    assert rc == 0, f"{out}\n{comfy.log_tail(80)}"
+    chunk = json.loads((comfy.output_dir / out_name / "chunks" / "000000000-000000006" / "chunk.json").read_text())
+    man = json.loads(next(run_dir.glob("run-shard*.json")).read_text())["chunks"]["0"]
+    rounds = man["repairs"]
+    assert rounds, f"the first pass kept every identity: nothing exercised ({chunk})"
+    assert [r["round"] for r in chunk["repairs"]] == [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    added = {i: r["round"] for r in chunk["repairs"] for i in r["added"]}
+    assert added, f"no repair round got an identity through: pick another CSIM threshold ({chunk['repairs']})"
+    missing = {m["identity"]: m for m in chunk["missing"]}
+    assert sorted(chunk["identities"] + list(missing)) == list(range(n)) and man["missing"] == sorted(missing)
+    assert rounds[0]["identities"] == sorted(set(added) | set(rounds[0]["missing_after"]) | set(missing))
+    for m in missing.values():  # still missing after the bound: the reason of its last attempt
+        assert m["stage"] == "csim" and m["round"] == len(rounds) and set(m["reasons"]) <= {"csim", "identity"}
+    # every repaired identity's images come from its round's own ACG attempt (retries 0: attempt = round)
+    rows = sqlite3_rows(comfy.output_dir / out_name / "chunks" / "000000000-000000006",
+                        "SELECT identity, json_extract(extra, '$.acg.attempt'), attributes FROM images")  # fmt: skip
+    for ident, attempt, _a in rows:
+        assert attempt == added.get(ident, 0), (ident, attempt, added)
+    # quotas: written per-value counts = the plan's less the missing identities
+    spec = tmp_path / "spec.json"
+    spec.write_text(_node(json.loads(wf.read_text()), "FDTAAttributeSpec")[1]["inputs"]["spec"])
+    rc, out = _cli(capsys, ["plan", "--spec", str(spec), "--count", str(n), "--seed", "11", "--json"])
+    plan = {r["index"]: r for r in json.loads(out)}
+    written = {ident: json.loads(a) for ident, _att, a in rows}
+    for field in ("gender", "race", "age"):
+        want = sorted(plan[i]["attributes"][field] for i in plan if i not in missing)
+        assert sorted(a[field] for a in written.values()) == want
+    rc, out = _cli(capsys, ["rec", "info", str(comfy.output_dir / out_name), "--json"])
+    assert rc == 0 and json.loads(out)["ok"], out
+    index = json.loads((comfy.output_dir / out_name / "dataset.json").read_text())
+    assert sorted(m["identity"] for m in index["missing"]) == sorted(missing)
+
+
+@pytest.mark.slow
+def test_a_chunk_in_which_every_identity_is_rejected_is_written_empty_through_comfyui(
+    comfy: ComfyServer, tiny_models, tmp_path, capsys
+) -> None:
+    """Every candidate is rejected (a detection score below min_det_score): the empty faceset flows
+    through STG, age, CSIM and the writer, which commits an empty chunk whose manifest and chunk.json
+    say why each identity is missing; the run succeeds, the repair round is tried and recorded, and
+    rec info, fdta report and fdta audit accept the chunk."""
+    wf = _repair_workflow(tmp_path, "rejected")
+    out_name, run_dir = "fdta/e2e_all_rejected", tmp_path / "run"
+    argv = _repair_argv(comfy, wf, run_dir, out_name, 2, 1, "FDTAACGOptions.min_det_score=0.95")
+    comfy.free()
+    rc, out = _cli(capsys, argv)
+    assert rc == 0, f"{out}\n{comfy.log_tail(80)}"
+    assert json.loads(out.strip().splitlines()[-1])["done"] == 1
+    folder = comfy.output_dir / out_name / "chunks" / "000000000-000000002"
+    chunk = json.loads((folder / "chunk.json").read_text())
+    assert (chunk["images"], chunk["classes"]) == (0, 0)
+    assert [(m["identity"], m["stage"], m["reasons"]) for m in chunk["missing"]] == [
+        (0, "acg", {"low_score": 1}), (1, "acg", {"low_score": 1})
+    ]  # fmt: skip
+    assert [(r["round"], r["added"], r["tried"]) for r in chunk["repairs"]] == [(1, [], [0, 1])]
+    man = json.loads(next(run_dir.glob("run-shard*.json")).read_text())["chunks"]["0"]
+    assert man["state"] == "done" and man["missing"] == [0, 1] and len(man["repairs"]) == 1
+    rc, out = _cli(capsys, ["rec", "info", str(comfy.output_dir / out_name), "--json"])
+    assert rc == 0 and json.loads(out)["ok"], out
+    rc, out = _cli(capsys, ["report", str(folder), "--json", "--out", str(tmp_path / "rep")])
+    rep = json.loads(out[out.index("{") :])
+    assert rc == 0 and rep["images"] == 0 and [m["identity"] for m in rep["missing"]] == [0, 1]
+    pack = ["--pack", "e2e_male45", "--insightface-dir", str(comfy.models / "insightface"), "--json"]
+    rc, out = _cli(capsys, ["audit", str(folder), *pack])
+    assert rc == 0 and json.loads(out)["identities"] == 0

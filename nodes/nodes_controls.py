@@ -56,7 +56,9 @@ class FDTAControlMaps(io.ComfyNode):
                 "per_identity."
             ),
             inputs=[
-                IdentityPlan.Input("plan", tooltip="Identities with attributes (FDTAAttributeSpec / Prompt)."),
+                IdentityPlan.Input(
+                    "plan", tooltip="Identities with attributes (FDTAAttributeSpec / Prompt)."
+                ),
                 io.Combo.Input(
                     "format",
                     options=list(FORMATS),

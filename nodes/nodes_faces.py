@@ -334,7 +334,11 @@ class FDTACSIMFilter(io.ComfyNode):
             subjects = None
             if reference_bank is not None and len(reference_bank):
                 # only the subjects this faceset was styled after: the bank may be an MS1M-size index
-                used = {p.extra.get("stg_reference_subject") for p in faceset.provenance if isinstance(p.extra, dict)}
+                used = {
+                    p.extra.get("stg_reference_subject")
+                    for p in faceset.provenance
+                    if isinstance(p.extra, dict)
+                }
                 subjects = bank_subject_embeddings(
                     reference_bank,
                     lambda x: face_models.embed(x, batch_size=int(batch_size)),

@@ -144,7 +144,9 @@ def test_the_candidate_farthest_from_accepted_identities_wins():
     assert sel["lead_over_next"] == pytest.approx(sorted(nearest)[1] - nearest[1], abs=1e-5)
     assert sel["uniqueness_margin"] == pytest.approx(0.95 - nearest[1], abs=1e-5)
     # the old rule on request: best detection
-    det = choose_detailed(cands, criteria=SelectionCriteria(uniqueness_threshold=0.95, prefer="detection"), **kw)
+    det = choose_detailed(
+        cands, criteria=SelectionCriteria(uniqueness_threshold=0.95, prefer="detection"), **kw
+    )
     assert det.index == 0
     # nothing accepted yet: every candidate ties on distance, detection decides
     first = choose_detailed(cands, criteria=crit, **{**kw, "accepted": IdentityIndex()})
@@ -204,7 +206,9 @@ def test_expression_failures_are_retried_and_recorded():
         return a
 
     sampler = FakeSampler()
-    res = run_acg(plan, sampler, 1, settings=ACGSettings(candidates=2, retries=1), analyzer=RuleAnalyzer(sampler, rule))
+    res = run_acg(
+        plan, sampler, 1, settings=ACGSettings(candidates=2, retries=1), analyzer=RuleAnalyzer(sampler, rule)
+    )
     assert res.chosen[0].job.attempt == 1 and res.chosen[1].job.attempt == 0
     prov = res.faceset().provenance
     checks = prov[0].extra["acg"]["checks"]
@@ -237,7 +241,11 @@ def test_per_identity_maps_are_used_and_recorded():
     other = plan_maps(make_plan(3, start=0), size=64)
     with pytest.raises(InputError, match="drawn for identity 0"):
         run_acg(
-            plan, sampler, 3, settings=ACGSettings(control_policy="per_identity"), control_records=other.records()
+            plan,
+            sampler,
+            3,
+            settings=ACGSettings(control_policy="per_identity"),
+            control_records=other.records(),
         )
 
 

@@ -103,7 +103,12 @@ def test_keypoints_are_what_the_test_sets(tmp_path):
     analyzer = as_analyzer(load_face_pack([tmp_path], "turned", providers="CPU"))
     a = analyzer.analyze(img[None])[0]
     pick, reasons = choose(
-        [a], gender=None, age=None, criteria=SelectionCriteria(), accepted=EmbeddingBank(), real=EmbeddingBank()
+        [a],
+        gender=None,
+        age=None,
+        criteria=SelectionCriteria(),
+        accepted=EmbeddingBank(),
+        real=EmbeddingBank(),
     )
     assert pick is None and [r.code for r in reasons[0]] == ["pose"]
     with pytest.raises(ValueError, match="keypoints"):

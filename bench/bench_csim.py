@@ -34,6 +34,19 @@ from fdta_core.faceset import FaceSet, Provenance  # noqa: E402
 from fdta_core.testing.faces import make_tiny_face_pack, synthetic_identity_faces  # noqa: E402
 
 
+def _write_iresnet(path: Path, arch: str) -> None:
+    """A random-weight IResNet (ArcFace's recogniser topology) as an ArcFace-signature ONNX file."""
+    import torch
+
+    from fdta_core import iresnet
+    from fdta_core.testing.faces import export_onnx
+
+    torch.manual_seed(0)
+    net = getattr(iresnet, f"iresnet{arch[1:]}")()
+    export_onnx(net, path, torch.zeros(2, 3, 112, 112), "input.1", ["embedding"],
+                {"input.1": {0: "None"}, "embedding": {0: "None"}})  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a few seconds)")
@@ -42,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds (best of)")
     ap.add_argument("--insightface-dir", default=None, help="root with models/<pack>/ (default: a tiny pack)")
     ap.add_argument("--pack", default="tiny_pack")
+    ap.add_argument(
+        "--model",
+        default="tiny",
+        choices=("tiny", "r18", "r50"),
+        help="recogniser of the temporary pack: the tiny ArcFace, or a random-weight IResNet-18/50 (ArcFace "
+        "r50's topology and cost; for CUDA and for a realistic CPU fraction)",
+    )
+    ap.add_argument("--provider", default="CPU", help="ONNX provider: CPU, CUDA, auto (IOBinding on CUDA)")
+    ap.add_argument("--fp16", action="store_true", help="run the recogniser from its fp16 copy")
     args = ap.parse_args(argv)
     pin_threads(1)  # numpy/OpenCV pools: the pre-processing thread must not fan out over the cores
     n = 384 if args.quick else args.n  # the ratio needs several batches: one tiny-model batch is ~1 ms
@@ -54,10 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         root = args.insightface_dir or tmp
         if args.insightface_dir is None:
             make_tiny_face_pack(tmp, args.pack, genderage=False)
+            if args.model != "tiny":
+                _write_iresnet(Path(tmp) / "models" / args.pack / "w600k_r50.onnx", args.model)
         print(f"faces: {len(faces)}, batch size {args.batch}, best of {repeats} alternating rounds")
         for threads in (0, 1):
             models = load_face_pack(
-                [root], args.pack, providers="CPU", require=("recognizer",), threads=threads
+                [root],
+                args.pack,
+                providers=args.provider,
+                require=("recognizer",),
+                threads=threads,
+                recognizer_fp16=args.fp16,
             )
             models.embed(faces[: args.batch], batch_size=args.batch)  # warm-up
             best = {"single": float("inf"), "batched": float("inf")}
@@ -71,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 best["batched"] = min(best["batched"], time.perf_counter() - t0)
             single, batched = len(faces) / best["single"], len(faces) / best["batched"]
             label = "default threads" if threads == 0 else "1 thread"
-            print(f"[{models.recognizer.path.name}, CPU, {label}]")
+            print(f"[{models.recognizer.path.name}, {args.provider}{' fp16' if args.fp16 else ''}, {label}]")
             print(f"  one-at-a-time: {single:10.1f} embeddings/s")
             print(f"  batched:       {batched:10.1f} embeddings/s")
             print(f"  ratio batched / one-at-a-time: {batched / single:.2f}x (target >= 3x)")

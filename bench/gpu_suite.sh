@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every bench on CUDA (GPU figures first, then each ratio bench at default sizes) in one go, in
-# under 8 minutes (200 s GPU figures + 60 s ACG through ComfyUI + 200 s ratio benches, each capped).
+# under 8 minutes (180 s GPU figures + 60 s ArcFace r50 through the CSIM filter on CUDA + 60 s ACG through
+# ComfyUI + 160 s ratio benches, each capped).
 # On a machine without CUDA it says so and exits 0.
 #   PYTHON=/path/to/python bench/gpu_suite.sh [--quick]
 set -uo pipefail
@@ -17,7 +18,10 @@ SIZE="--full"
 QUICK=""
 [ -z "$SIZE" ] && QUICK="--quick"
 echo "== GPU figures (bench/gpu_suite.py: bf16 peak, SD 1.5 512 px, STG full size, SAM 1024 px, IResNet-50)"
-timeout 200 "$PY" "$HERE/gpu_suite.py" $QUICK || echo "gpu_suite.py failed or timed out (rc $?)"
+timeout 180 "$PY" "$HERE/gpu_suite.py" $QUICK || echo "gpu_suite.py failed or timed out (rc $?)"
+echo "== CSIM filter vs bare onnxruntime, ArcFace r50 topology on CUDA (IOBinding; add --fp16 for the fp16 copy)"
+timeout 60 "$PY" "$HERE/bench_csim.py" --model r50 --provider CUDA --n 2048 --batch 256 --repeats 2 \
+  || echo "bench_csim.py (CUDA) failed or timed out (rc $?)"
 if [ -n "${COMFYUI_DIR:-}" ]; then
   # the ACG through ComfyUI's own sampler at 512 px (tiny-width SD unless real weights are configured)
   echo "== ACG through ComfyUI at 512 px (bench/bench_acg.py)"
@@ -27,4 +31,4 @@ else
   echo "== ACG through ComfyUI: skipped (set COMFYUI_DIR to a ComfyUI checkout)"
 fi
 echo "== ratio benches (bench/run_all.py $SIZE)"
-timeout 200 "$PY" "$HERE/run_all.py" $SIZE --timeout 60 --skip runner,acg || echo "run_all.py failed or timed out (rc $?)"
+timeout 160 "$PY" "$HERE/run_all.py" $SIZE --timeout 40 --skip runner,acg || echo "run_all.py failed or timed out (rc $?)"

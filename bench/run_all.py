@@ -105,10 +105,13 @@ BENCHES = {
     "acg": ["bench_acg.py"],
     "audit": ["bench_audit.py"],
     "chunk_memory": ["bench_chunk_memory.py"],  # added by issue 15 (memory)
-    "bank": ["bench_bank.py"],  # added by issue 15 (memory); listed as absent until it lands
+    "bank": ["bench_bank.py"],  # added by issue 15 (memory)
 }
 #: small sizes for benches that take no ``--quick``
-QUICK_ARGS = {"chunk_memory": ["--small", "4", "--large", "20", "--steps", "1"]}
+QUICK_ARGS = {
+    "chunk_memory": ["--small", "4", "--large", "20", "--steps", "1"],
+    "bank": ["--large", "100000", "--identities", "20"],
+}
 
 
 def _met(value: float, target: tuple[str, float] | None) -> bool | None:

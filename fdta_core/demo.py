@@ -343,23 +343,9 @@ def prepare_models(cfg: DemoConfig, server: ComfyServer, workflow: dict[str, Any
 def _write_tiny_stg(path: Path) -> None:
     if path.is_file():
         return
-    from safetensors.torch import save_file
+    from .testing.stg import save_tiny_stg
 
-    from .stg.checkpoint import FORMAT, SETTINGS_KEY
-    from .testing.stg import tiny_model
-
-    stg = tiny_model(seed=3)
-    settings = {
-        "format": FORMAT,
-        "grid": stg.cfg.grid,
-        "config": stg.cfg.to_dict(),
-        "source": "fdta demo (tiny)",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in stg.state_dict().items()}, str(tmp),
-              metadata={SETTINGS_KEY: json.dumps(settings), "format": FORMAT})  # fmt: skip
-    os.replace(tmp, path)
+    save_tiny_stg(path, seed=3, source="fdta demo (tiny)")
 
 
 def write_extra_model_paths(path: Path, folders: ModelFolders) -> Path:

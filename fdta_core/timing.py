@@ -118,7 +118,7 @@ def format_stage_table(rows: list[dict[str, Any]]) -> str:
         node = ",".join(r["nodes"])[:22]
         lines.append(
             f"{r['stage']:<8} {node:<22} {r['chunks']:>6} {r['images']:>8} {r['seconds']:>10.2f} "
-            f"{r['images_per_s']:>10.1f} {100 * r['share']:>5.1f}%"
+            f"{r['images_per_s']:>10.3g} {100 * r['share']:>5.1f}%"
         )
     lines.append(f"{'total':<8} {'':<22} {'':>6} {'':>8} {sum(r['seconds'] for r in rows):>10.2f}")
     return "\n".join(lines)

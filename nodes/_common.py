@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ def tip(text: str) -> str:
     text = " ".join(str(text).split())
     if not text:
         return text
-    if not text.split(" ", 1)[0].endswith(":"):  # "none: ..." starts with a choice's name: keep its case
+    if not re.match(r"^[a-z0-9_]+( mode)?:", text):  # "none: ..." names a choice: keep its case
         text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?)" else text + "."
 

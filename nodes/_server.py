@@ -46,26 +46,40 @@ def _server():
     return getattr(PromptServer, "instance", None)
 
 
-def running_node() -> tuple[str | None, str | None, str | None]:
-    """``(prompt_id, node_id, class_type)`` of the node ComfyUI is executing in this thread, if any."""
+def _context() -> tuple[str | None, str | None]:
+    """``(prompt_id, node_id)`` of the node ComfyUI is executing in this thread (a context variable)."""
     try:
         from comfy_execution.utils import get_executing_context
     except ImportError:
-        return None, None, None
+        return None, None
     ctx = get_executing_context()
-    if ctx is None:
-        return None, None, None
+    return (None, None) if ctx is None else (ctx.prompt_id, str(ctx.node_id))
+
+
+_class_types: dict[tuple[str, str], str | None] = {}
+
+
+def running_node() -> tuple[str | None, str | None, str | None]:
+    """``(prompt_id, node_id, class_type)`` of the node ComfyUI is executing in this thread, if any."""
+    prompt_id, node_id = _context()
+    if prompt_id is None or node_id is None:
+        return prompt_id, node_id, None
+    key = (prompt_id, node_id)
+    if key in _class_types:
+        return prompt_id, node_id, _class_types[key]
     class_type = None
-    srv = _server()
     try:
-        running, _ = srv.prompt_queue.get_current_queue_volatile()
+        running, _ = _server().prompt_queue.get_current_queue_volatile()
         for item in running:
-            if item[1] == ctx.prompt_id:
-                class_type = item[2].get(str(ctx.node_id), {}).get("class_type")
+            if item[1] == prompt_id:
+                class_type = item[2].get(node_id, {}).get("class_type")
                 break
     except Exception:  # noqa: BLE001 - a label for the panel only; never fail a node over it
         class_type = None
-    return ctx.prompt_id, str(ctx.node_id), class_type
+    if len(_class_types) > 1024:
+        _class_types.clear()
+    _class_types[key] = class_type
+    return prompt_id, node_id, class_type
 
 
 def send_event(kind: str, payload: dict[str, Any]) -> None:
@@ -92,7 +106,7 @@ def stage_progress(done: int, total: int, *, min_interval: float = 0.25) -> None
     """Send the running node's progress (at most every ``min_interval`` seconds, always the last step)."""
     if _server() is None:
         return
-    prompt_id, node_id, _ = running_node()
+    prompt_id, node_id = _context()
     key = (str(prompt_id), str(node_id))
     now = time.monotonic()
     with _throttle_lock:

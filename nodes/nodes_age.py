@@ -34,7 +34,10 @@ from ._common import (
     AgeModel,
     Faceset,
     ModelFiles,
+    bool_input,
+    combo_input,
     device_input,
+    int_input,
     load_patched,
     model_file_input,
     node_errors,
@@ -159,11 +162,11 @@ class FDTAAgeShifter(io.ComfyNode):
             inputs=[
                 Faceset.Input("faceset", tooltip="Aligned faces to age (e.g. the STG mixer output)."),
                 AgeModel.Input("age_model", tooltip="From FDTA Age Model Loader."),
-                io.Combo.Input(
+                combo_input(
                     "mode",
-                    options=list(MODES),
-                    default="list",
-                    tooltip="list: every face at each age in 'ages'; range: 'count' ages evenly spaced from "
+                    list(MODES),
+                    "list",
+                    "list: every face at each age in 'ages'; range: 'count' ages evenly spaced from "
                     "age_low to age_high; relative: each shift in 'ages' added to the face's known age.",
                 ),
                 io.String.Input(
@@ -172,43 +175,37 @@ class FDTAAgeShifter(io.ComfyNode):
                     tooltip="list mode: target ages in years (0-100), comma separated; relative mode: shifts such "
                     "as '-20, +20'. Ignored in range mode.",
                 ),
-                io.Int.Input(
-                    "age_low", default=20, min=0, max=100, tooltip="range mode: youngest target age."
-                ),
-                io.Int.Input(
-                    "age_high", default=70, min=0, max=100, tooltip="range mode: oldest target age."
-                ),
-                io.Int.Input(
-                    "count", default=3, min=1, max=32, tooltip="range mode: aged images per input face."
-                ),
-                io.Combo.Input(
+                int_input("age_low", 20, 0, 100, "range mode: youngest target age."),
+                int_input("age_high", 70, 0, 100, "range mode: oldest target age."),
+                int_input("count", 3, 1, 32, "range mode: aged images per input face."),
+                combo_input(
                     "sampling",
-                    options=list(SAMPLINGS),
-                    default="even",
-                    tooltip="range mode: 'even' spaces the ages evenly; 'random' draws them per image from the seed.",
+                    list(SAMPLINGS),
+                    "even",
+                    "range mode: 'even' spaces the ages evenly; 'random' draws them per image from the seed.",
                 ),
                 seed_input(
                     "range mode with random sampling: run seed; each image's ages derive from it, its "
                     "identity and its position, so chunks reproduce the same ages.",
                 ),
-                io.Int.Input(
+                int_input(
                     "base_age",
-                    default=30,
-                    min=0,
-                    max=100,
-                    tooltip="relative mode: the age assumed for a face whose provenance holds no age.",
+                    30,
+                    0,
+                    100,
+                    "relative mode: the age assumed for a face whose provenance holds no age.",
                 ),
-                io.Boolean.Input(
+                bool_input(
                     "keep_originals",
-                    default=True,
-                    tooltip="On: each original face is kept, followed by its aged variants. Off: only aged images.",
+                    True,
+                    "On: each original face is kept, followed by its aged variants. Off: only aged images.",
                 ),
-                io.Int.Input(
+                int_input(
                     "batch_size",
-                    default=0,
-                    min=0,
-                    max=MAX_BATCH,
-                    tooltip="Faces per forward pass; 0 = chosen from free GPU memory (2 on the CPU).",
+                    0,
+                    0,
+                    MAX_BATCH,
+                    "Faces per forward pass; 0 = chosen from free GPU memory (2 on the CPU).",
                 ),
             ],
             outputs=[

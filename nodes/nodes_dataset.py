@@ -15,7 +15,16 @@ from ..fdta_core.fsutil import resolve_inside
 from ..fdta_core.prompts.spec import parse_spec
 from ..fdta_core.runner.repair import MISSING_KEY
 from ..fdta_core.timing import STAGES_UI_KEY, format_stage_table, stage_table
-from ._common import CATEGORY, Dataset, Faceset, node_errors, output_roots, progress_callback
+from ._common import (
+    CATEGORY,
+    Dataset,
+    Faceset,
+    bool_input,
+    int_input,
+    node_errors,
+    output_roots,
+    progress_callback,
+)
 from ._server import panel_report_chunk
 from ._validation import PromptGraph, check_widgets, validate
 
@@ -93,32 +102,32 @@ class FDTADatasetWriter(io.ComfyNode):
                         "Chunks are written to <folder>/chunks/<start>-<end>/."
                     ),
                 ),
-                io.Int.Input(
+                int_input(
                     "identity_start",
-                    default=-1,
-                    min=-1,
-                    max=(1 << 24) - 1,
-                    optional=True,
-                    tooltip="Override of the chunk's first identity. Leave at -1: the range comes with the "
+                    -1,
+                    -1,
+                    (1 << 24) - 1,
+                    "Override of the chunk's first identity. Leave at -1: the range comes with the "
                     "faceset from FDTAAttributeSpec. Only for facesets built by hand (then -1 takes the "
                     "smallest label); on a planned faceset it must equal the plan.",
+                    optional=True,
                 ),
-                io.Int.Input(
+                int_input(
                     "identity_count",
-                    default=0,
-                    min=0,
-                    max=1 << 24,
-                    optional=True,
-                    tooltip="Override of the chunk's identity count. Leave at 0: the range comes with the "
+                    0,
+                    0,
+                    1 << 24,
+                    "Override of the chunk's identity count. Leave at 0: the range comes with the "
                     "faceset (for hand-built facesets 0 covers up to the largest label).",
-                ),
-                io.Boolean.Input(
-                    "overwrite",
-                    default=False,
                     optional=True,
-                    tooltip="Replace a chunk of the same range that another run wrote (its images are lost; "
+                ),
+                bool_input(
+                    "overwrite",
+                    False,
+                    "Replace a chunk of the same range that another run wrote (its images are lost; "
                     "the replacement is recorded). Off: such a write is refused at queue time. A re-run of "
                     "the same run (same spec and seed) may always replace its own chunk.",
+                    optional=True,
                 ),
             ],
             outputs=[
@@ -225,29 +234,29 @@ class FDTADatasetMerge(io.ComfyNode):
                 io.String.Input(
                     "output_name",
                     default="fdta/merged",
-                    tooltip="merged folder, relative to ComfyUI's output folder (an earlier merge there is "
+                    tooltip="Merged folder, relative to ComfyUI's output folder (an earlier merge there is "
                     "replaced; a folder holding anything else is refused)",
                 ),
-                io.Boolean.Input(
+                bool_input(
                     "renumber",
-                    default=False,
-                    tooltip="the inputs are independent data sets (their identity ids may overlap): number "
+                    False,
+                    "The inputs are independent data sets (their identity ids may overlap): number "
                     "labels over the inputs in order. Off: ids must be unique over all inputs and set the order.",
                 ),
                 io.String.Input(
                     "more_inputs",
                     default="",
                     multiline=True,
-                    tooltip="further data-set, chunk or merged folders, one per line (relative to the output "
-                    "folder), after the connected ones",
+                    tooltip="Further data-set, chunk or merged folders, one per line (relative to the output "
+                    "folder), after the connected ones.",
                 ),
-                Dataset.Input("dataset", optional=True, tooltip="first data set (all its committed chunks)"),
-                Dataset.Input("dataset_2", optional=True, tooltip="second data set"),
+                Dataset.Input("dataset", optional=True, tooltip="First data set (all its committed chunks)"),
+                Dataset.Input("dataset_2", optional=True, tooltip="Second data set."),
             ],
             outputs=[
                 Dataset.Output(
                     display_name="dataset",
-                    tooltip="the merged set (its folder holds one train.rec), for the trainer",
+                    tooltip="The merged set (its folder holds one train.rec), for the trainer.",
                 ),
             ],
         )

@@ -21,6 +21,10 @@ from ._common import (
     FaceModels,
     Faceset,
     ReferenceBank,
+    bool_input,
+    combo_input,
+    float_input,
+    int_input,
     model_folders,
     node_errors,
     progress_callback,
@@ -72,36 +76,29 @@ class FDTAFaceModelLoader(io.ComfyNode):
                 "insightface weights are licensed for non-commercial research only."
             ),
             inputs=[
-                io.Combo.Input(
+                combo_input(
                     "pack",
-                    options=packs,
-                    default="buffalo_l" if "buffalo_l" in packs else packs[0],
-                    tooltip="Pack folder under models/insightface/models/ (e.g. buffalo_l: det_10g.onnx, "
+                    packs,
+                    "buffalo_l" if "buffalo_l" in packs else packs[0],
+                    "Pack folder under models/insightface/models/ (e.g. buffalo_l: det_10g.onnx, "
                     "w600k_r50.onnx, genderage.onnx).",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "provider",
-                    options=list(PROVIDER_CHOICES),
-                    default="auto",
-                    tooltip="ONNX execution provider. auto = CUDA when onnxruntime-gpu offers it, else CPU. "
+                    list(PROVIDER_CHOICES),
+                    "auto",
+                    "ONNX execution provider. auto = CUDA when onnxruntime-gpu offers it, else CPU. "
                     "An unavailable provider falls back to CPU with a warning in the log.",
                 ),
-                io.Int.Input(
+                int_input(
                     "det_size",
-                    default=640,
-                    min=160,
-                    max=1280,
+                    640,
+                    160,
+                    1280,
+                    "Detector input size (square, multiple of 32); 640 suits photos, smaller is faster.",
                     step=32,
-                    tooltip="Detector input size (square, multiple of 32); 640 suits photos, smaller is faster.",
                 ),
-                io.Float.Input(
-                    "det_threshold",
-                    default=0.5,
-                    min=0.05,
-                    max=0.99,
-                    step=0.01,
-                    tooltip="Minimum detection score for a face.",
-                ),
+                float_input("det_threshold", 0.5, 0.05, 0.99, 0.01, "Minimum detection score for a face."),
             ],
             outputs=[FaceModels.Output(display_name="face_models", tooltip="The loaded face models.")],
         )
@@ -144,30 +141,28 @@ class FDTAAlignFaces(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="Images of any size (grayscale and RGBA are converted)."),
                 FaceModels.Input("face_models", tooltip="From FDTA Face Model Loader (needs a detector)."),
-                io.Int.Input(
+                int_input(
                     "min_face_size",
-                    default=32,
-                    min=0,
-                    max=4096,
-                    tooltip="Drop faces whose box is smaller than this many pixels (shorter side): an upscaled tiny face "
+                    32,
+                    0,
+                    4096,
+                    "Drop faces whose box is smaller than this many pixels (shorter side): an upscaled tiny face "
                     "makes a blurry 112x112 crop. 0 keeps every face.",
                 ),
-                io.Boolean.Input(
-                    "assume_aligned_112",
-                    default=True,
-                    tooltip="Take 112x112 inputs as already aligned (no detection).",
+                bool_input(
+                    "assume_aligned_112", True, "Take 112x112 inputs as already aligned (no detection)."
                 ),
-                io.Int.Input(
+                int_input(
                     "identity_start",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    tooltip="Identity label of the first image; each image is its own identity.",
+                    0,
+                    0,
+                    2**31 - 1,
+                    "Identity label of the first image; each image is its own identity.",
                 ),
-                io.Boolean.Input(
+                bool_input(
                     "one_identity",
-                    default=False,
-                    tooltip="Give every image the same identity (identity_start) instead of one each.",
+                    False,
+                    "Give every image the same identity (identity_start) instead of one each.",
                 ),
             ],
             outputs=[
@@ -237,51 +232,41 @@ class FDTACSIMFilter(io.ComfyNode):
                 FaceModels.Input(
                     "face_models", tooltip="From FDTA Face Model Loader (needs the recogniser)."
                 ),
-                io.Float.Input(
+                float_input(
                     "threshold",
-                    default=0.3,
-                    min=-1.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Keep faces with CSIM >= this. Styled images of one identity typically reach 0.5-0.65; "
+                    0.3,
+                    -1.0,
+                    1.0,
+                    0.01,
+                    "Keep faces with CSIM >= this. Styled images of one identity typically reach 0.5-0.65; "
                     "DCFace counts cosine > 0.3 as the same identity.",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "reference",
-                    options=list(REFERENCES),
-                    default="source",
-                    tooltip="source: compare with the identity's source face; mean: with the mean embedding of its images.",
+                    list(REFERENCES),
+                    "source",
+                    "source: compare with the identity's source face; mean: with the mean embedding of its images.",
                 ),
-                io.Int.Input(
+                int_input(
                     "min_images_per_identity",
-                    default=0,
-                    min=0,
-                    max=100000,
-                    tooltip="Drop an identity whole when fewer of its images pass (0 = never).",
+                    0,
+                    0,
+                    100000,
+                    "Drop an identity whole when fewer of its images pass (0 = never).",
                 ),
-                io.Int.Input(
-                    "batch_size",
-                    default=32,
-                    min=1,
-                    max=1024,
-                    tooltip="Faces per ArcFace batch (memory vs speed).",
+                int_input("batch_size", 32, 1, 1024, "Faces per ArcFace batch (memory vs speed)."),
+                int_input(
+                    "sheet_identities", 8, 1, 256, "How many identities (rows) the contact sheet shows."
                 ),
-                io.Int.Input(
-                    "sheet_identities",
-                    default=8,
-                    min=1,
-                    max=256,
-                    tooltip="How many identities (rows) the contact sheet shows.",
-                ),
-                io.Float.Input(
+                float_input(
                     "leak_threshold",
-                    default=0.3,
-                    min=-1.0,
-                    max=1.0,
-                    step=0.01,
-                    optional=True,
-                    tooltip="With a reference bank: drop a styled face whose CSIM to its real reference subject "
+                    0.3,
+                    -1.0,
+                    1.0,
+                    0.01,
+                    "With a reference bank: drop a styled face whose CSIM to its real reference subject "
                     "reaches this (or its CSIM to the source): the real person's identity leaked in.",
+                    optional=True,
                 ),
                 ReferenceBank.Input(
                     "reference_bank",

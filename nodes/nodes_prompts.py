@@ -21,7 +21,17 @@ from ..fdta_core.plan import parse_repair, repair_plan
 from ..fdta_core.prompts.llm import DEFAULT_ENV_VAR, POLICIES, LLMSettings, describe_plan, resolve_api_key
 from ..fdta_core.prompts.planner import build_plan, plan_preview
 from ..fdta_core.prompts.spec import default_spec_text, parse_spec
-from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback, seed_input
+from ._common import (
+    CATEGORY,
+    IdentityPlan,
+    bool_input,
+    combo_input,
+    float_input,
+    int_input,
+    node_errors,
+    progress_callback,
+    seed_input,
+)
 from ._validation import PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
@@ -113,20 +123,14 @@ class FDTAAttributeSpec(io.ComfyNode):
                     "weight, an optional phrase template, age as a range with a distribution or bins, and "
                     "prompt prefix/suffix/negative. Errors name the bad entry.",
                 ),
-                io.Int.Input(
+                int_input(
                     "identity_start",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    tooltip="Index of the first identity of this chunk (the runner sets it per chunk).",
+                    0,
+                    0,
+                    2**31 - 1,
+                    "Index of the first identity of this chunk (the runner sets it per chunk).",
                 ),
-                io.Int.Input(
-                    "identity_count",
-                    default=8,
-                    min=1,
-                    max=100000,
-                    tooltip="Number of identities in this chunk.",
-                ),
+                int_input("identity_count", 8, 1, 100000, "Number of identities in this chunk."),
                 seed_input(
                     "Run seed: every attribute and prompt derives from it and the identity index. "
                     "Keep it fixed for a whole run.",
@@ -198,9 +202,7 @@ class FDTAAttributePrompt(io.ComfyNode):
             ),
             inputs=[
                 IdentityPlan.Input("plan", tooltip="Plan from FDTA Attribute Spec."),
-                io.Boolean.Input(
-                    "use_llm", default=False, tooltip="Ask the LLM; off = keep the grammar prompts."
-                ),
+                bool_input("use_llm", False, "Ask the LLM; off = keep the grammar prompts."),
                 io.String.Input(
                     "base_url",
                     default="",
@@ -212,35 +214,26 @@ class FDTAAttributePrompt(io.ComfyNode):
                     default="",
                     tooltip=f"Model name on that server; empty = the setting FDTA > LLM > Model, else {DEFAULT_MODEL}.",
                 ),
-                io.Float.Input(
-                    "temperature",
-                    default=0.7,
-                    min=0.0,
-                    max=2.0,
-                    step=0.05,
-                    tooltip="Sampling temperature (part of the cache key).",
+                float_input(
+                    "temperature", 0.7, 0.0, 2.0, 0.05, "Sampling temperature (part of the cache key)."
                 ),
-                io.Int.Input(
-                    "batch_size", default=8, min=1, max=64, tooltip="Identities described per request."
-                ),
-                io.Int.Input(
+                int_input("batch_size", 8, 1, 64, "Identities described per request."),
+                int_input(
                     "concurrency",
-                    default=1,
-                    min=1,
-                    max=32,
-                    tooltip="Requests in flight at once (results do not depend on it). Raise it for a local "
+                    1,
+                    1,
+                    32,
+                    "Requests in flight at once (results do not depend on it). Raise it for a local "
                     "server or a high rate limit.",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "failure_policy",
-                    options=list(POLICIES),
-                    default="fallback",
-                    tooltip="When the LLM still fails after retries: 'fallback' keeps the grammar prompt "
+                    list(POLICIES),
+                    "fallback",
+                    "When the LLM still fails after retries: 'fallback' keeps the grammar prompt "
                     "(recorded as prompt_source llm-fallback); 'error' stops the prompt with a clear error.",
                 ),
-                io.Boolean.Input(
-                    "use_cache", default=True, tooltip="Reuse cached descriptions (never contains the key)."
-                ),
+                bool_input("use_cache", True, "Reuse cached descriptions (never contains the key)."),
                 io.String.Input(
                     "api_key_env",
                     default=DEFAULT_ENV_VAR,

@@ -24,6 +24,9 @@ from ._common import (
     Faceset,
     ModelFiles,
     STGModel,
+    combo_input,
+    float_input,
+    int_input,
     load_patched,
     model_file_input,
     node_errors,
@@ -116,7 +119,7 @@ class FDTASTGLoader(io.ComfyNode):
             ],
             outputs=[
                 STGModel.Output(
-                    display_name="stg_model", tooltip="the STG mixer (EMA UNet + ID and style encoders)"
+                    display_name="stg_model", tooltip="The STG mixer (EMA UNet + ID and style encoders)"
                 )
             ],
         )
@@ -166,58 +169,39 @@ class FDTAReferenceBank(io.ComfyNode):
             "Faces that are not 112x112 are aligned with the connected face models. Tags (subject, yaw, lighting, "
             "expression) come from a CSV or from key=value folder names such as yaw=-30.",
             inputs=[
-                io.Combo.Input(
-                    "source",
-                    options=["folder", "rec", "images"],
-                    default="folder",
-                    tooltip="where the references come from",
+                combo_input(
+                    "source", ["folder", "rec", "images"], "folder", "Where the references come from."
                 ),
                 io.String.Input(
                     "path",
                     default="fdta/references",
-                    tooltip="folder or .rec path, relative to ComfyUI's input folder",
+                    tooltip="Folder or .rec path, relative to ComfyUI's input folder.",
                 ),
                 io.String.Input(
                     "tags_csv",
                     default="",
                     optional=True,
-                    tooltip="optional CSV (columns path, subject, yaw, lighting, expression), relative to the input folder",
+                    tooltip="Optional CSV (columns path, subject, yaw, lighting, expression), relative to the input folder.",
                 ),
-                io.Int.Input(
-                    "max_subjects",
-                    default=0,
-                    min=0,
-                    max=10_000_000,
-                    tooltip="use at most this many subjects (0 = all)",
+                int_input("max_subjects", 0, 0, 10_000_000, "Use at most this many subjects (0 = all)"),
+                int_input(
+                    "max_per_subject", 0, 0, 100_000, "Use at most this many images per subject (0 = all)"
                 ),
-                io.Int.Input(
-                    "max_per_subject",
-                    default=0,
-                    min=0,
-                    max=100_000,
-                    tooltip="use at most this many images per subject (0 = all)",
-                ),
-                io.Int.Input(
-                    "first_subject",
-                    default=0,
-                    min=0,
-                    max=10_000_000,
-                    tooltip="(.rec) skip this many identities first",
-                ),
-                io.Image.Input("images", optional=True, tooltip="reference faces when source is 'images'"),
+                int_input("first_subject", 0, 0, 10_000_000, "(.rec) skip this many identities first."),
+                io.Image.Input("images", optional=True, tooltip="Reference faces when source is 'images'."),
                 FaceModels.Input(
                     "face_models",
                     optional=True,
-                    tooltip="face detector + alignment for references that are not aligned 112x112 faces",
+                    tooltip="Face detector + alignment for references that are not aligned 112x112 faces.",
                 ),
             ],
             outputs=[
                 ReferenceBankType.Output(
-                    display_name="reference_bank", tooltip="the reference faces with keys and tags"
+                    display_name="reference_bank", tooltip="The reference faces with keys and tags."
                 ),
-                io.Image.Output(display_name="preview", tooltip="the first reference faces"),
+                io.Image.Output(display_name="preview", tooltip="The first reference faces."),
                 io.String.Output(
-                    display_name="summary", tooltip="counts of images, subjects and tagged images"
+                    display_name="summary", tooltip="Counts of images, subjects and tagged images."
                 ),
             ],
         )
@@ -299,60 +283,54 @@ class FDTASTGMixer(io.ComfyNode):
             "reference key, style index and seed. Noise is drawn per (identity, style) from the seed, so any chunk "
             "reproduces on its own.",
             inputs=[
-                STGModel.Input("stg_model", tooltip="from FDTA STG Loader"),
+                STGModel.Input("stg_model", tooltip="From FDTA STG Loader."),
                 Faceset.Input(
-                    "source_faces", tooltip="source faces, one identity each (e.g. the ACG sampler output)"
+                    "source_faces", tooltip="Source faces, one identity each (e.g. the ACG sampler output)"
                 ),
-                ReferenceBankType.Input("reference_bank", tooltip="from FDTA Reference Bank"),
-                io.Combo.Input(
+                ReferenceBankType.Input("reference_bank", tooltip="From FDTA Reference Bank."),
+                combo_input(
                     "style_policy",
-                    options=list(POLICIES),
-                    default="subject",
-                    tooltip="random: any reference; subject: one real subject per identity (Syn-MS1M); "
+                    list(POLICIES),
+                    "subject",
+                    "random: any reference; subject: one real subject per identity (Syn-MS1M); "
                     "grid_subject: 13 yaws x 7 lightings x 2 expressions from tags, all from one real subject "
-                    "per identity (Syn-MPIE as the paper made it); grid: the same cells from any subjects",
+                    "per identity (Syn-MPIE as the paper made it); grid: the same cells from any subjects.",
                 ),
-                io.Int.Input(
+                int_input(
                     "images_per_identity",
-                    default=4,
-                    min=0,
-                    max=10_000,
-                    tooltip="styled images per identity (grid policies: 0 = every cell; fewer than the cells "
+                    4,
+                    0,
+                    10_000,
+                    "Styled images per identity (grid policies: 0 = every cell; fewer than the cells "
                     "sample the grid balanced: every yaw, lighting and expression as evenly as the count allows)",
                 ),
                 seed_input(
                     "run seed; style choices and noise derive from it and the identity",
                 ),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (DCFace: 50)"),
-                io.Float.Input(
-                    "eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta (DCFace: 1.0)"
-                ),
-                io.Int.Input(
-                    "batch_size",
-                    default=16,
-                    min=1,
-                    max=1024,
-                    tooltip="images denoised together (mixes identities and styles)",
+                int_input("steps", 50, 1, 1000, "DDIM steps (DCFace: 50)"),
+                float_input("eta", 1.0, 0.0, 1.0, 0.05, "DDIM eta (DCFace: 1.0)"),
+                int_input(
+                    "batch_size", 16, 1, 1024, "Images denoised together (mixes identities and styles)"
                 ),
                 precision_input("fp16"),
-                io.Combo.Input(
+                combo_input(
                     "sampler",
-                    options=list(SAMPLERS),
-                    default="ddim",
-                    tooltip="ddim: DCFace's sampler (50 steps, eta 1). dpmpp_2m / unipc: deterministic "
+                    list(SAMPLERS),
+                    "ddim",
+                    "ddim: DCFace's sampler (50 steps, eta 1). dpmpp_2m / unipc: deterministic "
                     "multistep solvers (diffusers), 12-16 steps for DDIM-50 quality at a third of the cost; "
-                    "eta is ignored. See docs/stg.md",
+                    "eta is ignored. See docs/stg.md.",
                 ),
             ],
             outputs=[
-                Faceset.Output(display_name="styled_faces", tooltip="styled images with provenance"),
+                Faceset.Output(display_name="styled_faces", tooltip="Styled images with provenance."),
                 io.Image.Output(
                     display_name="contact_sheet",
-                    tooltip="per identity: source and references above the generated images",
+                    tooltip="Per identity: source and references above the generated images.",
                 ),
                 io.Image.Output(
                     display_name="images",
-                    tooltip="a sample of the styled images: one row per identity, at most 8 identities x 8 "
+                    tooltip="A sample of the styled images: one row per identity, at most 8 identities x 8 "
                     "images (a bounded preview; the faceset output carries them all)",
                 ),
             ],

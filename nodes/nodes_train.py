@@ -22,7 +22,9 @@ from ..fdta_core.train.recipes import PRESETS
 from ._common import (
     CATEGORY,
     Dataset,
+    combo_input,
     device_input,
+    int_input,
     model_folders,
     node_errors,
     output_roots,
@@ -110,79 +112,73 @@ class FDTATrainerLauncher(io.ComfyNode):
                 "run's state; action=stop makes it checkpoint and exit."
             ),
             inputs=[
-                io.Combo.Input(
+                combo_input(
                     "action",
-                    options=["start_or_resume", "status", "stop"],
-                    default="start_or_resume",
-                    tooltip="start (or resume) the run, only report its state, or ask it to stop",
+                    ["start_or_resume", "status", "stop"],
+                    "start_or_resume",
+                    "Start (or resume) the run, only report its state, or ask it to stop.",
                 ),
                 io.String.Input(
                     "run_name",
                     default="fdta/train/run1",
-                    tooltip="run folder, relative to ComfyUI's output folder (checkpoints, logs, model.pt)",
+                    tooltip="Run folder, relative to ComfyUI's output folder (checkpoints, logs, model.pt)",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "preset",
-                    options=list(PRESETS),
-                    default="synthetic",
-                    tooltip="recipe preset: synthetic sets of 0.5M-1.2M images, the arcface_torch r50 "
-                    "MS1MV3 recipe, or a tiny CPU smoke run",
+                    list(PRESETS),
+                    "synthetic",
+                    "Recipe preset: synthetic sets of 0.5M-1.2M images, the arcface_torch r50 "
+                    "MS1MV3 recipe, or a tiny CPU smoke run.",
                 ),
                 io.String.Input(
                     "dataset_dir",
                     default="",
-                    tooltip="folder with train.rec/train.idx when no dataset is connected "
+                    tooltip="Folder with train.rec/train.idx when no dataset is connected "
                     "(relative to the output folder)",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "network",
-                    options=["preset", "r18", "r34", "r50", "r100"],
-                    default="preset",
-                    tooltip="IResNet depth (preset: the preset's, r50 for the full recipes)",
+                    ["preset", "r18", "r34", "r50", "r100"],
+                    "preset",
+                    "IResNet depth (preset: the preset's, r50 for the full recipes)",
                 ),
-                io.Combo.Input(
+                combo_input(
                     "loss",
-                    options=["preset", "cosface", "arcface"],
-                    default="preset",
-                    tooltip="margin loss: CosFace (s 64, m 0.4) or ArcFace (s 64, m 0.5)",
+                    ["preset", "cosface", "arcface"],
+                    "preset",
+                    "Margin loss: CosFace (s 64, m 0.4) or ArcFace (s 64, m 0.5)",
                 ),
-                io.Int.Input(
-                    "epochs", default=0, min=0, max=1000, tooltip="training epochs (0: the preset's)"
-                ),
-                io.Int.Input(
+                int_input("epochs", 0, 0, 1000, "Training epochs (0: the preset's)"),
+                int_input(
                     "batch_size",
-                    default=0,
-                    min=0,
-                    max=4096,
-                    tooltip="images per GPU per step (0: the preset's, 128); lr scales with the global batch",
+                    0,
+                    0,
+                    4096,
+                    "Images per GPU per step (0: the preset's, 128); lr scales with the global batch.",
                 ),
-                io.Int.Input(
-                    "gpus",
-                    default=1,
-                    min=1,
-                    max=64,
-                    tooltip="processes (GPUs) on this machine; more than 1 uses torchrun DDP",
+                int_input(
+                    "gpus", 1, 1, 64, "Processes (GPUs) on this machine; more than 1 uses torchrun DDP."
                 ),
                 device_input(("auto", "cuda", "cpu"), "Training device"),
                 io.String.Input(
                     "val_bins",
                     default="",
                     multiline=True,
-                    tooltip="verification .bin files, one per line (absolute, or under the output/input "
-                    "folder), evaluated every verify_every steps",
+                    tooltip="Verification .bin files, one per line (absolute, or under the output/input "
+                    "folder), evaluated every verify_every steps.",
                 ),
                 io.String.Input(
                     "overrides",
                     default="{}",
                     multiline=True,
-                    tooltip='any other recipe keys as JSON, e.g. {"lr": 0.05, "sample_rate": 0.3}',
+                    tooltip='Any other recipe keys as JSON, e.g. {"lr": 0.05, "sample_rate": 0.3}.',
                 ),
-                Dataset.Input("dataset", optional=True, tooltip="a dataset written by FDTADatasetWriter"),
+                Dataset.Input("dataset", optional=True, tooltip="A dataset written by FDTADatasetWriter."),
             ],
             outputs=[
-                io.String.Output("run_dir", tooltip="absolute path of the run folder"),
+                io.String.Output("run_dir", tooltip="Absolute path of the run folder."),
                 io.String.Output(
-                    "state", tooltip="the run's state as text (status, step, loss, verification)"
+                    "state", tooltip="The run's state as text (status, step, loss, verification)"
                 ),
             ],
             is_output_node=True,
@@ -278,7 +274,7 @@ class FDTAVerify(io.ComfyNode):
                     multiline=True,
                     tooltip=".bin benchmark files, one per line (absolute, or under the output/input folder)",
                 ),
-                io.Int.Input("batch_size", default=64, min=1, max=1024, tooltip="images per forward pass"),
+                int_input("batch_size", 64, 1, 1024, "Images per forward pass."),
             ],
             outputs=[
                 io.String.Output(
@@ -288,7 +284,7 @@ class FDTAVerify(io.ComfyNode):
                     "per-benchmark accuracy (percent, mean and std of 10 folds)",
                 ),
                 io.String.Output(
-                    "json", tooltip="the same as JSON: {benchmark: {accuracy_mean, accuracy_std, pairs}}"
+                    "json", tooltip="The same as JSON: {benchmark: {accuracy_mean, accuracy_std, pairs}}."
                 ),
             ],
             is_output_node=True,

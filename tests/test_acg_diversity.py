@@ -13,7 +13,7 @@ from fdta_core.acg.controls import plan_maps
 from fdta_core.acg.selection import choose_detailed
 from fdta_core.errors import InputError
 from fdta_core.faces.align import ARCFACE_TEMPLATE_112
-from fdta_core.faces.diversity import similarity_stats, vendi_score
+from fdta_core.faces.identity_diversity import similarity_stats, vendi_score
 from fdta_core.faces.keypoints import (
     FRONTAL_NOSE_POSITION,
     NEUTRAL_MOUTH_RATIO,
@@ -276,7 +276,7 @@ def test_pairwise_distribution_and_p99():
     assert st.nearest["max"] == pytest.approx(near.max(), abs=1e-5)
     assert "p99" in st.summary_line() and st.text_histogram()
     # the histogram path (many pairs) agrees within its bin width
-    import fdta_core.faces.diversity as div
+    import fdta_core.faces.identity_diversity as div
 
     old = div.EXACT_PAIRS
     div.EXACT_PAIRS = 10

@@ -262,3 +262,22 @@ def test_photo_folder_errors_name_the_folder(tmp_path, capsys):
     rc = main(["audit", str(tmp_path / "nothing"), "--pack", "x", "--insightface-dir", str(tmp_path)])
     assert rc == 2
     capsys.readouterr()
+
+
+def test_the_acg_keeps_a_photo_folder_of_real_people_out(planted, tmp_path):
+    """The ACG's real_sets take a photo folder too: its people join the real-person index (embedded once,
+    cached in the given output folder)."""
+    from fdta_core.acg.faces_adapter import as_analyzer
+    from fdta_core.acg.generate import real_person_bank
+
+    _base, models, _ds, _npy, _real_ds = planted
+    src, _, _ = synthetic_identity_faces(3, 1, seed=31)
+    photos = tmp_path / "people"
+    for k, face in enumerate(src):
+        _save_png(photos / f"person{k}" / "a.png", face)
+    cache = tmp_path / "output" / "fdta" / "real_set_cache"
+    real = real_person_bank(as_analyzer(models), real_sets=[str(photos)], face_models=models, real_cache=cache)
+    assert len(real) == 3 and len(list(cache.glob("real-*.npz"))) == 1
+    e = models.embed(src[1:2])[0]
+    cos, label = real.most_similar(e)
+    assert cos > 0.99 and label == f"person 1 of {photos}"

@@ -201,7 +201,7 @@ def test_list_datasets_shows_chunks_status_and_report(output: Path) -> None:
     (d,) = sets
     assert d["path"] == "fdta/syn" and d["classes"] == 5 and d["images"] == 10
     assert [c["status"] for c in d["chunks"]] == ["ok", "ok"]
-    assert d["report"] is None and d["report_command"].startswith("fdta report ")
+    assert d["report"] is None and "fdta report " in d["report_command"]
     (ds / "report").mkdir()
     (ds / "report" / "report.html").write_text("<html></html>")
     assert list_datasets(output)[0]["report"] == "fdta/syn/report/report.html"
@@ -213,6 +213,21 @@ def test_list_datasets_shows_chunks_status_and_report(output: Path) -> None:
     assert bad["status"] == "errors" and bad["errors"]
     info = chunk_info(output, d["chunks"][0]["path"])
     assert info["ok"] and info["path"] == d["chunks"][0]["path"]
+
+
+def test_merged_sets_are_listed_with_their_report(output: Path) -> None:
+    from fdta_core.dataset import merge
+
+    ds = output / "fdta" / "syn"
+    _write_chunk(ds, 0, 2)
+    merge(output / "fdta" / "syn_merged", [ds])
+    (output / "fdta" / "syn_merged" / "report").mkdir()
+    (output / "fdta" / "syn_merged" / "report" / "report.html").write_text("<html></html>")
+    sets = {d["path"]: d for d in list_datasets(output)}
+    m = sets["fdta/syn_merged"]
+    assert m["kind"] == "merged" and m["status"] == "ok" and m["classes"] == 2 and m["images"] == 4
+    assert m["report"] == "fdta/syn_merged/report/report.html"
+    assert sets["fdta/syn"]["kind"] == "chunks" and "fdta rec merge" in sets["fdta/syn"]["report_command"]
 
 
 def test_listing_never_follows_symlinks_out(output: Path, tmp_path: Path) -> None:

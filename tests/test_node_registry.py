@@ -34,3 +34,47 @@ def test_node_modules_are_listed_and_never_import_core_comfy_names_bare():
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert not any(a.name in ("utils", "nodes") for a in node.names), path
+
+
+def _widget_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            yield name, node
+
+
+#: A tooltip may start with a choice's name in lower case ("none: ...", "range mode: ...").
+_CHOICE_PREFIX = r"^[a-z0-9_]+( mode)?:"
+
+
+def test_one_widget_vocabulary_and_sentence_tooltips():
+    """The same concept has the same widget on every node (issue 19): precision (never dtype), device,
+    model_name for a loader's file, batch_size, seed through nodes/_common.py; every literal tooltip is a
+    sentence (capital first unless it names a choice, full stop or closing bracket last)."""
+    import re
+
+    for path in sorted(NODES_DIR.glob("nodes_*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for name, call in _widget_calls(tree):
+            first = call.args[0] if call.args and isinstance(call.args[0], ast.Constant) else None
+            widget = first.value if first is not None else None
+            if name.startswith("io.") and name.endswith(".Input"):
+                assert widget not in ("dtype", "checkpoint"), f"{path.name}: use precision / model_name"
+                # the shared builders own these widgets
+                assert widget not in ("seed", "precision", "device"), (
+                    f"{path.name}: '{widget}' comes from nodes/_common.py ({widget}_input)"
+                )
+            for kw in call.keywords:
+                if (
+                    kw.arg == "tooltip"
+                    and isinstance(kw.value, ast.Constant)
+                    and isinstance(kw.value.value, str)
+                ):
+                    text = kw.value.value
+                    where = f"{path.name}:{kw.value.lineno} {text[:50]!r}"
+                    assert text[-1] in ".!?)", f"{where}: end the tooltip with a full stop"
+                    assert (
+                        not re.match(r"^[a-z]", text)
+                        or re.match(_CHOICE_PREFIX, text)
+                        or not re.match(r"^[a-z]+ ", text)
+                    ), f"{where}: start the tooltip with a capital"

@@ -188,3 +188,18 @@ def test_encode_scalar_record_is_byte_identical_to_the_general_path():
     ):  # last: magic in the header
         for p in payloads:
             assert encode_scalar_record(label, key, p) == encode_record(pack_scalar(label, key, p))
+
+
+def test_encode_scalar_records_batch_is_byte_identical():
+    """The batch framing (one join, one numpy magic scan) equals framing each record on its own, for
+    clean batches and for a batch with an aligned (split) and an unaligned magic in a payload."""
+    from fdta_core.recordio import _MAGIC_BYTES, encode_scalar_record, encode_scalar_records
+
+    rng = np.random.default_rng(1)
+    clean = [(float(i % 3), i + 1, bytes(rng.integers(0, 256, 50 + i, dtype=np.uint8))) for i in range(9)]
+    base = bytes(rng.integers(0, 256, 40, dtype=np.uint8))
+    dirty = [*clean[:3], (1.0, 50, base[:8] + _MAGIC_BYTES + base), (2.0, 51, base[:5] + _MAGIC_BYTES + base)]
+    for items in (clean, dirty, clean[:1], []):
+        data, sizes = encode_scalar_records(items)
+        recs = [encode_scalar_record(*it) for it in items]
+        assert data == b"".join(recs) and sizes == [len(r) for r in recs]

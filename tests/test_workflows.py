@@ -11,13 +11,14 @@ import pytest
 
 from fdta_core.runner import patch_workflow, plan_chunks
 from fdta_core.runner.patch import load_api_workflow
-from fdta_core.workflow import ui_to_api
+from fdta_core.workflow import VIRTUAL_NODES, node_rects, ui_to_api
 from tests.node_registry import declared_node_ids
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"
 DATASETS = ["syn_ms1m", "syn_mpie", "syn_vggface2", "syn_casia"]
-NAMES = [*DATASETS, "train_and_verify"]
+EXAMPLES = ["train_and_verify", "example_align_and_csim", "example_stg_two_faces", "example_age_shifter"]
+NAMES = [*DATASETS, *EXAMPLES]
 SCHEMAS = json.loads((REPO / "tests" / "data" / "workflow_object_info.json").read_text())
 
 
@@ -42,7 +43,7 @@ def test_every_node_is_known_and_every_seed_is_fixed(name):
     ui = json.loads((WF / f"{name}.json").read_text())
     fdta = set(declared_node_ids())
     for node in ui["nodes"]:
-        assert node["type"] in SCHEMAS
+        assert node["type"] in SCHEMAS or node["type"] in VIRTUAL_NODES
         if node["type"].startswith("FDTA"):
             assert node["type"] in fdta
         # the editor's "control after generate" value, when present, never randomises
@@ -91,6 +92,7 @@ def test_training_group_is_bypassed_and_one_toggle_trains_after_the_writer(name)
     launcher, verify = by_type["FDTATrainerLauncher"], by_type["FDTAVerify"]
     assert launcher["mode"] == verify["mode"] == 4  # bypassed by default: the runner never trains
     assert all(n["mode"] == 0 for n in ui["nodes"] if n["type"] not in ("FDTATrainerLauncher", "FDTAVerify"))
+    assert sum(n["mode"] == 4 for n in ui["nodes"]) == 2
     group = next(g for g in ui["groups"] if "Train" in g["title"])
     x, y, w, h = group["bounding"]
     for n in (launcher, verify):  # the group frames both nodes, so selecting it selects them
@@ -161,3 +163,81 @@ def test_acg_draws_one_control_map_per_identity(name):
     assert opts["check_expression"] and opts["check_pose"]
     assert acg["strength"] <= 0.7 and acg["end_percent"] <= 0.6
     assert not any(n["class_type"] == "LoadImage" for n in api.values())
+
+
+# ------------------------------------------------------------------ templates that read well (issue 19)
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(r, box) -> bool:
+    return box[0] <= r[0] and r[2] <= box[2] and box[1] <= r[1] and r[3] <= box[3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_two_nodes_overlap_and_every_stage_is_a_group_with_a_note(name):
+    """Node rectangles (title bar included) never overlap; groups never overlap; each node lies in
+    exactly one group, and each group holds exactly one note saying what to tune."""
+    ui = json.loads((WF / f"{name}.json").read_text())
+    rects = node_rects(ui)
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            assert not _overlap(rects[a], rects[b]), f"{name}: nodes {a} and {b} overlap"
+    boxes = [(g["title"], (x, y, x + w, y + h)) for g in ui["groups"] for x, y, w, h in [g["bounding"]]]
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1 :]:
+            assert not _overlap(a, b), f"{name}: groups {ta!r} and {tb!r} overlap"
+    assert len(boxes) >= 2 and all(t.strip() for t, _ in boxes)
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    for nid, r in rects.items():
+        homes = [t for t, box in boxes if _inside(r, box)]
+        assert len(homes) == 1, f"{name}: node {nid} ({by_id[nid]['type']}) lies in {homes}"
+    for title, box in boxes:
+        notes = [by_id[n] for n, r in rects.items() if _inside(r, box) and by_id[n]["type"] == "Note"]
+        assert len(notes) == 1, f"{name}: group {title!r} has {len(notes)} notes"
+        text = notes[0]["widgets_values"][0]
+        assert len(text) > 40 and any(w in text for w in ("tune", "change", "Ctrl+B")), text
+        w, h = notes[0]["size"]  # room for every line at 8 px a character and 20 px a line
+        assert h >= 20 * -(-len(text) * 8 // (w - 20)), f"{name}: the note of {title!r} is too short"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_workflow_has_a_current_thumbnail(name):
+    """ComfyUI's template browser (frontend 1.27) shows ``<stem>.jpg`` beside each custom-node template;
+    it is the picture the builder draws from the JSON (compared loosely: JPEG and font rasterising may
+    differ by a few levels between Pillow builds)."""
+    from PIL import Image
+
+    from fdta_core.workflow_picture import SIZE
+
+    path = WF / f"{name}.jpg"
+    img = Image.open(path)
+    assert img.format == "JPEG" and img.size == SIZE
+    ui = json.loads((WF / f"{name}.json").read_text())
+    fresh = _builder().thumbnail(name, ui).convert("RGB")
+    import numpy as np
+
+    diff = np.abs(np.asarray(img.convert("RGB"), np.int16) - np.asarray(fresh, np.int16)).mean()
+    assert diff < 4.0, f"{path.name} is stale (mean difference {diff:.1f}): rebuild the workflows"
+    # a picture, not a blank: the groups' colours and the header are there
+    assert np.asarray(fresh).std() > 20
+
+
+def test_every_json_in_the_template_folder_is_a_shipped_workflow():
+    """ComfyUI lists every workflows/*.json as a template of this pack: each is one the builder makes."""
+    assert sorted(p.stem for p in WF.glob("*.json")) == sorted(NAMES)
+    assert sorted(p.stem for p in WF.glob("*.jpg")) == sorted(NAMES)
+
+
+def test_examples_say_what_to_change_and_run_one_stage():
+    stages = {
+        "example_align_and_csim": {"FDTAAlignFaces", "FDTACSIMFilter"},
+        "example_stg_two_faces": {"FDTAAlignFaces", "FDTAReferenceBank", "FDTASTGMixer"},
+        "example_age_shifter": {"FDTAAlignFaces", "FDTAAgeShifter"},
+    }
+    for name, want in stages.items():
+        api = json.loads((WF / "api" / f"{name}.json").read_text())
+        fdta = {n["class_type"] for n in api.values() if n["class_type"].startswith("FDTA")}
+        assert want <= fdta and "FDTAACGSampler" not in fdta and "FDTADatasetWriter" not in fdta
+        assert any(n["class_type"] == "LoadImage" for n in api.values())

@@ -20,14 +20,15 @@ import json
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from fdta_core.prompts.spec import default_spec_text  # noqa: E402
-from fdta_core.workflow import MODE_BYPASSED, api_to_ui  # noqa: E402
+from fdta_core.workflow import MODE_BYPASSED, Stage, api_to_ui  # noqa: E402
+from fdta_core.workflow_picture import render_workflow  # noqa: E402
 
 EDGE_IMAGE = "fdta_face_edges.png"
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -168,7 +169,7 @@ def _style_filter_write(
     min_images: int,
     output_name: str,
 ) -> dict[str, dict[str, Any]]:
-    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by both data sets. The
+    """STG (reference bank + mixer), CSIM filter and dataset writer, shared by every data set. The
     reference bank also feeds the ACG (no identity may resemble a reference subject) and the CSIM filter
     (styled faces that took on their reference subject's identity are dropped)."""
     g["7"]["inputs"]["reference_bank"] = ["9", 0]
@@ -242,95 +243,80 @@ def _style_filter_write(
     return g
 
 
-def syn_ms1m() -> dict[str, dict[str, Any]]:
-    """Syn-MS1M: 10K identities x 100 images; each identity takes the styles of one real MS1M subject
-    (50 STG images), and each of those is aged once to a random age in 20-70 (100 images before CSIM)."""
-    g = _style_filter_write(
-        _acg_front("Syn-MS1M", "syn_ms1m"),
-        bank_path="fdta/ms1m_references",
-        tags_csv="",
-        bank_title="Real reference faces (one sub-folder per subject)",
-        policy="subject",
-        images_per_identity=50,
-        stg_title="STG: identity of the ACG face, style of a real face",
-        csim_input=["12", 0],
-        min_images=10,
-        output_name="fdta/syn_ms1m",
-    )
-    g["11"] = {
-        "class_type": "FDTAAgeLoader",
-        "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
-    }
-    g["12"] = {
-        "class_type": "FDTAAgeShifter",
-        "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "20, 45, 70",
-                   "age_low": 20, "age_high": 70, "count": 1, "sampling": "random", "seed": RUN_SEED,
-                   "base_age": 30, "keep_originals": True, "batch_size": 0},
-    }  # fmt: skip
-    return g
+class DataSet(NamedTuple):
+    """One shipped data-set recipe: the real reference subjects that give the styles, how many styles per
+    identity, and (optionally) the age stage; everything else is the shared pipeline."""
+
+    title: str
+    slug: str
+    bank_path: str
+    bank_title: str
+    policy: str
+    images_per_identity: int
+    stg_title: str
+    min_images: int
+    tags_csv: str = ""
+    #: ``(ages, low, high, count)`` of the age shifter (range mode), or None for no age stage.
+    ages: tuple[str, int, int, int] | None = None
+    blurb: str = ""
 
 
-def syn_mpie() -> dict[str, dict[str, Any]]:
-    """Syn-MPIE: every identity in all 13 yaws x 7 lightings x 2 expressions = 182 styles, all from one
-    real tagged Multi-PIE subject per identity (tags from a CSV or folder names)."""
-    return _style_filter_write(
-        _acg_front("Syn-MPIE", "syn_mpie"),
-        bank_path="fdta/multipie_references",
+DATASETS: dict[str, DataSet] = {
+    "syn_ms1m": DataSet(
+        "Syn-MS1M", "syn_ms1m", "fdta/ms1m_references", "Real reference faces (one sub-folder per subject)",
+        "subject", 50, "STG: identity of the ACG face, style of a real face", 10, ages=("20, 45, 70", 20, 70, 1),
+        blurb="10K identities x 100 images: 50 styles of one real MS1M subject each, every one aged once (20-70)",
+    ),
+    "syn_mpie": DataSet(
+        "Syn-MPIE", "syn_mpie", "fdta/multipie_references", "Tagged references (subject, yaw, lighting, expression)",
+        "grid_subject", 0, "STG: 13 yaws x 7 lightings x 2 expressions of one real subject", 20,
         tags_csv="fdta/multipie_references/tags.csv",
-        bank_title="Tagged references (subject, yaw, lighting, expression)",
-        policy="grid_subject",
-        images_per_identity=0,
-        stg_title="STG: 13 yaws x 7 lightings x 2 expressions of one real subject",
-        csim_input=["10", 0],
-        min_images=20,
-        output_name="fdta/syn_mpie",
-    )
+        blurb="182 images per identity: 13 yaws x 7 lightings x 2 expressions of one tagged Multi-PIE subject",
+    ),
+    "syn_vggface2": DataSet(
+        "Syn-VGGFace2", "syn_vggface2", "fdta/vggface2_references",
+        "Real reference faces (VGGFace2 layout: one sub-folder per subject)", "subject", 60,
+        "STG: identity of the ACG face, styles of one real subject", 20, ages=("10, 45, 80", 10, 80, 2),
+        blurb="180 images per identity: 60 styles of one real VGGFace2 subject, each aged twice (10-80)",
+    ),
+    "syn_casia": DataSet(
+        "Syn-CASIA", "syn_casia", "fdta/casia_references",
+        "Real reference faces (CASIA-WebFace layout: one sub-folder per subject)", "subject", 50,
+        "STG: identity of the ACG face, styles of one real subject", 10,
+        blurb="About 10K identities x 50 styles of one real CASIA-WebFace subject each (0.5M images)",
+    ),
+}  # fmt: skip
 
 
-def syn_vggface2() -> dict[str, dict[str, Any]]:
-    """Syn-VGGFace2: each identity takes 60 styles of one real VGGFace2 subject (many images per subject,
-    wide pose range), each shown at its own age and aged twice to random ages in 10-80 (wide age range):
-    180 images per identity before CSIM."""
+def dataset_graph(ds: DataSet) -> dict[str, dict[str, Any]]:
+    """The whole pipeline of one data set: attributes -> ACG -> STG (-> age) -> CSIM -> writer. With an
+    age stage, the STG images are aged (originals kept) before the CSIM filter."""
     g = _style_filter_write(
-        _acg_front("Syn-VGGFace2", "syn_vggface2"),
-        bank_path="fdta/vggface2_references",
-        tags_csv="",
-        bank_title="Real reference faces (VGGFace2 layout: one sub-folder per subject)",
-        policy="subject",
-        images_per_identity=60,
-        stg_title="STG: identity of the ACG face, styles of one real subject",
-        csim_input=["12", 0],
-        min_images=20,
-        output_name="fdta/syn_vggface2",
+        _acg_front(ds.title, ds.slug),
+        bank_path=ds.bank_path,
+        tags_csv=ds.tags_csv,
+        bank_title=ds.bank_title,
+        policy=ds.policy,
+        images_per_identity=ds.images_per_identity,
+        stg_title=ds.stg_title,
+        csim_input=["12", 0] if ds.ages else ["10", 0],
+        min_images=ds.min_images,
+        output_name=f"fdta/{ds.slug}",
     )
-    g["11"] = {
-        "class_type": "FDTAAgeLoader",
-        "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
-    }
-    g["12"] = {
-        "class_type": "FDTAAgeShifter",
-        "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": "10, 45, 80",
-                   "age_low": 10, "age_high": 80, "count": 2, "sampling": "random", "seed": RUN_SEED,
-                   "base_age": 30, "keep_originals": True, "batch_size": 0},
-    }  # fmt: skip
+    if ds.ages:
+        ages, low, high, count = ds.ages
+        g["11"] = {
+            "class_type": "FDTAAgeLoader",
+            "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
+        }
+        g["12"] = {
+            "class_type": "FDTAAgeShifter",
+            "inputs": {"faceset": ["10", 0], "age_model": ["11", 0], "mode": "range", "ages": ages,
+                       "age_low": low, "age_high": high, "count": count, "sampling": "random", "seed": RUN_SEED,
+                       "base_age": 30, "keep_originals": True, "batch_size": 0},
+            "_meta": {"title": "Age: each styled face at random ages"},
+        }  # fmt: skip
     return g
-
-
-def syn_casia() -> dict[str, dict[str, Any]]:
-    """Syn-CASIA: about 10K identities (CASIA-WebFace has 10,575 subjects) x 50 styles of one real
-    CASIA-WebFace subject each (DCFace's 0.5M-image scale)."""
-    return _style_filter_write(
-        _acg_front("Syn-CASIA", "syn_casia"),
-        bank_path="fdta/casia_references",
-        tags_csv="",
-        bank_title="Real reference faces (CASIA-WebFace layout: one sub-folder per subject)",
-        policy="subject",
-        images_per_identity=50,
-        stg_title="STG: identity of the ACG face, styles of one real subject",
-        csim_input=["10", 0],
-        min_images=10,
-        output_name="fdta/syn_casia",
-    )
 
 
 def _launcher(run_name: str, dataset: list[Any] | None, dataset_dir: str = "") -> dict[str, Any]:
@@ -397,24 +383,259 @@ def train_and_verify() -> dict[str, dict[str, Any]]:
     }
 
 
+PHOTO_1, PHOTO_2 = "fdta_your_photo_1.png", "fdta_your_photo_2.png"
+
+
+def _face_loader(nid: str = "4") -> dict[str, dict[str, Any]]:
+    return {
+        nid: {
+            "class_type": "FDTAFaceModelLoader",
+            "inputs": {"pack": PACK, "provider": "auto", "det_size": 640, "det_threshold": 0.5},
+        }
+    }
+
+
+def _align(image: list[Any], models: list[Any], *, one_identity: bool, title: str) -> dict[str, Any]:
+    return {
+        "class_type": "FDTAAlignFaces",
+        "inputs": {"image": image, "face_models": models, "min_face_size": 32, "assume_aligned_112": True,
+                   "identity_start": 0, "one_identity": one_identity},
+        "_meta": {"title": title},
+    }  # fmt: skip
+
+
+def _photo(image: str, title: str) -> dict[str, Any]:
+    return {"class_type": "LoadImage", "inputs": {"image": image}, "_meta": {"title": title}}
+
+
+def _preview(src: list[Any], title: str) -> dict[str, Any]:
+    return {"class_type": "PreviewImage", "inputs": {"images": src}, "_meta": {"title": title}}
+
+
+def example_align_and_csim() -> dict[str, dict[str, Any]]:
+    """Two photos of one person -> aligned 112x112 faces -> the ArcFace CSIM of each to the first."""
+    return {
+        "1": _photo(PHOTO_1, "Your photo 1 (the reference)"),
+        "2": _photo(PHOTO_2, "Your photo 2"),
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        **_face_loader(),
+        "5": _align(
+            ["3", 0], ["4", 0], one_identity=True, title="Align: one identity, the first photo is its source"
+        ),
+        "6": {
+            "class_type": "FDTACSIMFilter",
+            "inputs": {
+                "faceset": ["5", 0],
+                "face_models": ["4", 0],
+                "threshold": 0.3,
+                "reference": "source",
+                "min_images_per_identity": 0,
+                "batch_size": 32,
+                "sheet_identities": 8,
+                "leak_threshold": 0.3,
+            },
+            "_meta": {"title": "CSIM of each photo to photo 1"},
+        },  # fmt: skip
+        "7": _preview(["5", 1], "Aligned faces"),
+        "8": _preview(["6", 1], "CSIM contact sheet"),
+        "9": _preview(["6", 3], "CSIM histogram"),
+    }
+
+
+def example_stg_two_faces() -> dict[str, dict[str, Any]]:
+    """The identity of one face in the pose, light and expression of another (the STG mixer alone)."""
+    return {
+        "1": _photo(PHOTO_1, "Identity: the face to keep"),
+        "2": _photo(PHOTO_2, "Style: the face whose pose and light to borrow"),
+        **_face_loader(),
+        "5": _align(["1", 0], ["4", 0], one_identity=False, title="Align the identity face"),
+        "6": {
+            "class_type": "FDTAReferenceBank",
+            "inputs": {
+                "source": "images",
+                "path": "",
+                "max_subjects": 0,
+                "max_per_subject": 0,
+                "first_subject": 0,
+                "tags_csv": "",
+                "images": ["2", 0],
+                "face_models": ["4", 0],
+            },
+            "_meta": {"title": "Style reference (aligned with the face models)"},
+        },  # fmt: skip
+        "7": {"class_type": "FDTASTGLoader", "inputs": {"model_name": STG}},
+        "8": {
+            "class_type": "FDTASTGMixer",
+            "inputs": {
+                "stg_model": ["7", 0],
+                "source_faces": ["5", 0],
+                "reference_bank": ["6", 0],
+                "style_policy": "random",
+                "images_per_identity": 4,
+                "seed": RUN_SEED,
+                "steps": 50,
+                "eta": 1.0,
+                "batch_size": 16,
+                "precision": "auto",
+                "sampler": "ddim",
+            },
+            "_meta": {"title": "STG: identity of photo 1, style of photo 2"},
+        },  # fmt: skip
+        "9": _preview(["8", 1], "Source, reference and styled faces"),
+    }
+
+
+def example_age_shifter() -> dict[str, dict[str, Any]]:
+    """One face at three ages with SAM (the age stage alone)."""
+    return {
+        "1": _photo(PHOTO_1, "Your photo"),
+        **_face_loader(),
+        "5": _align(["1", 0], ["4", 0], one_identity=False, title="Align the face"),
+        "6": {
+            "class_type": "FDTAAgeLoader",
+            "inputs": {"model_name": SAM, "device": "auto", "precision": "auto"},
+        },
+        "7": {
+            "class_type": "FDTAAgeShifter",
+            "inputs": {
+                "faceset": ["5", 0],
+                "age_model": ["6", 0],
+                "mode": "list",
+                "ages": "20, 45, 70",
+                "age_low": 20,
+                "age_high": 70,
+                "count": 1,
+                "sampling": "even",
+                "seed": RUN_SEED,
+                "base_age": 30,
+                "keep_originals": True,
+                "batch_size": 0,
+            },
+            "_meta": {"title": "Age: the face at 20, 45 and 70"},
+        },  # fmt: skip
+        "8": _preview(["7", 1], "Original and aged faces"),
+    }
+
+
 #: name -> the full graph (every node, including those bypassed in the editor file).
 WORKFLOWS = {
-    "syn_ms1m": lambda: with_training_group(syn_ms1m(), "syn_ms1m"),
-    "syn_mpie": lambda: with_training_group(syn_mpie(), "syn_mpie"),
-    "syn_vggface2": lambda: with_training_group(syn_vggface2(), "syn_vggface2"),
-    "syn_casia": lambda: with_training_group(syn_casia(), "syn_casia"),
+    **{
+        name: (lambda name=name: with_training_group(dataset_graph(DATASETS[name]), name))
+        for name in DATASETS
+    },
     "train_and_verify": train_and_verify,
+    "example_align_and_csim": example_align_and_csim,
+    "example_stg_two_faces": example_stg_two_faces,
+    "example_age_shifter": example_age_shifter,
 }
 
-#: name -> editor groups ``(title, node ids, bypassed)``.
-GROUPS: dict[str, list[tuple[str, list[str], bool]]] = {
-    **{n: [(TRAIN_GROUP, ["30", "31"], True)] for n in ("syn_ms1m", "syn_mpie", "syn_vggface2", "syn_casia")},
-    "train_and_verify": [("Combine independent data sets (optional)", ["1"], True)],
+#: What the template browser's picture says under each graph's name.
+HEADLINES = {
+    **{n: (f"{d.title}: a synthetic face-recognition data set", d.blurb) for n, d in DATASETS.items()},
+    "train_and_verify": (
+        "Train and verify",
+        "IResNet-50 + ArcFace on a written data set; FDTA Table 1 benchmarks",
+    ),
+    "example_align_and_csim": (
+        "Align and CSIM",
+        "Your own photos: aligned faces and their ArcFace similarity",
+    ),
+    "example_stg_two_faces": ("STG on two faces", "The identity of one photo in the style of another"),
+    "example_age_shifter": ("Age shifter", "One face at 20, 45 and 70 (SAM)"),
 }
+
+BLUE, GREEN, YELLOW, PURPLE, CYAN, BROWN, PALE, OFF = (
+    "#3f789e", "#8A8", "#b58b2a", "#a1309b", "#8AA", "#b06634", "#88A", "#8a6d3b"
+)  # fmt: skip
+
+#: Notes of the data-set stages: what to tune in each.
+NOTE_ATTRIBUTES = (
+    "What to tune: the population in the spec (fields, proportions, age range) and identity_count, the "
+    "identities of one queue. fdta run sets identity_start, identity_count and seed per chunk. For richer "
+    "prompts switch on use_llm (the key comes from OPENAI_API_KEY, never from the workflow)."
+)
+NOTE_ACG = (
+    "What to tune: on the sampler, steps, cfg, the ControlNet's strength and end_percent, candidates per "
+    "identity. On ACG Options: retries, age_tolerance and the uniqueness / real-person thresholds; set "
+    "control_preprocess to canny when Load Image holds face photos instead of the shipped edge map. "
+    "'ACG candidates' shows every candidate: green chosen, red rejected with the reason."
+)
+NOTE_STG = (
+    "What to tune: the reference folder (path, under ComfyUI's input folder), images_per_identity, steps "
+    "(DDIM 50 as DCFace; dpmpp_2m or unipc need 12-16) and batch_size for your GPU memory."
+)
+NOTE_AGE = "What to tune: the age range (age_low, age_high) and count, the aged copies of every styled face."
+NOTE_CSIM = (
+    "What to tune: threshold (styled images of one identity usually reach 0.5-0.65) and "
+    "min_images_per_identity; the sheet shows each kept and dropped face with its CSIM."
+)
+NOTE_WRITE = (
+    "What to tune: output_name (a folder under ComfyUI's output folder). Each queue writes one chunk; "
+    "fdta run queues them all, resumes, and merges."
+)
+NOTE_TRAIN = (
+    "Off until the data set is written: select the group and press Ctrl+B. Tune preset, network, loss "
+    "and gpus on the launcher; queue again to see training state and the verification table."
+)
+
+
+def dataset_stages(name: str) -> list[Stage]:
+    ds = DATASETS[name]
+    stages = [
+        Stage("1. Attributes: who the identities are", ["4", "5"], NOTE_ATTRIBUTES, BLUE),
+        Stage("2. ACG: one source face per identity", ["1", "2", "3", "6", "15", "7", "20"], NOTE_ACG, GREEN),
+        Stage("3. STG: styles of real faces", ["8", "9", "10", "21"], NOTE_STG, PURPLE),
+    ]
+    if ds.ages:
+        stages.append(Stage("4. Age", ["11", "12"], NOTE_AGE, CYAN))
+    n = len(stages) + 1
+    stages += [
+        Stage(f"{n}. CSIM filter", ["13", "22"], NOTE_CSIM, YELLOW),
+        Stage(f"{n + 1}. Write the data set", ["14"], NOTE_WRITE, BROWN),
+        Stage(TRAIN_GROUP, ["30", "31"], NOTE_TRAIN, OFF, bypassed=True),
+    ]
+    return stages
+
+
+#: name -> the stages of its editor file: one titled group each, with a note of what to tune.
+STAGES: dict[str, list[Stage]] = {
+    **{n: dataset_stages(n) for n in DATASETS},
+    "train_and_verify": [
+        Stage("Combine independent data sets (optional)", ["1"],
+              "Off by default (Ctrl+B on the group to enable): more_inputs lists the data sets to join; "
+              "renumber keeps their identities apart.", OFF, bypassed=True),
+        Stage("Train", ["2"], "What to change: dataset_dir (or connect the merge), run_name, preset, network, "
+              "loss, gpus. Queue again to see the run's state; action=stop checkpoints and exits.", GREEN),
+        Stage("Verify", ["3"], "What to change: bins, the benchmark .bin files (under the input or output "
+              "folder). Queue when training has finished: the table follows FDTA Table 1.", YELLOW),
+    ],
+    "example_align_and_csim": [
+        Stage("1. Your photos", ["1", "2", "3"], "What to change: pick two photos of one person in the Load "
+              "Image nodes (chain more ImageBatch nodes for more). Photos of two people show a low CSIM.", BLUE),
+        Stage("2. Align", ["4", "5", "7"], "What to tune: min_face_size drops tiny faces; pack and provider choose "
+              "the insightface models (models/insightface/models/<pack>).", GREEN),
+        Stage("3. CSIM", ["6", "8", "9"], "What to tune: threshold. The same person usually scores above 0.3 "
+              "(DCFace's same-identity line); the sheet crosses out photos below it.", YELLOW),
+    ],
+    "example_stg_two_faces": [
+        Stage("1. Two faces", ["1", "2"], "What to change: photo 1 gives the identity, photo 2 the pose, light "
+              "and expression. Any photo with one clear face works; they are aligned for you.", BLUE),
+        Stage("2. Faces aligned", ["4", "5", "6"], "What to tune: nothing usually; the face models find and "
+              "align both faces (min_face_size drops tiny ones).", GREEN),
+        Stage("3. STG mixer", ["7", "8", "9"], "What to tune: images_per_identity, seed (other noise), steps "
+              "(DDIM 50; dpmpp_2m 12-16). The mixer checkpoint goes in models/fdta/stg.", PURPLE),
+    ],
+    "example_age_shifter": [
+        Stage("1. Your photo", ["1", "4", "5"], "What to change: load a photo with one clear face; it is "
+              "aligned to 112x112 as the pipeline's faces are.", BLUE),
+        Stage("2. Age shifter", ["6", "7", "8"], "What to tune: ages (a list in list mode), or mode range with "
+              "age_low, age_high and count. The SAM model goes in models/fdta/age.", CYAN),
+    ],
+}  # fmt: skip
 
 
 def bypassed(name: str) -> set[str]:
-    return {nid for _t, ids, off in GROUPS.get(name, []) for nid in ids if off}
+    return {nid for st in STAGES.get(name, []) if st.bypassed for nid in st.nodes}
 
 
 def api_twin(name: str) -> dict[str, dict[str, Any]]:
@@ -436,15 +657,18 @@ def api_twin(name: str) -> dict[str, dict[str, Any]]:
 
 
 def ui_workflow(name: str, info: dict[str, Any]) -> dict[str, Any]:
-    groups = GROUPS.get(name, [])
+    """The editor file: laid out stage by stage, one titled group and one note per stage."""
     return api_to_ui(
         WORKFLOWS[name](),
         info,
         modes={nid: MODE_BYPASSED for nid in bypassed(name)},
-        groups=[
-            {"title": t, "nodes": ids, "color": "#8a6d3b" if off else "#3f789e"} for t, ids, off in groups
-        ],
+        stages=STAGES[name],
     )
+
+
+def thumbnail(name: str, ui: dict[str, Any]):
+    """The template browser's picture of ``name`` (a JPEG beside the JSON, same stem)."""
+    return render_workflow(ui, *HEADLINES[name])
 
 
 def draw_face_edges(size: int = 512):
@@ -495,14 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     used: dict[str, Any] = {}
     for name, build in WORKFLOWS.items():
         (HERE / "api" / f"{name}.json").write_text(json.dumps(api_twin(name), indent=1) + "\n")
-        (HERE / f"{name}.json").write_text(json.dumps(ui_workflow(name, info), indent=1) + "\n")
+        ui = ui_workflow(name, info)
+        (HERE / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+        thumbnail(name, ui).save(HERE / f"{name}.jpg", quality=90, optimize=False)
         for node in build().values():
             used[node["class_type"]] = info[node["class_type"]]
     snapshot = REPO / "tests" / "data" / "workflow_object_info.json"
     snapshot.parent.mkdir(exist_ok=True)
     snapshot.write_text(json.dumps(dict(sorted(used.items())), indent=1) + "\n")
     draw_face_edges().save(HERE / "inputs" / EDGE_IMAGE)
-    print(f"wrote {len(WORKFLOWS)} workflows, their API twins and {snapshot.relative_to(REPO)}")
+    print(f"wrote {len(WORKFLOWS)} workflows, their API twins, thumbnails and {snapshot.relative_to(REPO)}")
     return 0
 
 

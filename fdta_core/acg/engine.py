@@ -297,7 +297,7 @@ class ACGResult:
 
     def diversity(self):
         """Pairwise similarity distribution of the chosen source faces (None with fewer than 2)."""
-        from ..faces.diversity import similarity_stats
+        from ..faces.identity_diversity import similarity_stats
 
         embs = [
             self.chosen[s].analysis.embedding  # type: ignore[union-attr]

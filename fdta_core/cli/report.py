@@ -43,6 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the run's identity index (folder of chunk-*.faiss, or one .faiss file): adds the diversity of "
         "the ACG's source faces (pairwise cosine distribution, p99, Vendi score)",
     )
+    p.add_argument(
+        "--style-model",
+        type=Path,
+        default=None,
+        help="Inception-v3 ONNX (ImageNet weights, 2048-d pool features): with --references, DCFace's "
+        "intra-class diversity",
+    )
+    p.add_argument(
+        "--references",
+        type=Path,
+        default=None,
+        help="the reference bank's folder or .rec (what FDTAReferenceBank read): the real images each "
+        "identity was styled after, for the diversity metric",
+    )
+    p.add_argument("--diversity-k", type=int, default=3, help="k of the diversity metric's k-NN radius (3)")
     p.add_argument("--json", action="store_true", help="print the JSON summary on stdout")
     p.set_defaults(func=_report)
 
@@ -115,9 +130,30 @@ def _report(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    style = None
+    if (args.style_model is None) != (args.references is None):
+        from ..errors import InputError
+
+        raise InputError(
+            "the diversity metric needs both --style-model and --references",
+            where="--style-model" if args.style_model is None else "--references",
+        )
+    if args.style_model is not None:
+        from ..faces.diversity import StyleModel
+
+        style = StyleModel(args.style_model, args.provider)
+    out = args.out or (args.dataset / "report")
     try:
         data = load_dataset(
-            args.dataset, models, max_images=args.max_images, batch_size=args.batch_size, progress=progress
+            args.dataset,
+            models,
+            max_images=args.max_images,
+            batch_size=args.batch_size,
+            progress=progress,
+            style=style,
+            references=args.references,
+            diversity_k=args.diversity_k,
+            cache_dir=out / "reference_index",
         )
     finally:
         bar.close()
@@ -125,7 +161,6 @@ def _report(args: argparse.Namespace) -> int:
         data.plan = _read_plan(args.plan)
     if args.identity_index is not None:
         data.source_embeddings = _read_identity_index(args.identity_index)
-    out = args.out or (args.dataset / "report")
     html_path, json_path, summary = write_report(data, out, args.threshold)
     if args.json:
         print(json.dumps(summary, indent=1, sort_keys=True, default=str))
@@ -138,6 +173,14 @@ def _report(args: argparse.Namespace) -> int:
         print(
             f"uniqueness {f(summary['uniqueness'])}, intra-class consistency {f(summary['intra_class_consistency'])}"
         )
+        div = summary.get("diversity") or {}
+        if div.get("value") is not None:
+            print(f"intra-class diversity (DCFace D_intra, k={div['k']}): {div['value']:.4f} over {div['classes']} identities")
+        else:
+            print(f"intra-class diversity: {div.get('note', 'not measured')}")
+        for m in (summary.get("missing") or [])[:20]:
+            why = ", ".join(f"{k} x{v}" for k, v in sorted((m.get("reasons") or {}).items()))
+            print(f"missing: identity {m['identity']} ({m.get('stage', '?')}: {why}) {m.get('detail', '')}")
         if summary["csim"]:
             print(f"CSIM mean {f(summary['csim'].get('mean'))} +- {f(summary['csim'].get('std'))}")
         for row in summary["attribute_balance"]:

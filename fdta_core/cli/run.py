@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         if opts.launch is not None and cfg.output_dir is None:
             cfg.output_dir = opts.launch.output_dir
-        counts = run_ray(cfg, opts, on_chunk=on_chunk)
+        counts = run_ray(cfg, opts, on_chunk=on_chunk, on_progress=on_progress)
     elif args.launch is not None:
         from ..runner.launch import ServerPool, parse_launch
 

@@ -102,13 +102,17 @@ class ChunkView:
 
 @dataclass
 class DatasetView:
-    """A data-set folder under the output root: its chunks and its report, if ``fdta report`` made one."""
+    """A data set under the output root: a folder of chunks (what the writer makes) or a merged record set
+    (what ``FDTADatasetMerge`` / ``fdta rec merge`` make), and its report if ``fdta report`` made one."""
 
     name: str
     path: str
     images: int
     classes: int
     chunks: list[ChunkView]
+    kind: str = "chunks"  # chunks | merged
+    status: str = "unchecked"  # of a merged set: ok | errors | unchecked
+    errors: list[str] = field(default_factory=list)
     report: str | None = None
     report_command: str = ""
     updated: float = 0.0
@@ -162,7 +166,11 @@ def chunk_info(root: str | os.PathLike, name: str, *, decode: bool = False) -> d
 
 
 def _is_dataset(folder: Path) -> bool:
-    return (folder / DATASET_INDEX).is_file() or (folder / CHUNKS_DIR).is_dir()
+    return (folder / DATASET_INDEX).is_file() or (folder / CHUNKS_DIR).is_dir() or _is_merged(folder)
+
+
+def _is_merged(folder: Path) -> bool:
+    return (folder / "train.rec").is_file() and (folder / "property").is_file()
 
 
 def _find_datasets(root: Path) -> list[Path]:
@@ -229,6 +237,9 @@ def list_datasets(root: str | os.PathLike, *, check: bool = True) -> list[dict[s
         return []
     out: list[DatasetView] = []
     for folder in _find_datasets(base):
+        if _is_merged(folder) and not (folder / CHUNKS_DIR).is_dir():
+            out.append(_merged_view(base, folder, check=check))
+            continue
         chunks = _chunk_views(base, folder, check=check)
         updated = 0.0
         try:
@@ -247,12 +258,30 @@ def list_datasets(root: str | os.PathLike, *, check: bool = True) -> list[dict[s
                 report=relative_to_root(base, report)
                 if report.is_file() and not report.is_symlink()
                 else None,
-                report_command=f"fdta report {folder}",
+                report_command=f"fdta rec merge {folder}_merged {folder} && fdta report {folder}_merged",
                 updated=updated,
             )
         )
     out.sort(key=lambda d: d.updated, reverse=True)
     return [d.to_dict() for d in out]
+
+
+def _merged_view(base: Path, folder: Path, *, check: bool) -> DatasetView:
+    rel = relative_to_root(base, folder)
+    view = DatasetView(name=rel, path=rel, images=0, classes=0, chunks=[], kind="merged")
+    try:
+        view.updated = (folder / "train.rec").stat().st_mtime
+    except OSError:
+        pass
+    if check:
+        report = _CACHE.get(folder, decode=False)
+        view.images, view.classes = int(report.get("images", 0)), int(report.get("classes", 0))
+        view.status = "ok" if report.get("ok") else "errors"
+        view.errors = list(report.get("errors", []))[:5]
+    html = folder / REPORT_HTML
+    view.report = relative_to_root(base, html) if html.is_file() and not html.is_symlink() else None
+    view.report_command = f"fdta report {folder}"
+    return view
 
 
 def servable_file(root: str | os.PathLike, name: str) -> tuple[Path, str]:

@@ -120,6 +120,10 @@ EXAMPLE_QUERIES: dict[str, str] = {
         "SELECT stage, json_extract(reasons, '$[0]') AS reason, count(*) AS n, count(DISTINCT identity) "
         "AS identities FROM dropped GROUP BY stage, reason ORDER BY stage, reason"
     ),
+    "where the time went, per stage": (
+        "SELECT stage, count(DISTINCT chunk) AS chunks, sum(images) AS images, round(sum(seconds), 2) AS "
+        "seconds, round(sum(images) / sum(seconds), 1) AS images_per_s FROM stages GROUP BY stage"
+    ),
     "where did identity 42 come from": (
         "SELECT key, chunk, source_key, json_extract(seeds, '$.acg') AS acg_seed, reference_key, "
         "age_target, history FROM images WHERE identity = 42 ORDER BY key"

@@ -57,7 +57,7 @@ from ..fsutil import atomic_write_text, fsync_dir, swap_folder
 from ..imagecodec import JPEG_QUALITY, jpeg_encoder
 from ..plan import CHUNK_NAME_DIGITS
 from ..plan import chunk_name as chunk_name
-from ..recordio import IRHeader, RecordWriter, encode_scalar_record, pack
+from ..recordio import IRHeader, RecordWriter, encode_scalar_records, pack
 from ..timing import StageTiming
 from .manifest import MANIFEST_NAME, ManifestWriter, image_row
 
@@ -403,19 +403,18 @@ def _encode_batch(
     Returns the framed records joined (one write), their sizes (for the ``.idx`` offsets) and the rows.
     Everything per face happens here, so the thread that feeds the writer only queues faces and writes
     whole batches (its Python would otherwise hold the GIL while the encoders wait for it)."""
-    records, sizes, rows = [], [], []
+    records, rows = [], []
     sha256 = hashlib.sha256
     for (key, label, image), (_key, _label, identity, prov) in zip(items, meta, strict=True):
         jpeg = encode(image)
-        rec = encode_scalar_record(float(label), key, jpeg)
-        records.append(rec)
-        sizes.append(len(rec))
+        records.append((float(label), key, jpeg))
         rows.append(
             image_row(
                 key, label, identity, chunk, prov, jpeg_bytes=len(jpeg), sha256=sha256(jpeg).hexdigest()
             )
         )
-    return b"".join(records), sizes, rows
+    data, sizes = encode_scalar_records(records)
+    return data, sizes, rows
 
 
 def default_workers() -> int:

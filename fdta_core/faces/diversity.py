@@ -1,192 +1,207 @@
-"""Identity diversity of a set of identity embeddings: how spread the identities are on the hypersphere.
+"""DCFace's intra-class diversity metric, and the style features it is measured in.
 
-* **Pairwise similarity distribution**: the cosine of every pair of identities (quantiles, the 99th
-  percentile, a histogram). Computed block by block with FAISS' BLAS kernels
-  (``faiss.pairwise_distances``), exact quantiles up to :data:`EXACT_PAIRS` pairs and a histogram of
-  :data:`FINE_BINS` bins (resolution 0.001) above; above :data:`MAX_IDENTITIES` identities a fixed,
-  seeded sample of them is used (said so in the result).
-* **Nearest-identity similarity**: each identity's cosine to its closest other identity (``faiss.knn``):
-  the packing margin that uniqueness thresholds act on.
-* **Vendi score** (Friedman & Dieng, "The Vendi Score: A Diversity Evaluation Metric for Machine
-  Learning", TMLR 2023): ``exp(-sum_i l_i log l_i)`` over the eigenvalues ``l_i`` of ``K / n``, ``K`` the
-  cosine-similarity matrix of the ``n`` unit embeddings: the effective number of distinct identities
-  (1 when all are the same, ``n`` when all are orthogonal). The nonzero eigenvalues of ``X X^T / n``
-  equal those of ``X^T X / n``, so it is computed from the ``d x d`` matrix: linear in ``n``.
+Definition (Kim, Liu, Jain, Liu, "DCFace: Synthetic Face Generation with Dual Condition Diffusion
+Model", CVPR 2023, Sec. 4 "Intra-class Diversity", Eqs. 14-15; read from the paper PDF in the authors'
+repository github.com/mk-minchul/dcface, ``assets/main.pdf``):
+
+    The style space is the feature space of an Inception network pretrained on ImageNet, as in the
+    Improved Precision and Recall metric (Kynkaanniemi et al., NeurIPS 2019). For a class ``c`` with
+    real style vectors ``{s_i^c}`` and generated style vectors ``{s^_j^c}`` (same label condition), let
+    ``r_k(s^_j)`` be the Euclidean distance from ``s^_j`` to its k-th nearest neighbour among the
+    generated vectors of the class, and ``I(s_i) = 1`` when some ``s^_j`` has ``d(s_i, s^_j) <= r_k(s^_j)``
+    (else 0). Then ``D_intra = 1/C * sum_c 1/N_c * sum_i I(s_i^c)``: the share of the real images' styles
+    covered by the generated images' style manifold, per class, averaged over classes (the Improved
+    Recall of each class's conditional distribution). Higher means more diverse styles per identity.
+
+The paper does not state ``k``; :data:`DEFAULT_K` = 3 is the Improved Precision and Recall default.
+As in Improved Recall, a generated vector's k-th neighbour excludes itself.
+
+In FDTA the *real images of a class* are the STG reference images its images were styled after (each
+image's provenance ``reference_key``): the same label condition, as in DCFace, where each synthetic
+identity's styles come from real images. The Inception network is the user's file (its ImageNet weights
+are not shipped): an ONNX export of ``torchvision.models.inception_v3`` with its classifier removed (the
+2048-d pool features), run with onnxruntime like the face models.
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .identity import _faiss, unit_rows
+from ..errors import InputError, ModelFormatError
 
-#: Up to this many pairs the quantiles are exact (every similarity is kept in memory, 16 MB at most).
-EXACT_PAIRS = 2_000_000
-#: Above this many identities a seeded sample of this size is used for the pairwise distribution.
-MAX_IDENTITIES = 20_000
-#: Histogram bins over [-1, 1] when the quantiles come from the histogram.
-FINE_BINS = 2000
-#: Bins of the histogram that reports and plots show.
-SHOW_BINS = 40
-QUANTILES = (0.5, 0.9, 0.99)
+log = logging.getLogger(__name__)
+
+#: k of the k-nearest-neighbour radius (Improved Precision and Recall's default; DCFace states none).
+DEFAULT_K = 3
+#: ImageNet normalisation of the Inception input (torchvision convention), RGB.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def vendi_score(embeddings: np.ndarray) -> float:
-    """Vendi score of the rows of ``embeddings`` under cosine similarity (see the module docstring)."""
-    x = unit_rows(embeddings, "vendi score").astype(np.float64)
-    n = len(x)
-    if n == 0:
-        return 0.0
-    cov = (x.T @ x) / n  # d x d; same nonzero eigenvalues as K / n
-    lam = np.linalg.eigvalsh(cov)
-    lam = lam[lam > 1e-12]
-    lam = lam / lam.sum()  # trace(K/n) = 1 exactly for unit rows; renormalise rounding
-    return float(math.exp(-float(np.sum(lam * np.log(lam)))))
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``[len(a), len(b)]`` (float64, clipped at 0 before the root)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def knn_radii(feats: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
+    """Distance of each vector to its k-th nearest *other* vector of ``feats`` (needs ``len > k``)."""
+    d = _pairwise(feats, feats)
+    np.fill_diagonal(d, np.inf)
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def class_recall(real: np.ndarray, generated: np.ndarray, k: int = DEFAULT_K) -> float:
+    """Share of ``real`` vectors inside the k-NN balls of ``generated`` (DCFace Eq. 14, one class)."""
+    radii = knn_radii(generated, k)
+    d = _pairwise(real, generated)
+    return float(np.mean(np.any(d <= radii[None, :], axis=1)))
 
 
 @dataclass
-class SimilarityStats:
-    """The pairwise and nearest-identity cosine distributions of a set of identities."""
+class DiversityResult:
+    """``value`` = D_intra over ``classes`` measured; ``per_class`` their recalls; ``skipped`` the classes
+    left out and why (fewer than k+1 generated images, or no real images)."""
 
-    identities: int
-    pairs: int
-    sampled: int | None
-    exact: bool
-    quantiles: dict[str, float]
-    mean: float
-    max: float
-    histogram: dict[str, Any]
-    nearest: dict[str, float] = field(default_factory=dict)
-    vendi: float | None = None
-
-    @property
-    def p99(self) -> float | None:
-        return self.quantiles.get("p99")
+    value: float | None
+    k: int
+    per_class: dict[int, float] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "identities": self.identities,
-            "pairs": self.pairs,
-            "sampled_identities": self.sampled,
-            "exact_quantiles": self.exact,
-            "quantiles": self.quantiles,
-            "p99": self.p99,
-            "mean": self.mean,
-            "max": self.max,
-            "histogram": self.histogram,
-            "nearest_identity": self.nearest,
-            "vendi_score": self.vendi,
+            "value": self.value,
+            "k": self.k,
+            "classes": len(self.per_class),
+            "skipped": len(self.skipped),
+            "skipped_reasons": sorted(set(self.skipped.values())),
         }
 
-    def summary_line(self) -> str:
-        if not self.pairs:
-            return f"identity diversity: {self.identities} identities, no pairs"
-        q = self.quantiles
-        near = (
-            f"; nearest other identity: median {self.nearest['p50']:.3f}, max {self.nearest['max']:.3f}"
-            if self.nearest
-            else ""
-        )
-        vendi = f"; Vendi score {self.vendi:.2f} of {self.identities}" if self.vendi is not None else ""
-        samp = f" (sample of {self.sampled})" if self.sampled else ""
-        return (
-            f"identity diversity: pairwise cosine of {self.pairs} pairs{samp}: median {q['p50']:.3f}, "
-            f"p90 {q['p90']:.3f}, p99 {q['p99']:.3f}, max {self.max:.3f}{near}{vendi}"
-        )
 
-    def text_histogram(self, width: int = 40) -> list[str]:
-        """The shown histogram as text rows (for node reports)."""
-        counts = self.histogram["counts"]
-        edges = self.histogram["edges"]
-        top = max(counts) if counts else 0
-        rows = []
-        for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
-            if c:
-                bar = "#" * max(1, round(width * c / top))
-                rows.append(f"  [{lo:+.2f}, {hi:+.2f}) {c:>8d} {bar}")
-        return rows
-
-
-def _quantile_from_hist(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
-    cum = np.cumsum(counts)
-    total = cum[-1]
-    target = q * (total - 1) + 1  # rank of the quantile (1-based, like numpy's linear method at the ends)
-    i = int(np.searchsorted(cum, target, side="left"))
-    return float(edges[min(i + 1, len(edges) - 1)])
+def intra_class_diversity(
+    real: np.ndarray,
+    real_labels: Sequence[int] | np.ndarray,
+    generated: np.ndarray,
+    generated_labels: Sequence[int] | np.ndarray,
+    k: int = DEFAULT_K,
+) -> DiversityResult:
+    """DCFace's ``D_intra`` (Eq. 15) of style vectors: the mean over classes of each class's recall."""
+    if int(k) < 1:
+        raise InputError(f"k must be >= 1, got {k}", where="diversity k")
+    rl, gl = np.asarray(real_labels, np.int64), np.asarray(generated_labels, np.int64)
+    real, generated = np.asarray(real), np.asarray(generated)
+    if len(rl) != len(real) or len(gl) != len(generated):
+        raise InputError("one label per style vector is needed", where="diversity")
+    out = DiversityResult(None, int(k))
+    for c in np.unique(gl).tolist():
+        g = generated[gl == c]
+        r = real[rl == c]
+        if len(g) <= k:
+            out.skipped[int(c)] = f"fewer than k+1={k + 1} generated images"
+        elif not len(r):
+            out.skipped[int(c)] = "no real images"
+        else:
+            out.per_class[int(c)] = class_recall(r, g, int(k))
+    if out.per_class:
+        out.value = float(np.mean(list(out.per_class.values())))
+    return out
 
 
-def similarity_stats(
-    embeddings: np.ndarray,
+class StyleModel:
+    """The style-feature network (an Inception ONNX export): aligned uint8 RGB faces -> ``[N, D]``.
+
+    Faces are resized to the network's input size (299 when the graph leaves it open), scaled to [0, 1]
+    and normalised with ImageNet's mean and std, NCHW float32; the output is flattened per image.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] = "auto") -> None:
+        from .providers import resolve_providers
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(
+                f"style model {p} not found",
+                where="--style-model",
+                fix="export torchvision's inception_v3 (ImageNet weights, fc = Identity) to ONNX and pass it.",
+            )
+        try:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(p), providers=resolve_providers(providers))
+        except ImportError as exc:
+            raise InputError("the style model needs onnxruntime", where="--style-model") from exc
+        except Exception as exc:  # onnxruntime raises its own types for a bad file
+            raise ModelFormatError(f"cannot load style model {p}: {exc}") from exc
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise ModelFormatError(f"style model {p} takes a {len(shape)}-d input, expected N x 3 x H x W")
+        h, w = shape[2], shape[3]
+        self.size = (int(h) if isinstance(h, int) else 299, int(w) if isinstance(w, int) else 299)
+        self.path = p
+
+    def __call__(self, faces: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        from PIL import Image
+
+        out = []
+        for s in range(0, len(faces), batch_size):
+            batch = []
+            for f in faces[s : s + batch_size]:
+                img = Image.fromarray(np.ascontiguousarray(f)).resize(self.size[::-1], Image.BILINEAR)
+                batch.append((np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+            x = np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), np.float32)
+            y = self.session.run(None, {self.input_name: x})[0]
+            out.append(np.asarray(y, np.float32).reshape(len(batch), -1))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def reference_faces(
+    source: str | os.PathLike,
+    keys: Sequence[str],
     *,
-    block: int = 2048,
-    max_identities: int = MAX_IDENTITIES,
-    seed: int = 0,
-    vendi: bool = True,
-) -> SimilarityStats:
-    """Distribution of the pairwise identity cosines of ``embeddings`` ([N, D], any norm)."""
-    faiss = _faiss()
-    x = unit_rows(embeddings, "identity diversity")
-    n_all = len(x)
-    v = vendi_score(x) if (vendi and n_all) else None
-    sampled = None
-    if n_all > max_identities:
-        rng = np.random.default_rng(seed)
-        x = x[np.sort(rng.choice(n_all, size=max_identities, replace=False))]
-        sampled = max_identities
-    n = len(x)
-    pairs = n * (n - 1) // 2
-    show_edges = np.linspace(-1.0, 1.0, SHOW_BINS + 1)
-    if pairs == 0:
-        return SimilarityStats(
-            n_all, 0, sampled, True, {}, float("nan"), float("nan"),
-            {"edges": show_edges.round(4).tolist(), "counts": [0] * SHOW_BINS}, {}, v,
-        )  # fmt: skip
-    exact = pairs <= EXACT_PAIRS
-    fine_edges = np.linspace(-1.0, 1.0, FINE_BINS + 1)
-    fine = np.zeros(FINE_BINS, np.int64)
-    kept: list[np.ndarray] = []
-    total = 0.0
-    top = -math.inf
-    for s in range(0, n, block):
-        q = x[s : s + block]
-        sims = faiss.pairwise_distances(q, x[s:], metric=faiss.METRIC_INNER_PRODUCT)
-        # the upper triangle: row r of the block pairs with columns after it
-        rows = np.arange(len(q))[:, None]
-        cols = np.arange(sims.shape[1])[None, :]
-        vals = np.clip(sims[cols > rows].astype(np.float64), -1.0, 1.0)
-        total += float(vals.sum())
-        top = max(top, float(vals.max())) if len(vals) else top
-        fine += np.histogram(vals, bins=fine_edges)[0]
-        if exact:
-            kept.append(vals)
-    if exact:
-        allv = np.concatenate(kept)
-        quant = {f"p{round(100 * p)}": float(np.quantile(allv, p)) for p in QUANTILES}
+    models: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
+    """The aligned reference faces of ``keys`` (provenance ``reference_key``) from the reference bank's
+    source: the folder or ``.rec`` the FDTAReferenceBank node read. Faces that are not 112x112 are
+    aligned with ``models`` (a face pack). Keys not in the bank are left out (logged)."""
+    from ..stg.bank import ReferenceBank
+
+    p = Path(source)
+    align = None
+    if models is not None and callable(getattr(models, "align_batch", None)):
+
+        def align(img: np.ndarray) -> np.ndarray:
+            res = models.align_batch([img], assume_aligned=True)
+            if not len(res.faces):
+                raise InputError("no face found in a reference image", where="--references")
+            return res.faces[0]
+
+    kw: dict[str, Any] = {"align": align, "cache_dir": cache_dir}
+    if p.suffix == ".rec" or (p / "train.rec").is_file():
+        bank = ReferenceBank.from_rec(p if p.suffix == ".rec" else p / "train.rec", **kw)
+    elif p.is_dir():
+        bank = ReferenceBank.from_folder(p, **kw)
     else:
-        quant = {f"p{round(100 * p)}": _quantile_from_hist(fine, fine_edges, p) for p in QUANTILES}
-    shown = fine.reshape(SHOW_BINS, FINE_BINS // SHOW_BINS).sum(axis=1)
-    # nearest other identity (exact k-NN in FAISS)
-    sims, _ = faiss.knn(x, x, 2, metric=faiss.METRIC_INNER_PRODUCT)
-    near = np.clip(sims[:, 1].astype(np.float64), -1.0, 1.0)
-    nearest = {
-        "p50": float(np.quantile(near, 0.5)),
-        "p99": float(np.quantile(near, 0.99)),
-        "max": float(near.max()),
-        "mean": float(near.mean()),
-    }
-    return SimilarityStats(
-        identities=n_all,
-        pairs=pairs,
-        sampled=sampled,
-        exact=exact,
-        quantiles={k: round(v_, 6) for k, v_ in quant.items()},
-        mean=round(total / pairs, 6),
-        max=round(top, 6),
-        histogram={"edges": show_edges.round(4).tolist(), "counts": shown.astype(int).tolist()},
-        nearest={k: round(v_, 6) for k, v_ in nearest.items()},
-        vendi=None if v is None else round(v, 6),
-    )
+        raise InputError(
+            f"{p} is neither a reference folder nor a .rec", where="--references",
+            fix="pass the folder (or .rec) the FDTAReferenceBank node of the run read.",
+        )  # fmt: skip
+    wanted = set(keys)
+    pos = [i for i, k in enumerate(bank.keys) if k in wanted]
+    found = {bank.keys[i]: i for i in pos}
+    missing = wanted - set(found)
+    if missing:
+        log.warning("%d reference key(s) are not in %s (e.g. %s)", len(missing), p, sorted(missing)[:3])
+    faces = bank.images[sorted(found.values())] if found else np.zeros((0, 112, 112, 3), np.uint8)
+    return {k: faces[j] for j, (k, _i) in enumerate(sorted(found.items(), key=lambda kv: kv[1]))}

@@ -1,6 +1,6 @@
 """A plain image folder as a real set: the people no synthetic identity may resemble.
 
-Layout (decided here, documented in docs/identity.md)::
+Layout (decided here, documented in docs/faces.md)::
 
     real/
       alice/            a subfolder is one person: every image under it (any depth) shows that person

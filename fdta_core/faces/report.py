@@ -44,6 +44,8 @@ class ReportData:
     achieved: dict[str, list[Any]] = field(default_factory=dict)
     samples: dict[int, list[np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: DCFace's intra-class diversity (:mod:`fdta_core.faces.diversity`), when style features were given
+    diversity: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
@@ -103,6 +105,7 @@ def build_report(
         "dropped": dropped_summary(data.dropped),
         "stages": stage_table(data.stages),
         "missing": list(data.missing),
+        "diversity": data.diversity or {"value": None, "note": "not measured: needs --style-model and --references"},
     }
     summary.update(diversity_summary(data))
     if data.plan:
@@ -117,10 +120,10 @@ def build_report(
 
 
 def diversity_summary(data: ReportData) -> dict[str, Any]:
-    """Identity diversity (``fdta_core.faces.diversity``): pairwise cosine distribution, its 99th
+    """Identity diversity (``fdta_core.faces.identity_diversity``): pairwise cosine distribution, its 99th
     percentile, nearest-identity cosines and the Vendi score, of the identity centres of the written
     images and, when the run's identity index is given, of the ACG's source faces."""
-    from .diversity import similarity_stats
+    from .identity_diversity import similarity_stats
     from .identity import identity_centers
 
     out: dict[str, Any] = {}
@@ -278,6 +281,10 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
             summary["intra_class_consistency"],
         ),
         (
+            f"intra-class diversity (DCFace D_intra, k={(summary.get('diversity') or {}).get('k', 3)})",
+            (summary.get("diversity") or {}).get("value"),
+        ),
+        (
             "CSIM mean / std",
             f"{_fmt(summary['csim'].get('mean'))} / {_fmt(summary['csim'].get('std'))}"
             if summary["csim"]
@@ -334,7 +341,7 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
     stage_rows = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(', '.join(r['nodes']))}</td>"
         f"<td>{r['chunks']}</td><td>{r['images']}</td><td>{r['seconds']:.2f}</td>"
-        f"<td>{r['images_per_s']:.1f}</td><td>{100 * r['share']:.1f}%</td></tr>"
+        f"<td>{r['images_per_s']:.3g}</td><td>{100 * r['share']:.1f}%</td></tr>"
         for r in summary.get("stages") or []
     )
     stage_html = (
@@ -390,7 +397,7 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
             raise DatasetError(
                 f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
             )
-        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra") if c in cols]
+        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra", "reference_key") if c in cols]
         out: dict[int, dict[str, Any]] = {}
         for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
             rec = dict(zip(want, row[1:], strict=True))
@@ -414,6 +421,41 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
         con.close()
 
 
+def _diversity(keys, labels, rows, gen_styles, style, references, models, k, cache_dir, notes):
+    """DCFace's D_intra of a read set: each class's images against the references it was styled after."""
+    from .diversity import intra_class_diversity, reference_faces
+
+    per_class: dict[int, set[str]] = {}
+    for key, lab in zip(keys, labels.tolist(), strict=True):
+        ref = (rows.get(key) or {}).get("reference_key")
+        if ref:
+            per_class.setdefault(int(lab), set()).add(str(ref))
+    if not per_class:
+        notes.append("diversity not measured: the manifest names no reference image (no STG stage?)")
+        return {"value": None, "k": int(k), "note": "no reference_key in the manifest"}
+    faces = reference_faces(references, sorted(set().union(*per_class.values())), models=models,
+                            cache_dir=cache_dir)  # fmt: skip
+    order = sorted(faces)
+    feats = np.asarray(style(np.stack([faces[r] for r in order])), np.float32) if order else None
+    at = {r: i for i, r in enumerate(order)}
+    real_rows, real_labels = [], []
+    for lab, refs in sorted(per_class.items()):
+        for r in sorted(refs):
+            if r in at:
+                real_rows.append(at[r])
+                real_labels.append(lab)
+    if feats is None or not real_rows:
+        notes.append(f"diversity not measured: none of the reference images is in {references}")
+        return {"value": None, "k": int(k), "note": f"references not found in {references}"}
+    res = intra_class_diversity(feats[real_rows], real_labels, gen_styles, labels, int(k))
+    if res.skipped:
+        notes.append(
+            f"diversity: {len(res.skipped)} identit{'y' if len(res.skipped) == 1 else 'ies'} left out "
+            f"({'; '.join(sorted(set(res.skipped.values())))})"
+        )
+    return res.to_dict()
+
+
 def load_dataset(
     folder: str | Path,
     models: Any | None = None,
@@ -423,6 +465,10 @@ def load_dataset(
     sample_identities: int = 8,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    style: Callable[[np.ndarray], np.ndarray] | None = None,
+    references: str | Path | None = None,
+    diversity_k: int = 3,
+    cache_dir: str | Path | None = None,
 ) -> ReportData:
     """Read a written dataset (``train.rec``/``.idx`` + optional ``manifest.sqlite``) into :class:`ReportData`.
 
@@ -430,6 +476,10 @@ def load_dataset(
     consistency) and, when the pack has a gender/age model, gender and age are predicted per image
     (majority gender and median age per identity = *achieved*). *Requested* attributes come from the
     manifest. ``max_images`` > 0 reads only the first identities that fit.
+
+    With ``style`` (style features of aligned faces, :class:`~fdta_core.faces.diversity.StyleModel`) and
+    ``references`` (the reference bank's folder or ``.rec``) DCFace's intra-class diversity is measured:
+    each identity's images against the reference images they were styled after (``reference_key``).
     """
     from ..recordio import RecordReader, read_layout
 
@@ -459,8 +509,9 @@ def load_dataset(
         stages = read_stages(manifest_path) if manifest_path.is_file() else []
         if not rows:
             notes.append("no manifest.sqlite: requested attributes and CSIM are unknown")
-        need_pixels = models is not None
-        embeddings, genders, ages = [], [], []
+        measure_style = style is not None and references is not None
+        need_pixels = models is not None or measure_style
+        embeddings, genders, ages, styles = [], [], [], []
         samples: dict[int, list[np.ndarray]] = {}
         buf: list[np.ndarray] = []
 
@@ -468,8 +519,11 @@ def load_dataset(
             if not buf:
                 return
             batch = np.stack(buf)
-            embeddings.append(models.embed(batch, batch_size=batch_size))
-            if getattr(models, "genderage", None) is not None:
+            if measure_style:
+                styles.append(np.asarray(style(batch), np.float32))
+            if models is not None:
+                embeddings.append(models.embed(batch, batch_size=batch_size))
+            if models is not None and getattr(models, "genderage", None) is not None:
                 g, a = models.gender_age_aligned(batch, batch_size=batch_size)
                 genders.extend(g)
                 ages.extend(a)
@@ -546,12 +600,18 @@ def load_dataset(
         if r.get("identity") is not None
     }
     missing = read_missing(root)
+    diversity = None
+    if measure_style and len(keys):
+        diversity = _diversity(
+            keys, labels, rows, np.concatenate(styles), style, references, models, diversity_k, cache_dir, notes
+        )
     if not len(keys):
         notes.append(
             "the data set has no images (every planned identity was rejected: see 'missing' and 'dropped'); "
             "nothing to measure"
         )
     return ReportData(
+        diversity=diversity,
         missing=missing,
         written=written,
         name=root.name,

@@ -67,6 +67,7 @@ class ChunkActor:
         self.index = index
         self.server = None
         self.current: str | None = None
+        self.last: dict[str, Any] | None = None
         if attach:
             self.url = attach
         else:
@@ -101,20 +102,24 @@ class ChunkActor:
     def where(self) -> dict[str, Any]:
         return {"index": self.index, "url": self.url, "host": socket.gethostname(), "pid": os.getpid()}
 
-    def progress(self) -> str | None:
-        """The chunk this actor runs now (None when idle)."""
-        return self.current
+    def progress(self) -> dict[str, Any] | None:
+        """The chunk this actor runs now and ComfyUI's last progress message about it (None when idle)."""
+        return None if self.current is None else {"chunk": self.current, "message": self.last}
 
     def run_chunk(self, name: str, prompt: dict[str, Any], prompt_id: str, timeout: float | None) -> dict:
         if self.server is not None and (self.server.proc is None or self.server.proc.poll() is not None):
             log.warning("actor %d: its ComfyUI died; restarting it", self.index)
             self.server.stop()
             self.server.start()
-        self.current = name
+        self.current, self.last = name, None
         try:
-            return execute(self.client, prompt, prompt_id, timeout=timeout)
+            return execute(self.client, prompt, prompt_id, timeout=timeout, on_progress=self._heard)
         finally:
             self.current = None
+
+    def _heard(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "progress":
+            self.last = msg
 
     def shutdown(self) -> None:
         if self.server is not None:
@@ -151,13 +156,37 @@ def plan_actors(resources: dict[str, float], opts: RayOptions) -> tuple[int, dic
     return n, {"num_cpus": per}
 
 
+def _poll_progress(ray, actors, inflight, polls, on_progress, next_poll: float) -> float:
+    """Hand the answers of earlier progress requests on; ask the busy actors again every 2 s."""
+    if polls:
+        ready, _ = ray.wait(list(polls), num_returns=len(polls), timeout=0)
+        for ref in ready:
+            polls.pop(ref)
+            try:
+                got = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dying actor: its death is handled with its chunk
+                continue
+            if got and got.get("message"):
+                on_progress(got["chunk"], got["message"])
+    now = time.monotonic()
+    if now < next_poll:
+        return next_poll
+    asked = set(polls.values())
+    for k, _chunk, _pid, _req in inflight.values():
+        if k not in asked:
+            polls[actors[k].progress.remote()] = k
+    return now + 2.0
+
+
 def run_ray(
     cfg: RunConfig,
     opts: RayOptions,
     *,
     on_chunk: Callable[[Chunk, ChunkState], None] | None = None,
+    on_progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, int]:
-    """Run every chunk of the shard on Ray actors; return the final state counts."""
+    """Run every chunk of the shard on Ray actors; return the final state counts. ``on_progress``
+    hears ComfyUI's progress messages of the running chunks (polled from the actors every 2 s)."""
     if not opts.attach and opts.launch is None:
         raise ConfigError(
             "--ray needs servers: pass --server URL (actors attach to them) or a ComfyUI to start "
@@ -166,13 +195,13 @@ def run_ray(
         )
     ray, owned = _init_ray(opts)
     try:
-        return _drive(ray, cfg, opts, on_chunk)
+        return _drive(ray, cfg, opts, on_chunk, on_progress)
     finally:
         if owned:
             ray.shutdown()
 
 
-def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
+def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk, on_progress) -> dict[str, int]:
     from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
     if opts.attach and cfg.overrides:
@@ -212,6 +241,8 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
     idle: list[int] = []
     inflight: dict[Any, tuple[int, Chunk, str, Any]] = {}
     started: set[int] = set()  # chunks whose current pickup already counted an attempt
+    polls: dict[Any, int] = {}  # progress requests in flight -> actor
+    next_poll = 0.0
     lost: set[int] = set()
     try:
         while True:
@@ -247,6 +278,8 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk) -> dict[str, int]:
                 started.add(chunk.index)
                 ref = actors[k].run_chunk.remote(chunk.name, prompt, pid, cfg.timeout)
                 inflight[ref] = (k, chunk, pid, request)
+            if on_progress is not None:
+                next_poll = _poll_progress(ray, actors, inflight, polls, on_progress, next_poll)
             refs = list(inflight) + list(probing)
             if not refs:
                 time.sleep(0.2)

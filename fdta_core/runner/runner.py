@@ -53,6 +53,8 @@ class RunConfig:
     output_dir: Path | None = None
     #: seconds a worker waits for its server to answer again before it stops taking chunks
     server_wait: float = 600.0
+    #: seconds a failed chunk waits for another server before the one it failed on may take it again
+    elsewhere_first: float = 120.0
 
     def __post_init__(self) -> None:
         # checked here, before any chunk is queued: a seed beyond SEED_MAX would fail every chunk at the
@@ -125,7 +127,7 @@ def run(
 
     One worker thread per server takes chunks from a shared queue, so a slow or failing server never
     blocks the others; a server that stops answering takes no chunk until it answers again (for up to
-    ``cfg.server_wait`` seconds). A chunk that fails is retried (on any server) until ``max_attempts``,
+    ``cfg.server_wait`` seconds). A chunk that fails is retried (on another server first) until ``max_attempts``,
     but only once its prompt is known not to run (:mod:`.dispatch`).
     """
     if not cfg.servers:
@@ -154,6 +156,8 @@ def run(
         ):
             todo.put(chunk)
 
+    failed_on: dict[int, tuple[str, float]] = {}  # chunk -> (server it last failed on, until when)
+
     def worker(url: str) -> None:
         client = client_factory(url)
         while not stop.is_set():
@@ -169,7 +173,13 @@ def run(
                 chunk = todo.get(timeout=0.5)
             except queue.Empty:
                 continue
+            left = failed_on.get(chunk.index)
+            if left and left[0] == url and time.monotonic() < left[1] and len(cfg.servers) > 1:
+                todo.put(chunk)  # it just failed here: another server takes it first
+                time.sleep(0.5)
+                continue
             if run_one(cfg, ledger, client, chunk, on_progress=progress_cb(chunk)):
+                failed_on[chunk.index] = (url, time.monotonic() + cfg.elsewhere_first)
                 todo.put(chunk)
 
     threads = [

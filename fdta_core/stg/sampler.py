@@ -152,7 +152,8 @@ class STGSampler:
         out = np.zeros((n, 112, 112, 3), np.uint8)
         if n == 0:
             return out
-        id_vec, id_tok = self.id_condition(req.id_images)
+        # the ID encoder runs in the denoiser's batch size too: its activations, not the chunk, set the peak
+        id_vec, id_tok = self.id_condition(req.id_images, batch_size=batch_size)
         total = n * steps
         done = 0
         unet = self.model.unet

@@ -73,6 +73,28 @@ def tiny_model(grid: int = 5, seed: int = 0):  # -> STGModel
     return randomize_(STGModel(tiny_config(grid)), seed).eval()
 
 
+def save_tiny_stg(path, *, seed: int = 3, source: str = "tiny"):  # -> Path
+    """A tiny STG mixer saved as ``fdta stg convert`` writes one (safetensors with its settings), the
+    form the STG loader accepts under any name; written to a temporary name and renamed."""
+    import json
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ..stg.checkpoint import FORMAT, SETTINGS_KEY
+
+    path = Path(path)
+    stg = tiny_model(seed=seed)
+    settings = {"format": FORMAT, "grid": stg.cfg.grid, "config": stg.cfg.to_dict(), "source": source}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in stg.state_dict().items()}, str(tmp),
+              metadata={SETTINGS_KEY: json.dumps(settings), "format": FORMAT})  # fmt: skip
+    os.replace(tmp, path)
+    return path
+
+
 class MixtureDenoiser:
     """A denoiser whose sampling converges: the exact posterior mean of a Gaussian-mixture data set, plus
     an optional network correction. For judging samplers (``bench/bench_stg_steps.py``, tests).

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fdta_core.cli import main as fdta
 from fdta_core.prompts.spec import default_spec_text, parse_spec
 from tests.comfy.browser import chromium_page
 from tests.comfy.harness import REPO, ComfyServer
@@ -211,6 +212,14 @@ def test_dataset_workflows_load_without_warnings(comfy: ComfyServer) -> None:
             assert not logged, f"{name}: {logged}"
             page.js("() => window.app.canvas.ds && (window.app.canvas.ds.scale = 0.55)")
             page.screenshot(f"workflow_{Path(name).stem}")
+        # the LLM settings are registered (Settings > FDTA), saying where the key goes
+        page.js("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+        page.page.get_by_text("FDTA", exact=True).last.click()
+        page.page.get_by_text("LLM base URL", exact=False).first.wait_for(timeout=30_000)
+        page.page.wait_for_timeout(300)
+        page.screenshot("settings_fdta")
+        dialog_text = page.js("() => document.body.innerText")
+        assert "LLM model" in dialog_text and "environment" in dialog_text
         assert not _fdta_page_errors(page), _fdta_page_errors(page)
 
 
@@ -283,6 +292,19 @@ def test_attribute_editor_edits_the_widget_json(comfy: ComfyServer) -> None:
         page.page.get_by_test_id("fdta-editor-status").filter(has_text="valid").wait_for(timeout=60_000)
         page.page.wait_for_timeout(400)
         page.screenshot("attribute_editor")
+        # conditional vocabularies are tabs: give men's hair its own proportions
+        page.page.get_by_test_id("fdta-tab-hair-male").click()
+        short = page.page.get_by_test_id("fdta-share-hair-male-short black")
+        short.fill("30")
+        short.dispatch_event("change")
+        page.page.get_by_test_id("fdta-sum-hair-male").filter(has_text="100.0%").wait_for(timeout=5_000)
+        # age as explicit bins
+        page.page.get_by_test_id("fdta-age-mode").select_option("bins")
+        page.page.get_by_test_id("fdta-share-age-18-27").wait_for(timeout=5_000)
+        page.page.get_by_test_id("fdta-editor-status").filter(has_text="valid").wait_for(timeout=60_000)
+        page.page.get_by_test_id("fdta-field-hair").scroll_into_view_if_needed()
+        page.page.wait_for_timeout(300)
+        page.screenshot("attribute_editor_conditional")
         page.page.get_by_test_id("fdta-editor-apply").click()
         editor.wait_for(state="detached", timeout=10_000)
         text = page.js(
@@ -297,7 +319,15 @@ def test_attribute_editor_edits_the_widget_json(comfy: ComfyServer) -> None:
     # the other races keep their relative shares (Black : Hispanic stays 2 : 1)
     assert abs(race["Black"] / race["Hispanic"] - 2.0) < 0.05
     before = json.loads(original)
-    assert spec["fields"]["hair"] == before["fields"]["hair"] and spec["prompt"] == before["prompt"]
+    assert spec["prompt"] == before["prompt"]
+    hair = spec["fields"]["hair"]
+    assert hair["by"] == "gender" and hair["cases"]["female"] == before["fields"]["hair"]["cases"]["female"]
+    male = hair["cases"]["male"]
+    assert male["short black"] == 0.3 and abs(sum(male.values()) - 1.0) < 1e-9 and len(male) == 10
+    # the age bins the uniform range made, now explicit, with the same shares (by width)
+    bins = spec["fields"]["age"]["bins"]
+    assert list(bins)[0] == "18-27" and list(bins)[-1] == "78-80" and "min" not in spec["fields"]["age"]
+    assert parse_spec(text).age.bins == parse_spec(original).age.bins
     assert parse_spec(text).fields["gender"].weights == (7, 3)
     spec_node = next(v for v in api_prompt.values() if v["class_type"] == "FDTAAttributeSpec")
     assert spec_node["inputs"]["spec"] == text
@@ -449,6 +479,14 @@ def test_run_panel_follows_a_queued_run(comfy: ComfyServer, face_images: list[st
         page.page.wait_for_function(
             "() => document.querySelectorAll('[data-testid=fdta-run-chunk]').length >= 2", timeout=60_000
         )
+        # merge the chunks and write the quality report: the panel links it, the route serves it
+        merged = comfy.output_dir / "fdta" / "browser_merged"
+        assert fdta(["rec", "merge", str(merged), str(comfy.output_dir / output)]) == 0
+        assert fdta(["report", str(merged)]) == 0
+        page.page.get_by_test_id("fdta-run-refresh").click()
+        link = page.page.get_by_test_id("fdta-run-report").first
+        link.wait_for(timeout=60_000)
+        report_url = link.get_attribute("href")
         texts = {
             k: page.page.get_by_test_id(k).inner_text()
             for k in ("fdta-run-current", "fdta-run-csim", "fdta-run-datasets", "fdta-run-identities")
@@ -471,3 +509,56 @@ def test_run_panel_follows_a_queued_run(comfy: ComfyServer, face_images: list[st
 
     chunks = list_chunks(comfy.output_dir / output)
     assert [c.start for c in chunks] == [0, 1]
+    assert report_url.endswith("/fdta/output/fdta/browser_merged/report/report.html"), report_url
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", comfy.port, timeout=60)
+    conn.request("GET", urllib.parse.urlparse(report_url).path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    assert r.status == 200 and r.getheader("Content-Type", "").startswith("text/html")
+    assert "default-src 'none'" in r.getheader("Content-Security-Policy", "") and b"<html" in body.lower()
+
+
+# ------------------------------------------------------------------------------------------ templates
+@pytest.mark.slow
+def test_template_browser_shows_the_fdta_workflows_with_thumbnails(comfy: ComfyServer) -> None:
+    """ComfyUI's template browser lists every shipped workflow under the pack, each with its thumbnail."""
+    shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    listed = comfy.get("/api/workflow_templates").get("ComfyUI-FDTA", [])
+    assert sorted(listed) == shipped
+    _settle_new_user(comfy)
+    with chromium_page(comfy.url, width=1600, height=1000) as page:
+        page.open_comfyui()
+        page.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        nav = page.page.get_by_text("ComfyUI-FDTA", exact=True).first
+        nav.wait_for(timeout=30_000)
+        nav.click()
+        page.page.wait_for_timeout(300)
+        page.screenshot("template_browser")  # replaced below once the thumbnails are in
+        # the frontend fetches each thumbnail and shows it as a blob: URL in an <img alt="<stem>">
+        collect = """(names) => [...document.querySelectorAll('img')]
+                 .filter((i) => names.includes(i.alt))
+                 .map((i) => ({ name: i.alt, ok: !!i.src && i.complete && i.naturalWidth > 0 }))"""
+        try:
+            page.page.wait_for_function(
+                """(names) => {
+                  const imgs = [...document.querySelectorAll('img')].filter((i) => names.includes(i.alt));
+                  // cards below the fold load lazily: the first rows must be drawn, the rest only listed
+                  return imgs.length >= names.length &&
+                    imgs.filter((i) => i.src && i.complete && i.naturalWidth > 0).length >= 3;
+                }""",
+                arg=shipped,
+                timeout=60_000,
+            )
+        except Exception:  # noqa: BLE001 - say what the page showed
+            pytest.fail(f"thumbnails did not load: {page.js(collect, shipped)}")
+        page.page.wait_for_timeout(500)
+        thumbs = page.js(collect, shipped)
+        page.screenshot("template_browser")
+    assert sum(t["ok"] for t in thumbs) >= 3, thumbs
+    assert {t["name"] for t in thumbs} == set(shipped), thumbs
+    for name in shipped:  # what the frontend fetches for each card
+        status, body = _get(comfy, f"/api/workflow_templates/ComfyUI-FDTA/{name}.jpg")
+        assert status == 200 and body[:2] == b"\xff\xd8" and len(body) > 1000, name

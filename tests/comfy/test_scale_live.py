@@ -130,3 +130,141 @@ def test_sbatch_script_runs_without_slurm(tiny_ms1m: TinyRun, tmp_path: Path) ->
         f"{i:09d}-{i + 1:09d}" for i in range(IDENTITIES)
     ]
     _check_merged(merged)
+
+
+def _run_args(t: TinyRun, run_dir: Path, out: Path, name: str) -> list[str]:
+    return ["run", str(t.workflow), "--run-dir", str(run_dir), "--identities", str(IDENTITIES), "--chunk-size", "1",
+            "--seed", "1", "--timeout", "900", "--retries", "2", *t.set_args(name), "--output-dir", str(out)]  # fmt: skip
+
+
+def _alive(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/queue", timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def test_ray_actor_killed_mid_chunk(tiny_ms1m: TinyRun, tmp_path: Path) -> None:  # noqa: F811
+    """Must-show of issue 15: Syn-MS1M over a local Ray cluster (2 CPUs) with two actors that own their
+    ComfyUI servers; one actor is SIGKILLed mid-chunk; the merged set has every identity exactly once."""
+    t = tiny_ms1m
+    run_dir, out, merged = tmp_path / "run", tmp_path / "out", tmp_path / "merged"
+    argv = _fdta(*_run_args(t, run_dir, out, "fdta/ray"), *t.location_args(), "--ray", "local",
+                 "--cpus-per-actor", "1", "--merge-to", str(merged))  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        rec = _wait_running(run_dir, 1, proc)
+        time.sleep(3)  # well inside the chunk (the tiny graph takes longer than this on this machine)
+        rec = _manifest(run_dir)["1"]
+        assert rec["state"] == "running" and rec["worker"].startswith("ray actor"), rec
+        pid = int(rec["worker"].split(" pid ")[1].split()[0])
+        os.kill(pid, signal.SIGKILL)
+        # the actor's server dies with it: nothing keeps running the chunk behind the runner's back
+        deadline = time.monotonic() + 30
+        while _alive(rec["server"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(rec["server"]), "the killed actor's ComfyUI server outlived it"
+        out_s, err_s = proc.communicate(timeout=2400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{out_s[-3000:]}\n{err_s[-8000:]}"
+    summary = json.loads(out_s.strip().splitlines()[-1])
+    assert summary["done"] == IDENTITIES and summary["merged"] == str(merged)
+    final = _manifest(run_dir)
+    assert final["1"]["attempts"] == 2 and final["1"]["worker"] != rec["worker"]  # run again elsewhere
+    assert all(final[str(i)]["attempts"] == 1 for i in (0, 2, 3))
+    assert [c.name for c in list_chunks(out / "fdta" / "ray")] == [
+        f"{i:09d}-{i + 1:09d}" for i in range(IDENTITIES)
+    ]
+    _check_merged(merged)
+
+
+def test_launch_server_killed_mid_chunk_runs_it_on_the_other_server(
+    tiny_ms1m: TinyRun,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    t = tiny_ms1m
+    run_dir, out, merged = tmp_path / "run", tmp_path / "out", tmp_path / "merged"
+    argv = _fdta(*_run_args(t, run_dir, out, "fdta/launch"), *t.location_args(), "--launch", "2",
+                 "--merge-to", str(merged))  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        rec = _wait_running(run_dir, 1, proc)
+        time.sleep(3)
+        rec = _manifest(run_dir)["1"]
+        assert rec["state"] == "running", rec
+        os.kill(_pid_of_server(rec["server"]), signal.SIGKILL)
+        out_s, err_s = proc.communicate(timeout=2400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{out_s[-3000:]}\n{err_s[-8000:]}"
+    assert "restarting it" in err_s  # the supervisor brought the dead server back
+    final = _manifest(run_dir)
+    assert (
+        final["1"]["attempts"] == 2
+        and final["1"]["server"] != rec["server"]
+        and final["1"]["state"] == "done"
+    )
+    assert json.loads(out_s.strip().splitlines()[-1])["merged"] == str(merged)
+    _check_merged(merged)
+
+
+def test_runner_sigkilled_mid_chunk_resumes_without_redoing(tiny_ms1m: TinyRun, tmp_path: Path) -> None:  # noqa: F811
+    """The runner dies (SIGKILL) while its server runs chunk 1; the resumed runner follows that prompt
+    instead of queueing the chunk again, and leaves chunk 0 alone: the server ran every chunk once."""
+    from fdta_core.comfy_server import ComfyServer
+    from fdta_core.runner.launch import LaunchSpec
+
+    t = tiny_ms1m
+    run_dir, out, merged = tmp_path / "run", tmp_path / "out", tmp_path / "merged"
+    spec = LaunchSpec(t.comfyui_dir, t.python, tmp_path / "srv", out, t.input_dir, models_dir=t.models_dir)
+    server = ComfyServer(t.comfyui_dir, t.python, tmp_path / "srv" / "server", output=out, input=t.input_dir,
+                         extra_args=["--extra-model-paths-config", str(spec.models_yaml())])  # fmt: skip
+    server.start()
+    try:
+        argv = _fdta(*_run_args(t, run_dir, out, "fdta/resume"), "--server", server.url)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            rec = _wait_running(run_dir, 1, proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        first = _manifest(run_dir)
+        assert first["0"]["state"] == "done" and first["1"]["state"] == "running"
+        chunk0 = out / "fdta" / "resume" / "chunks" / "000000000-000000001" / "chunk.json"
+        made = json.loads(chunk0.read_text())["created"]
+        res = subprocess.run(_fdta(*argv[3:], "--merge-to", str(merged)), cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=2400)  # fmt: skip
+        assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-8000:]}"
+        final = _manifest(run_dir)
+        assert all(final[str(i)]["attempts"] == 1 for i in range(IDENTITIES)), final
+        assert final["1"]["prompt_id"] == rec["prompt_id"]  # the prompt that ran when the runner died
+        assert json.loads(chunk0.read_text())["created"] == made  # chunk 0 not written again
+        history = server.get("/history")
+        starts = sorted(
+            next(
+                n["inputs"]["identity_start"]
+                for n in h["prompt"][2].values()
+                if n["class_type"] == "FDTAAttributeSpec"
+            )
+            for h in history.values()
+        )
+        assert starts == list(range(IDENTITIES))  # every chunk queued exactly once
+    finally:
+        server.stop()
+    _check_merged(merged)

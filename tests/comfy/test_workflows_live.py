@@ -65,27 +65,20 @@ def test_schema_snapshot_of_the_shipped_workflows_is_current(comfy: ComfyServer)
 def tiny_models(comfy: ComfyServer):
     """Tiny random models saved under the file names the shipped workflows use."""
     import torch
-    from safetensors.torch import save_file
 
-    from fdta_core.stg.checkpoint import FORMAT, SETTINGS_KEY
     from fdta_core.testing.age import save_sam_checkpoint, tiny_sam
     from fdta_core.testing.controlled import make_controlled_face_pack
     from fdta_core.testing.faces import make_tiny_face_pack
     from fdta_core.testing.sd import write_random_sd_models
-    from fdta_core.testing.stg import tiny_model
+    from fdta_core.testing.stg import save_tiny_stg
 
     sd = write_random_sd_models(
         comfy.models, seed=7, checkpoint_name=MODELS["ckpt"], controlnet_name=MODELS["cnet"]
     )
     make_tiny_face_pack(comfy.models / "insightface", "buffalo_l")
-    stg = tiny_model(seed=3)
-    settings = {"format": FORMAT, "grid": stg.cfg.grid, "config": stg.cfg.to_dict(), "source": "tiny"}
-    stg_dir = comfy.models / "fdta" / "stg"
-    stg_dir.mkdir(parents=True, exist_ok=True)
     # a safetensors file under the .ckpt name the workflow uses is refused (wrong format), so the
     # test writes the converted form and points the workflow at it with --set
-    save_file({k: v.contiguous() for k, v in stg.state_dict().items()}, str(stg_dir / "dcface_tiny.safetensors"),
-              metadata={SETTINGS_KEY: json.dumps(settings), "format": FORMAT})  # fmt: skip
+    save_tiny_stg(comfy.models / "fdta" / "stg" / "dcface_tiny.safetensors")
     age_dir = comfy.models / "fdta" / "age"
     age_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -14,6 +14,8 @@ import { findSpecNode, openAttributeEditor, setDefaultSpecText } from "./fdta_ed
 import { installRunStore, mountRunPanel } from "./fdta_run_panel.js";
 
 const SIDEBAR_ID = "fdta";
+// The section title says it where a user would look for the key: settings are plain text on disk.
+const LLM_SECTION = "LLM (the API key is never stored here: set OPENAI_API_KEY in ComfyUI's environment)";
 let unmountPanel = null;
 
 function openRunPanel() {
@@ -44,10 +46,11 @@ app.registerExtension({
   settings: [
     {
       id: "FDTA.LLM.BaseURL",
-      category: ["FDTA", "LLM", "BaseURL"],
+      category: ["FDTA", LLM_SECTION, "BaseURL"],
       name: "LLM base URL (OpenAI-compatible)",
       type: "text",
       defaultValue: "",
+      attrs: { placeholder: "empty = OpenAI" },
       tooltip:
         "Used by FDTA Attribute Prompt when its base_url widget is empty, e.g. http://127.0.0.1:11434/v1 for " +
         "Ollama; empty here too = OpenAI. The API key is never a setting: ComfyUI stores settings as plain text " +
@@ -56,10 +59,11 @@ app.registerExtension({
     },
     {
       id: "FDTA.LLM.Model",
-      category: ["FDTA", "LLM", "Model"],
+      category: ["FDTA", LLM_SECTION, "Model"],
       name: "LLM model",
       type: "text",
       defaultValue: "",
+      attrs: { placeholder: "empty = gpt-4o-mini" },
       tooltip:
         "Used by FDTA Attribute Prompt when its model widget is empty; empty here too = gpt-4o-mini. " +
         "API key: environment only (OPENAI_API_KEY), never stored in settings.",

@@ -502,7 +502,8 @@ class AttributeEditor {
     const num = (key, min, max, label) => h("label", { class: "fdta-row fdta-small" }, label,
       h("input", { type: "number", min, max, step: 1, value: this.preview[key], style: { width: key === "seed" ? "110px" : "64px" }, testid: `fdta-preview-${key}`,
         onchange: (e) => { this.preview[key] = Math.max(min, Math.min(max, Math.round(Number(e.target.value) || 0))); this.check(); } }));
-    out.push(h("div", { class: "fdta-section-title" }, "Preview: the first identities of this chunk"));
+    out.push(h("div", { class: "fdta-section-title" },
+      this.error && this.lastPreview ? "Preview of the last valid spec" : "Preview: the first identities of this chunk"));
     out.push(h("div", { class: "fdta-row", style: { flexWrap: "wrap", marginBottom: "8px" } },
       num("seed", 0, Number.MAX_SAFE_INTEGER, "seed"), num("start", 0, 2 ** 31 - 1, "from #"), num("count", 1, 64, "show")));
     const list = h("div", { testid: "fdta-editor-preview" });

@@ -257,7 +257,7 @@ function renderRun(run) {
   }
   for (const ch of run.chunks) {
     card.append(h("div", { class: "fdta-small", style: { marginTop: "6px" } },
-      "✓ wrote chunk ", h("b", {}, ch.chunk), ` of ${ch.dataset}: ${ch.images} images, ${ch.classes} identities`));
+      "✓ wrote chunk ", h("b", {}, ch.chunk), ` of ${ch.dataset}: ${ch.images} image${ch.images === 1 ? "" : "s"}, ${ch.classes} identit${ch.classes === 1 ? "y" : "ies"}`));
   }
   return card;
 }
@@ -299,11 +299,14 @@ function renderDatasets() {
   if (!sets) return wrap;
   if (!sets.length) wrap.append(h("div", { class: "fdta-muted fdta-small" }, "None yet: a FDTADatasetWriter writes chunks under output/<output_name>/chunks/."));
   for (const d of sets) {
-    const bad = d.chunks.filter((c) => c.status === "errors").length;
+    const bad = d.kind === "merged" ? (d.status === "errors" ? 1 : 0) : d.chunks.filter((c) => c.status === "errors").length;
+    const verdict = d.kind === "merged" ? (bad ? "rec info: errors" : "merged · rec info ok")
+      : bad ? `${bad} chunk${bad === 1 ? "" : "s"} failing` : "rec info ok";
     const card = h("div", { class: "fdta-card", testid: "fdta-run-dataset", "data-path": d.path },
       h("div", { class: "fdta-row", style: { flexWrap: "wrap" } }, h("b", { class: "fdta-name" }, d.name), h("span", { class: "fdta-grow" }),
-        h("span", { class: `fdta-pill ${bad ? "bad" : "ok"}` }, bad ? `${bad} chunk${bad === 1 ? "" : "s"} failing` : "rec info ok")),
-      h("div", { class: "fdta-small fdta-muted" }, `${d.classes} identit${d.classes === 1 ? "y" : "ies"} · ${d.images} image${d.images === 1 ? "" : "s"} · ${d.chunks.length} chunk${d.chunks.length === 1 ? "" : "s"}`),
+        h("span", { class: `fdta-pill ${bad ? "bad" : "ok"}`, title: (d.errors || []).join("\n") }, verdict)),
+      h("div", { class: "fdta-small fdta-muted" }, `${d.classes} identit${d.classes === 1 ? "y" : "ies"} · ${d.images} image${d.images === 1 ? "" : "s"}` +
+        (d.kind === "merged" ? " · one train.rec" : ` · ${d.chunks.length} chunk${d.chunks.length === 1 ? "" : "s"}`)),
       d.report
         ? h("div", { class: "fdta-small" }, h("a", { href: outputUrl(d.report), target: "_blank", rel: "noopener", testid: "fdta-run-report" }, "Open the quality report ↗"))
         : h("div", { class: "fdta-small fdta-muted" }, "No quality report yet; make one with ",

@@ -233,3 +233,19 @@ def validate(cls: Any, given: Mapping[str, Any]) -> bool | str:
         listed = "; ".join(f"node {n}: {m}" for n, m in sorted(problems.items()))
         return f"{own}: not queued, because another FDTA node of this prompt is invalid ({listed})"
     return True
+
+
+class FDTANode(io.ComfyNode):
+    """Base of every FDTA node: by default its queue-time check (:func:`validate` calls ``check_inputs``)
+    checks the literal widget values against the schema and the model files through ``MODEL_RESOLVERS``
+    (widget name -> resolver that raises ``ModelNotFoundError`` naming the folders searched). Nodes with
+    more to check override ``check_inputs`` and call :func:`check_widgets` themselves."""
+
+    @classmethod
+    def MODEL_RESOLVERS(cls) -> dict[str, Callable[[str], Any]]:
+        return {}
+
+    @classmethod
+    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
+        """Queue-time checks of literal widget values."""
+        check_widgets(cls, values, cls.MODEL_RESOLVERS())

@@ -54,7 +54,7 @@ from ._common import (
     seed_input,
     tip,
 )
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -202,7 +202,7 @@ def check_acg(values: dict, graph: PromptGraph | None) -> None:
 _DEFAULTS = ACGOptions()
 
 
-class FDTAACGOptions(io.ComfyNode):
+class FDTAACGOptions(FDTANode):
     """The advanced ACG settings as one socket; unconnected, the sampler uses these same defaults."""
 
     @classmethod
@@ -376,7 +376,7 @@ class FDTAACGOptions(io.ComfyNode):
             return io.NodeOutput(ACGOptions.from_values(values))
 
 
-class FDTAACGSampler(io.ComfyNode):
+class FDTAACGSampler(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -45,7 +45,7 @@ from ._common import (
     progress_callback,
     seed_input,
 )
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, validate
 
 log = logging.getLogger("FDTA")
 
@@ -98,7 +98,7 @@ def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class FDTAAgeLoader(io.ComfyNode):
+class FDTAAgeLoader(FDTANode):
     @classmethod
     def MODEL_RESOLVERS(cls) -> dict:
         return {"model_name": lambda name: AGE_FILES.resolve(name, where="model_name")}
@@ -123,11 +123,6 @@ class FDTAAgeLoader(io.ComfyNode):
         )
 
     @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values, cls.MODEL_RESOLVERS())
-
-    @classmethod
     def validate_inputs(cls, model_name=None, device=None, precision=None) -> bool | str:
         return validate(cls, locals())
 
@@ -149,7 +144,7 @@ class FDTAAgeLoader(io.ComfyNode):
             return io.NodeOutput(AgeModelHandle(patcher, model.config, torch_dtype, path))
 
 
-class FDTAAgeShifter(io.ComfyNode):
+class FDTAAgeShifter(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -219,11 +214,6 @@ class FDTAAgeShifter(io.ComfyNode):
                 ),
             ],
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
 
     @classmethod
     def validate_inputs(cls, mode=None, sampling=None) -> bool | str:

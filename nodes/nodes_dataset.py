@@ -26,7 +26,7 @@ from ._common import (
     progress_callback,
 )
 from ._server import panel_report_chunk
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, PromptGraph, check_widgets, validate
 
 
 def _planned_stamp(graph: PromptGraph | None) -> ChunkStamp | None:
@@ -73,7 +73,7 @@ def check_writer(values: dict, graph: PromptGraph | None) -> None:
         check_chunk_slot(root, s, e, stamp=stamp, overwrite=overwrite)
 
 
-class FDTADatasetWriter(io.ComfyNode):
+class FDTADatasetWriter(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -215,7 +215,7 @@ def _dataset_root(dataset, where: str) -> str:
     )
 
 
-class FDTADatasetMerge(io.ComfyNode):
+class FDTADatasetMerge(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

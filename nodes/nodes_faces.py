@@ -30,7 +30,7 @@ from ._common import (
     progress_callback,
 )
 from ._server import panel_report_csim
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, validate
 
 _CAT = f"{CATEGORY}/faces"
 
@@ -58,7 +58,7 @@ def _check_pack(pack: str) -> None:
         )
 
 
-class FDTAFaceModelLoader(io.ComfyNode):
+class FDTAFaceModelLoader(FDTANode):
     @classmethod
     def MODEL_RESOLVERS(cls) -> dict:
         return {"pack": _check_pack}
@@ -104,11 +104,6 @@ class FDTAFaceModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values, cls.MODEL_RESOLVERS())
-
-    @classmethod
     def validate_inputs(cls, pack=None, provider=None) -> bool | str:
         return validate(cls, locals())
 
@@ -126,7 +121,7 @@ class FDTAFaceModelLoader(io.ComfyNode):
             return io.NodeOutput(models)
 
 
-class FDTAAlignFaces(io.ComfyNode):
+class FDTAAlignFaces(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -178,11 +173,6 @@ class FDTAAlignFaces(io.ComfyNode):
         )
 
     @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
-
-    @classmethod
     def validate_inputs(cls, min_face_size=None) -> bool | str:
         return validate(cls, locals())
 
@@ -212,7 +202,7 @@ class FDTAAlignFaces(io.ComfyNode):
             return io.NodeOutput(fs, faceset_to_image(fs), res.report())
 
 
-class FDTACSIMFilter(io.ComfyNode):
+class FDTACSIMFilter(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -291,11 +281,6 @@ class FDTACSIMFilter(io.ComfyNode):
                 ),
             ],
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
 
     @classmethod
     def validate_inputs(cls, reference=None) -> bool | str:

@@ -32,7 +32,7 @@ from ._common import (
     progress_callback,
     seed_input,
 )
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -99,7 +99,7 @@ def check_spec(values: dict, graph: PromptGraph | None) -> None:
         parse_repair(values["repair"])
 
 
-class FDTAAttributeSpec(io.ComfyNode):
+class FDTAAttributeSpec(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -185,7 +185,7 @@ class FDTAAttributeSpec(io.ComfyNode):
         return io.NodeOutput(plan, preview)
 
 
-class FDTAAttributePrompt(io.ComfyNode):
+class FDTAAttributePrompt(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -252,11 +252,6 @@ class FDTAAttributePrompt(io.ComfyNode):
                 ),
             ],
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
 
     @classmethod
     def validate_inputs(cls, failure_policy=None) -> bool | str:

@@ -35,7 +35,7 @@ from ._common import (
     seed_input,
 )
 from ._common import ReferenceBank as ReferenceBankType
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, PromptGraph, check_widgets, validate
 
 log = logging.getLogger("FDTA")
 
@@ -100,7 +100,7 @@ def _bank_fix(source: str, path: str, root: str) -> str:
     )
 
 
-class FDTASTGLoader(io.ComfyNode):
+class FDTASTGLoader(FDTANode):
     @classmethod
     def MODEL_RESOLVERS(cls) -> dict:
         return {"model_name": lambda name: STG_FILES.resolve(name, where="model_name")}
@@ -123,11 +123,6 @@ class FDTASTGLoader(io.ComfyNode):
                 )
             ],
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values, cls.MODEL_RESOLVERS())
 
     @classmethod
     def validate_inputs(cls, model_name=None) -> bool | str:
@@ -157,7 +152,7 @@ def _align_fn(face_models: Any):
     return align_with_face_models(face_models)
 
 
-class FDTAReferenceBank(io.ComfyNode):
+class FDTAReferenceBank(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -271,7 +266,7 @@ class FDTAReferenceBank(io.ComfyNode):
             return io.NodeOutput(bank, preview, bank.summary())
 
 
-class FDTASTGMixer(io.ComfyNode):
+class FDTASTGMixer(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -335,11 +330,6 @@ class FDTASTGMixer(io.ComfyNode):
                 ),
             ],
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
 
     @classmethod
     def validate_inputs(cls, style_policy=None, precision=None) -> bool | str:

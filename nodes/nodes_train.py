@@ -31,7 +31,7 @@ from ._common import (
     patch_module,
     progress_callback,
 )
-from ._validation import PromptGraph, check_widgets, validate
+from ._validation import FDTANode, validate
 
 AREA = f"{CATEGORY}/training"
 
@@ -98,7 +98,7 @@ def _bins(text: str, where: str) -> list[str]:
     return [_find_file(line, _bin_folders(), where) for line in text.splitlines() if line.strip()]
 
 
-class FDTATrainerLauncher(io.ComfyNode):
+class FDTATrainerLauncher(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -190,11 +190,6 @@ class FDTATrainerLauncher(io.ComfyNode):
         return time.time()  # the state changes on its own: never serve this node from the cache
 
     @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
-
-    @classmethod
     def validate_inputs(cls, action=None, preset=None, network=None, loss=None, device=None) -> bool | str:
         return validate(cls, locals())
 
@@ -250,7 +245,7 @@ class FDTATrainerLauncher(io.ComfyNode):
         return io.NodeOutput(str(run_dir), text, ui=ui.PreviewText(text))
 
 
-class FDTAVerify(io.ComfyNode):
+class FDTAVerify(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -289,11 +284,6 @@ class FDTAVerify(io.ComfyNode):
             ],
             is_output_node=True,
         )
-
-    @classmethod
-    def check_inputs(cls, values: dict, graph: PromptGraph | None = None) -> None:
-        """Queue-time checks of literal widget values (nodes/_validation.py)."""
-        check_widgets(cls, values)
 
     @classmethod
     def validate_inputs(cls, batch_size=None) -> bool | str:

@@ -232,6 +232,8 @@ def test_a_chunk_in_which_every_identity_is_rejected_is_written_empty(tmp_path, 
     capsys.readouterr()
     assert main(["rec", "info", str(merged)]) == 0
     capsys.readouterr()
+    assert main(["report", str(ds), "--out", str(tmp_path / "root_r")]) == 2  # a root: merge it first
+    assert "fdta rec merge OUT DATASET" in capsys.readouterr().err
     rep = _report(tmp_path, capsys, merged, plan, "e")
     assert rep["identities"] == 4 and {m["identity"] for m in rep["missing"]} == {0, 1, 2, 3}
     assert {m["chunk"] for m in rep["missing"]} == {info.name}

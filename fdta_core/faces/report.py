@@ -485,9 +485,13 @@ def load_dataset(
 
     root = Path(folder)
     if not (root / "train.rec").is_file():
-        raise DatasetError(
-            f"{root} holds no train.rec", fix="pass the dataset folder (train.rec, train.idx, property)."
+        hint = (
+            "merge its chunks first (fdta rec merge OUT DATASET; empty chunks are welcome) and report on "
+            "OUT, or report on one chunk folder (DATASET/chunks/<start>-<end>)."
+            if (root / "chunks").is_dir()
+            else "pass the dataset folder (train.rec, train.idx, property)."
         )
+        raise DatasetError(f"{root} holds no train.rec", fix=hint)
     reader = RecordReader(root / "train.rec")
     notes: list[str] = []
     try:

@@ -73,16 +73,21 @@ class LaunchSpec:
     extra_args: list[str] = field(default_factory=list)
     start_timeout: float = 600.0
 
-    def models_yaml(self) -> Path:
-        """An ``extra_model_paths.yaml`` naming the checkout's model folders and the extra ones."""
+    def models_yaml(self, folder: Path | None = None) -> Path:
+        """An ``extra_model_paths.yaml`` (in ``folder``, default ``base``) naming the checkout's model
+        folders and the extra ones; written whole under a temporary name, then renamed."""
         from ..demo import write_extra_model_paths
         from ..models_catalog import ModelFolders
 
-        self.base.mkdir(parents=True, exist_ok=True)
+        folder = folder or self.base
+        folder.mkdir(parents=True, exist_ok=True)
         folders = ModelFolders.discover(
             self.models_dir or self.comfyui_dir / "models", self.extra_model_paths
         )
-        return write_extra_model_paths(self.base / "extra_model_paths.yaml", folders)
+        path = folder / "extra_model_paths.yaml"
+        tmp = write_extra_model_paths(folder / f".extra_model_paths.yaml.{os.getpid()}", folders)
+        os.replace(tmp, path)
+        return path
 
 
 class ServerPool:

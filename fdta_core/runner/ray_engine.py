@@ -11,7 +11,9 @@ attached to a server it does not own (``--server``) has its prompt cancelled on 
 driver first.
 
 Every actor's server writes into one output folder (``--output-dir``, default ``COMFYUI_DIR/output``),
-which must be the same path on every node (shared storage), like the run folder.
+which must be the same path on every node (shared storage), like the run folder. ``--ray local`` starts a
+cluster here whose workers import this checkout; on a real cluster every node needs ``fdta`` installed
+(and ComfyUI at the same path, or ``--server`` URLs to attach to).
 """
 
 from __future__ import annotations
@@ -84,12 +86,13 @@ class ChunkActor:
 
         gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
         host = socket.gethostname().split(".")[0]
+        base = launch.base / f"ray-{host}-{self.index}"
         server = ComfyServer(
             launch.comfyui_dir,
             launch.python,
-            launch.base / f"ray-{host}-{self.index}",
+            base,
             port=free_port(),
-            extra_args=["--extra-model-paths-config", str(launch.models_yaml()), *launch.extra_args],
+            extra_args=["--extra-model-paths-config", str(launch.models_yaml(base)), *launch.extra_args],
             cpu=not gpu,  # with num_gpus=1 Ray sets CUDA_VISIBLE_DEVICES: the server sees its one GPU
             output=launch.output_dir,
             input=launch.input_dir,

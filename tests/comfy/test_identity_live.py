@@ -49,8 +49,9 @@ def setup(comfy: ComfyServer, tmp_path_factory):
         comfy.input_dir / "fdta_face_edges.png"
     )
     api = json.loads((REPO / "workflows" / "api" / "syn_ms1m.json").read_text())
-    # the shipped ACG front (plan, ACG with face models, reference bank feeding it), written straight away
-    graph = {k: api[k] for k in ("1", "2", "3", "4", "5", "6", "7", "9")}
+    # the shipped ACG front (plan, ACG with its options and face models, reference bank feeding it), written
+    # straight away
+    graph = {k: api[k] for k in ("1", "2", "3", "4", "5", "6", "7", "9", "15")}  # 15: the ACG options
     assert graph["7"]["inputs"]["reference_bank"] == ["9", 0]
     graph["9"]["inputs"]["path"] = "fdta/identity_refs"
     graph["14"] = {

@@ -17,6 +17,7 @@ log = logging.getLogger("FDTA")
 #: One module per pipeline area (kept in pipeline order; the order is the menu order).
 NODE_MODULES: tuple[str, ...] = (
     "nodes_prompts",
+    "nodes_controls",
     "nodes_acg",
     "nodes_faces",
     "nodes_stg",

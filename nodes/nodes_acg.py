@@ -30,6 +30,7 @@ from comfy_api.latest import io
 from ..fdta_core.acg import CONTROL_POLICIES, EDGE_METHODS, ON_FAILURE, CandidateJob
 from ..fdta_core.acg.batching import PerElementNoise, batch_cond, initial_noise
 from ..fdta_core.acg.generate import ACGOptions, check_range, generate_sources, index_folder, sampling_meta
+from ..fdta_core.acg.selection import PREFER
 from ..fdta_core.errors import InputError
 from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
@@ -235,7 +236,8 @@ class FDTAACGOptions(FDTANode):
                     CONTROL_POLICIES,
                     d.control_assignment,
                     "random: each candidate draws its control image from its derived seed; cycle: "
-                    "candidates walk the control images in order so all are used equally",
+                    "candidates walk the control images in order so all are used equally; per_identity: image i "
+                    "belongs to identity i of the plan (the maps of FDTA Control Maps)",
                 ),
                 int_input(
                     "retries",
@@ -284,6 +286,58 @@ class FDTAACGOptions(FDTANode):
                         "embedded once, cached in the output folder)"
                     ),
                 ),
+                combo_input(
+                    "prefer",
+                    PREFER,
+                    d.prefer,
+                    "Which acceptable candidate is kept: farthest from the identities already accepted in the "
+                    "run (largest minimum cosine distance, spreading identities); detection: best detection score",
+                ),
+                bool_input(
+                    "check_expression",
+                    d.check_expression,
+                    "Reject faces whose mouth-corner geometry contradicts a planned neutral or smiling "
+                    "expression (a slight smile is not checked)",
+                ),
+                float_input(
+                    "smile_ratio",
+                    d.smile_ratio,
+                    0.0,
+                    3.0,
+                    0.01,
+                    "Mouth-corner distance over eye distance that separates smiling from neutral (0.83 on the "
+                    "neutral ArcFace template)",
+                ),
+                float_input(
+                    "expression_margin",
+                    d.expression_margin,
+                    0.0,
+                    1.0,
+                    0.01,
+                    "Half-width of the undecided band around smile_ratio in which both expressions pass",
+                ),
+                bool_input(
+                    "check_pose", d.check_pose, "Reject faces that are not frontal within the limits below"
+                ),
+                float_input(
+                    "max_yaw",
+                    d.max_yaw,
+                    0.0,
+                    90.0,
+                    0.5,
+                    "Largest head turn in degrees (from the nose offset)",
+                ),
+                float_input(
+                    "max_roll", d.max_roll, 0.0, 90.0, 0.5, "Largest in-plane tilt of the eye line in degrees"
+                ),
+                float_input(
+                    "max_pitch_offset",
+                    d.max_pitch_offset,
+                    0.0,
+                    1.0,
+                    0.01,
+                    "Largest shift of the nose between eye line and mouth line from its frontal place (0.495)",
+                ),
             ],
             outputs=[
                 ACGOptionsSocket.Output(
@@ -312,6 +366,7 @@ class FDTAACGOptions(FDTANode):
         on_failure=None,
         canny_low=None,
         canny_high=None,
+        prefer=None,
     ) -> bool | str:
         return validate(cls, locals())
 
@@ -403,6 +458,14 @@ class FDTAACGSampler(FDTANode):
                     "output folder: identities accepted by earlier chunks of the run are not generated again, and "
                     "this chunk's identities are added. Empty: uniqueness within this chunk only. fdta run sets it.",
                 ),
+                io.String.Input(
+                    "control_parameters",
+                    optional=True,
+                    force_input=True,
+                    tooltip="The parameters output of FDTA Control Maps when control_images are its per-identity "
+                    "maps: they are used as drawn (no edge preprocessing) and each identity's provenance records "
+                    "its map's parameters. Set control_assignment to per_identity on FDTA ACG Options.",
+                ),
             ],
             outputs=[
                 Faceset.Output(
@@ -457,6 +520,7 @@ class FDTAACGSampler(FDTANode):
         real_faces=None,
         options=None,
         identity_index="",
+        control_parameters=None,
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
             clock = StageClock()
@@ -510,10 +574,13 @@ class FDTAACGSampler(FDTANode):
                     strength=strength,
                     start_percent=start_percent,
                     end_percent=end_percent,
-                    control_preprocess=opts.control_preprocess,
+                    control_preprocess="none (drawn maps)"
+                    if control_parameters is not None
+                    else opts.control_preprocess,
                 ),
                 progress=progress_callback(1),
                 where=NODE_ID,
+                control_records=control_parameters,
             )
             clock.stamp(out.faceset, None, "acg", NODE_ID, len(out.faceset))
             # the report and the provenance also go to the prompt's history, for API users and the runner

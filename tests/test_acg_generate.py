@@ -32,8 +32,13 @@ def test_unconnected_options_are_the_old_sampler_defaults():
     assert o.criteria() == SelectionCriteria()
     assert o.settings(candidates=4, batch_size=8, seed=0) == ACGSettings()
     assert (o.control_preprocess, o.retries, o.on_failure, o.real_sets) == ("canny", 2, "skip", "")
-    # the runner's table of moved inputs names exactly these options, in widget order
-    assert ACG_OPTION_NAMES == ACGOptions.names()
+    # the runner's table of inputs moved from the sampler names exactly the options that were on it, in
+    # widget order; the options after them (issue 17's checks) were born on FDTAACGOptions
+    assert ACGOptions.names()[: len(ACG_OPTION_NAMES)] == ACG_OPTION_NAMES
+    assert ACGOptions.names()[len(ACG_OPTION_NAMES) :] == (
+        "prefer", "check_expression", "smile_ratio", "expression_margin",
+        "check_pose", "max_yaw", "max_roll", "max_pitch_offset",
+    )  # fmt: skip
 
 
 def test_options_are_checked_and_unknown_ones_refused():
@@ -172,3 +177,53 @@ def test_generate_sources_unchecked_and_option_effects():
 
 def test_face_analysis_type_is_what_the_rule_returns():
     assert isinstance(good(_job(0)), FaceAnalysis)
+
+
+def test_drawn_control_maps_are_used_as_drawn_and_recorded():
+    """generate_sources with FDTAControlMaps' parameters: no edge preprocessing (a Canny of a line drawing
+    would double every line), the maps are never taken for real people, each identity's provenance holds
+    its map's parameters, and the expression / pose / farthest options reach selection."""
+    import json
+
+    from fdta_core.acg.controls import plan_maps
+
+    plan = make_plan(3)
+    maps = plan_maps(plan, size=64)
+    seen = {}
+
+    def make_sample(controls, on_step):
+        seen["controls"] = controls.copy()
+        return FakeSampler(64, 64)
+
+    sampler_holder = {}
+
+    def make(controls, on_step):
+        s = make_sample(controls, on_step)
+        sampler_holder["s"] = s
+        return s
+
+    class LazyAnalyzer(RuleAnalyzer):
+        def __init__(self):
+            self.rule, self.calls = good, 0
+
+        def analyze(self, images):
+            self.sampler = sampler_holder["s"]
+            return super().analyze(images)
+
+    opts = ACGOptions(control_assignment="per_identity", control_preprocess="canny", prefer="detection",
+                      max_yaw=5.0, check_expression=False)  # fmt: skip
+    assert opts.criteria().prefer == "detection" and opts.criteria().keypoints.max_yaw == 5.0
+    out = generate_sources(
+        plan, maps.images, make, width=64, height=64, steps=1, candidates=2, batch_size=4, seed=0,
+        options=opts, analyzer=LazyAnalyzer(), control_records=json.dumps(maps.records()),
+    )  # fmt: skip
+    assert np.array_equal(seen["controls"], maps.images)  # as drawn, not Canny'd
+    for slot, p in enumerate(out.faceset.provenance):
+        assert p.extra["acg"]["control_map"] == maps.params[slot].to_dict()
+        assert p.extra["acg"]["checks"]["thresholds"]["max_yaw"] == 5.0
+    with pytest.raises(InputError, match="describes 2 maps but control_images holds 3"):
+        generate_sources(plan, maps.images, make, width=64, height=64, steps=1, candidates=1, batch_size=4,
+                         seed=0, options=opts, control_records=maps.records()[:2])  # fmt: skip
+    with pytest.raises(InputError, match="not JSON"):
+        generate_sources(plan, maps.images, make, width=64, height=64, steps=1, candidates=1, batch_size=4,
+                         seed=0, options=opts, control_records="{oops")  # fmt: skip

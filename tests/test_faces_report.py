@@ -161,3 +161,40 @@ def test_report_without_pack_makes_up_no_attribute_balance(setup, tmp_path, caps
     out = capsys.readouterr().out
     assert "total variation" not in out and "achieved proportions not measured" in out
     assert "total variation 0.500" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_report_shows_identity_diversity_and_vendi(setup, tmp_path, capsys):
+    """Pairwise identity cosines (p99) and the Vendi score of the identity centres, and of the source
+    faces when the run's identity index is given; checked against a direct computation."""
+    from fdta_core.faces.identity import IdentityIndex, RunIndex, identity_centers
+
+    ds = setup / "ds"
+    models = load_face_pack([setup / "insightface"], "tiny_pack")
+    rng = np.random.default_rng(5)
+    sources = rng.normal(size=(6, 512))
+    idx = IdentityIndex()
+    idx.extend([f"identity {i}" for i in range(6)], sources, list(range(6)))
+    RunIndex(tmp_path / "index").save_chunk(0, 6, idx)
+    rc = main(
+        ["report", str(ds), "--pack", "tiny_pack", "--insightface-dir", str(setup / "insightface"),
+         "--identity-index", str(tmp_path / "index"), "--out", str(tmp_path / "rep"), "--json"]
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    data = load_dataset(ds, models)
+    _, centers = identity_centers(data.embeddings, data.labels)
+    for key, x in (("identity_diversity", centers), ("source_face_diversity", sources)):
+        d = summary[key]
+        u = x / np.linalg.norm(x, axis=1, keepdims=True)
+        k = u @ u.T
+        pairs = k[np.triu_indices(len(u), 1)]
+        assert d["pairs"] == len(pairs)
+        assert d["p99"] == pytest.approx(np.quantile(pairs, 0.99), abs=1e-5)
+        lam = np.clip(np.linalg.eigvalsh(k / len(u)), 0, None)
+        lam = lam[lam > 1e-12]
+        assert d["vendi_score"] == pytest.approx(np.exp(-np.sum(lam * np.log(lam))), rel=1e-4)
+    assert "Pairwise identity cosine" in (tmp_path / "rep" / "report.html").read_text()
+    rc = main(["report", str(ds), "--pack", "tiny_pack", "--insightface-dir", str(setup / "insightface"),
+               "--out", str(tmp_path / "rep2")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "identity diversity: pairwise cosine median" in out and "Vendi score" in out

@@ -71,11 +71,45 @@ def test_selection_decisions_are_known_in_advance(root):
     _, why = choose(an, gender="female", age=70, criteria=crit, accepted=acc, real=real)
     assert [[r.code for r in w] for w in why] == [["gender", "age"]] * 2
     acc.add("identity 0", an[0].embedding)
-    pick, why = choose(male.analyze(imgs[2:]), gender="male", age=40, criteria=crit, accepted=acc, real=real)
-    assert pick == 0  # floor 0: unrelated faces stay unique
+    later = male.analyze(imgs[2:])
+    pick, why = choose(later, gender="male", age=40, criteria=crit, accepted=acc, real=real)
+    # floor 0: unrelated faces stay unique; both pass and the one farther from identity 0 is kept
+    sims = [float(cosine_matrix(a.embedding[None], an[0].embedding[None])[0, 0]) for a in later]
+    assert max(sims) < 0.3 and pick == int(np.argmin(sims))
+    assert [r.code for r in why[1 - pick]] == ["not_chosen"]
 
     an = female.analyze(imgs)
     acc = EmbeddingBank()
     acc.add("identity 0", an[0].embedding)
     pick, why = choose(an[1:], gender="female", age=35, criteria=crit, accepted=acc, real=real)
     assert pick is None and all([r.code for r in w] == ["duplicate"] for w in why)
+
+
+def test_keypoints_are_what_the_test_sets(tmp_path):
+    """A pack made with smiling / turned keypoints reports them for every face, so the expression and
+    pose checks of selection read what the test decided."""
+    from fdta_core.faces.keypoints import keypoint_geometry
+    from fdta_core.testing.controlled import smiling_keypoints, turned_keypoints
+
+    make_controlled_face_pack(tmp_path, "smile", keypoints=smiling_keypoints())
+    make_controlled_face_pack(tmp_path, "turned", keypoints=turned_keypoints(35))
+    img = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    smile = load_face_pack([tmp_path], "smile", providers="CPU").analyze(img, 0.05)[0]
+    np.testing.assert_allclose(smile.detection.kps, smiling_keypoints() * 96 / 112, atol=0.3)
+    g = keypoint_geometry(smile.detection.kps)
+    assert g.mouth_ratio > 1.0 and abs(g.yaw) < 1
+    turned = load_face_pack([tmp_path], "turned", providers="CPU").analyze(img, 0.05)[0]
+    assert keypoint_geometry(turned.detection.kps).yaw == pytest.approx(35, abs=1.0)
+    analyzer = as_analyzer(load_face_pack([tmp_path], "turned", providers="CPU"))
+    a = analyzer.analyze(img[None])[0]
+    pick, reasons = choose(
+        [a],
+        gender=None,
+        age=None,
+        criteria=SelectionCriteria(),
+        accepted=EmbeddingBank(),
+        real=EmbeddingBank(),
+    )
+    assert pick is None and [r.code for r in reasons[0]] == ["pose"]
+    with pytest.raises(ValueError, match="keypoints"):
+        make_controlled_face_pack(tmp_path, "bad", keypoints=np.zeros((4, 2)))

@@ -147,6 +147,24 @@ def test_syn_mpie_uses_one_subject_per_identity_and_every_cell():
     assert (mixer["style_policy"], mixer["images_per_identity"]) == ("grid_subject", 0)
 
 
+@pytest.mark.parametrize("name", DATASETS)
+def test_acg_draws_one_control_map_per_identity(name):
+    """Issue 17: the shipped graphs give each identity its own drawn map (FDTAControlMaps on the same plan
+    as the sampler, per_identity, parameters into provenance), with the ControlNet stopped early enough
+    that prompts still draw texture, hair and age (docs/acg.md says why)."""
+    api = json.loads((WF / "api" / f"{name}.json").read_text())
+    acg = next(n for n in api.values() if n["class_type"] == "FDTAACGSampler")["inputs"]
+    maps_id = acg["control_images"][0]
+    assert api[maps_id]["class_type"] == "FDTAControlMaps"
+    assert acg["control_parameters"] == [maps_id, 2]
+    assert api[maps_id]["inputs"]["plan"] == acg["plan"]
+    opts = api[acg["options"][0]]["inputs"]
+    assert opts["control_assignment"] == "per_identity" and opts["prefer"] == "farthest"
+    assert opts["check_expression"] and opts["check_pose"]
+    assert acg["strength"] <= 0.7 and acg["end_percent"] <= 0.6
+    assert not any(n["class_type"] == "LoadImage" for n in api.values())
+
+
 # ------------------------------------------------------------------ templates that read well (issue 19)
 def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -6,8 +6,8 @@ The graphs are defined here once, as API-format prompts, and written as
 * ``workflows/<name>.json``: the editor (UI-format) file users open in ComfyUI, converted with the node
   schemas of a real ComfyUI (``fdta_core.workflow.api_to_ui``);
 * ``tests/data/workflow_object_info.json``: those schemas, for the CI test that checks the twins agree;
-* ``workflows/inputs/fdta_face_edges.png``: a drawn (not photographed) frontal-face edge map that the
-  ACG sampler uses as its ControlNet image until you connect edge maps of your own photos.
+* ``workflows/inputs/fdta_face_edges.png``: a drawn (not photographed) frontal-face edge map, an example
+  control image (the shipped graphs draw one map per identity with ``FDTAControlMaps`` instead).
 
 Usage: ``python workflows/build_workflows.py --object-info http://127.0.0.1:8188`` (a running ComfyUI
 with this pack) or ``--object-info FILE.json``. Re-run after changing a graph or a node's inputs.
@@ -51,9 +51,9 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CANNY}},
         "3": {
-            "class_type": "LoadImage",
-            "inputs": {"image": EDGE_IMAGE},
-            "_meta": {"title": "Control image (edge map)"},
+            "class_type": "FDTAControlMaps",
+            "inputs": {"plan": ["5", 0], "format": "edges", "size": 512},
+            "_meta": {"title": "Control maps: one face drawing per identity, from its attributes"},
         },
         "4": {
             "class_type": "FDTAAttributeSpec",
@@ -94,14 +94,16 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
                 "control_net": ["2", 0],
                 "plan": ["5", 0],
                 "control_images": ["3", 0],
+                "control_parameters": ["3", 2],
                 "seed": RUN_SEED,
                 "steps": 25,
                 "cfg": 7.0,
                 "sampler_name": "dpmpp_2m",
                 "scheduler": "karras",
-                "strength": 0.8,
+                # drawn maps fix the layout early; the prompt alone draws texture, hair and age (docs/acg.md)
+                "strength": 0.6,
                 "start_percent": 0.0,
-                "end_percent": 0.8,
+                "end_percent": 0.55,
                 "width": 512,
                 "height": 512,
                 "candidates": 4,
@@ -115,11 +117,11 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
         "15": {
             "class_type": "FDTAACGOptions",
             "inputs": {
-                "control_preprocess": "none",  # the shipped control image already is an edge map
+                "control_preprocess": "none",  # drawn maps are used as drawn
                 "canny_low": 100,
                 "canny_high": 200,
                 "edge_blur": 3,
-                "control_assignment": "random",
+                "control_assignment": "per_identity",  # map i belongs to identity i
                 "retries": 2,
                 "on_failure": "skip",
                 "min_det_score": 0.5,
@@ -129,6 +131,14 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
                 "uniqueness_threshold": 0.3,
                 "real_person_threshold": 0.3,
                 "real_sets": "",
+                "prefer": "farthest",
+                "check_expression": True,
+                "smile_ratio": 0.95,
+                "expression_margin": 0.04,
+                "check_pose": True,
+                "max_yaw": 20.0,
+                "max_roll": 20.0,
+                "max_pitch_offset": 0.15,
             },
             "_meta": {"title": "ACG options: selection criteria, retries, edges"},
         },  # fmt: skip
@@ -137,6 +147,11 @@ def _acg_front(title: str, slug: str) -> dict[str, dict[str, Any]]:
             "class_type": "PreviewImage",
             "inputs": {"images": ["7", 2]},
             "_meta": {"title": "ACG candidates"},
+        },
+        "21": {
+            "class_type": "PreviewImage",
+            "inputs": {"images": ["3", 1]},
+            "_meta": {"title": "Control maps (first 64)"},
         },
     }
 

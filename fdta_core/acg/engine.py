@@ -23,10 +23,11 @@ import numpy as np
 
 from ..errors import FDTAError, InputError, check_choice
 from ..faces.identity import IdentityIndex
+from ..faces.keypoints import planned_expression
 from ..faceset import FACE_SIZE, ChunkStamp, Dropped, FaceSet, Provenance
 from ..plan import IdentityPlan, IdentitySpec
 from .seeds import CONTROL_POLICIES, STAGE, candidate_seed, control_index
-from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose
+from .selection import FaceAnalysis, FaceAnalyzer, Rejection, SelectionCriteria, choose_detailed
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,11 @@ class CandidateRecord:
     image: np.ndarray | None = None  # full resolution, kept for the chosen candidate only
     status: str = "pending"  # chosen | rejected | runner_up | unchecked
     reasons: list[Rejection] = field(default_factory=list)
+    nearest: tuple[float, str] | None = None  # nearest accepted identity when it was checked
 
     def summary(self) -> dict[str, Any]:
         a = self.analysis
+        geom = None if a is None else a.geometry()
         return {
             "attempt": self.job.attempt,
             "candidate": self.job.candidate,
@@ -106,6 +109,8 @@ class CandidateRecord:
             "status": self.status,
             "reasons": [r.code for r in self.reasons],
             "det_score": None if a is None or not a.detected else round(float(a.det_score), 4),
+            "keypoints": None if geom is None else geom.to_dict(),
+            "nearest_accepted_cosine": None if self.nearest is None else round(self.nearest[0], 6),
         }
 
 
@@ -136,6 +141,7 @@ def plan_round(
                         candidates=settings.candidates,
                         policy=settings.control_policy,
                         salt=settings.seed,
+                        slot=slot,
                     ),
                     prompt=spec.prompt,
                     negative_prompt=spec.negative_prompt,
@@ -213,6 +219,11 @@ class ACGResult:
     checked: bool
     rounds: int
     meta: dict[str, Any] = field(default_factory=dict)
+    #: per plan position: how the winner was picked (rule, nearest accepted identity, margins)
+    selections: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: per control image: the parameters it was drawn from (``FDTAControlMaps``), when known
+    control_records: list[dict[str, Any]] | None = None
+    criteria: SelectionCriteria | None = None
 
     def records_of(self, slot: int) -> list[CandidateRecord]:
         return [r for r in self.records if r.job.slot == slot]
@@ -245,6 +256,11 @@ class ACGResult:
             "repair_round": int(self.plan.repair_round),
             **self.meta,
         }
+        if self.checked:
+            acg["selection"] = self.selections.get(slot, {})
+            acg["checks"] = self.check_record(slot, rec)
+        if self.control_records is not None and 0 <= rec.job.control < len(self.control_records):
+            acg["control_map"] = self.control_records[rec.job.control]
         return Provenance(
             identity=int(spec.index),
             attributes=dict(spec.attributes),
@@ -252,6 +268,45 @@ class ACGResult:
             history=[STAGE],
             extra={STAGE: acg},
         )
+
+    def check_record(self, slot: int, rec: CandidateRecord) -> dict[str, Any]:
+        """Expression and pose checks of the chosen candidate: planned, measured, thresholds, outcome."""
+        spec: IdentitySpec = self.plan.identities[slot]
+        kc = (self.criteria or SelectionCriteria()).keypoints
+        geom = None if rec.analysis is None else rec.analysis.geometry()
+        planned = planned_expression(spec.attributes.get("expression"))
+        if not kc.check_expression:
+            expr = "off"
+        elif geom is None:
+            expr = "unchecked (no keypoints)"
+        elif planned is None:
+            expr = "unchecked (the planned expression is not checkable from keypoints)"
+        else:
+            expr = "pass"
+        pose = "off" if not kc.check_pose else ("unchecked (no keypoints)" if geom is None else "pass")
+        return {
+            "expression": {
+                "planned": spec.attributes.get("expression"),
+                "planned_class": planned,
+                "mouth_ratio": None if geom is None else round(geom.mouth_ratio, 4),
+                "outcome": expr,
+            },
+            "pose": {**({} if geom is None else geom.to_dict()), "outcome": pose},
+            "thresholds": kc.to_dict(),
+        }
+
+    def diversity(self):
+        """Pairwise similarity distribution of the chosen source faces (None with fewer than 2)."""
+        from ..faces.identity_diversity import similarity_stats
+
+        embs = [
+            self.chosen[s].analysis.embedding  # type: ignore[union-attr]
+            for s in self.chosen_slots
+            if self.chosen[s].analysis is not None and self.chosen[s].analysis.embedding is not None  # type: ignore[union-attr]
+        ]
+        if len(embs) < 2:
+            return None
+        return similarity_stats(np.stack([np.asarray(e, np.float64) for e in embs]))
 
     def dropped(self) -> list[Dropped]:
         """One record per identity without an acceptable candidate: every reason any of its candidates
@@ -355,6 +410,10 @@ class ACGResult:
             f"{len(self.chosen)}/{len(self.plan)} identities have a source face; {len(self.failed)} failed; "
             f"{len(self.records)} candidates in {self.rounds} round(s); {mode}."
         )
+        stats = self.diversity() if self.checked else None
+        if stats is not None:
+            lines.append(stats.summary_line() + " (this chunk's source faces)")
+            lines.extend(stats.text_histogram(30))
         return "\n".join(lines)
 
 
@@ -377,6 +436,7 @@ def run_acg(
     prior: IdentityIndex | None = None,
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    control_records: Sequence[dict[str, Any]] | None = None,
 ) -> ACGResult:
     """Generate one source face per identity of ``plan``.
 
@@ -384,17 +444,20 @@ def run_acg(
     control images); ``prior``: identities accepted earlier (other chunks) that must not be duplicated.
     Without ``analyzer`` nothing is checked: candidate 0 of every identity is kept and marked unchecked.
     ``progress(done_batches, total_batches)`` is called after every sampler call; whatever it raises
-    (ComfyUI's interrupt) propagates.
+    (ComfyUI's interrupt) propagates. ``control_records``: per control image, the parameters it was
+    drawn from (``FDTAControlMaps``); the chosen candidate's record goes into its provenance.
     """
     if len(plan) == 0:
         raise InputError(
             "the identity plan is empty", where="plan", fix="give the attribute spec an identity_count >= 1."
         )
+    check_controls(plan, n_controls, settings.control_policy, control_records)
     real = real if real is not None else IdentityIndex()
     accepted = prior.copy() if prior is not None else IdentityIndex()
     records: list[CandidateRecord] = []
     chosen: dict[int, CandidateRecord] = {}
     pending = list(range(len(plan)))
+    selections: dict[int, dict[str, Any]] = {}
     done = 0
     total = math.ceil(len(pending) * settings.candidates / settings.batch_size)
     rounds = 0
@@ -434,7 +497,7 @@ def run_acg(
                     [Rejection("not_chosen", "unchecked mode keeps candidate 0")] for _ in recs[1:]
                 ]
             else:
-                pick, reasons = choose(
+                choice = choose_detailed(
                     [r.analysis for r in recs],  # type: ignore[misc]
                     gender=spec.gender,
                     age=spec.age,
@@ -442,7 +505,13 @@ def run_acg(
                     accepted=accepted,
                     real=real,
                     names=[r.job.name for r in recs],
+                    expression=planned_expression(spec.attributes.get("expression")),
                 )
+                pick, reasons = choice.index, choice.reasons
+                for r, near in zip(recs, choice.nearest, strict=True):
+                    r.nearest = near
+                if pick is not None:
+                    selections[slot] = choice.selection(criteria)
             for i, (r, why) in enumerate(zip(recs, reasons, strict=True)):
                 r.reasons = why
                 if i == pick:
@@ -472,6 +541,9 @@ def run_acg(
         checked=analyzer is not None,
         rounds=rounds,
         meta=dict(meta or {}),
+        selections=selections,
+        control_records=None if control_records is None else [dict(r) for r in control_records],
+        criteria=criteria,
     )
     if pending:
         ids = [plan.identities[s].index for s in pending]
@@ -488,3 +560,34 @@ def run_acg(
             )
         log.warning("%s; they are left out of the faceset (see the report and contact sheet)", msg)
     return result
+
+
+def check_controls(
+    plan: IdentityPlan, n_controls: int, policy: str, records: Sequence[dict[str, Any]] | None
+) -> None:
+    """A per-identity control batch must hold one image per identity of the plan, and maps drawn for
+    this plan (their recorded identity and run seed agree)."""
+    if records is not None and len(records) != n_controls:
+        raise InputError(
+            f"{len(records)} control-map records for {n_controls} control images",
+            where="control_parameters",
+            fix="connect the parameters output of the same FDTAControlMaps node as the images.",
+        )
+    if policy != "per_identity":
+        return
+    if n_controls != len(plan):
+        raise InputError(
+            f"per_identity control assignment needs one control image per identity: {n_controls} images for "
+            f"{len(plan)} identities",
+            where="control_images",
+            fix="connect FDTAControlMaps driven by the same plan (one map per identity), or choose random or cycle.",
+        )
+    for slot, (spec, rec) in enumerate(zip(plan.identities, records or [], strict=False)):
+        ident, seed = rec.get("identity"), rec.get("run_seed")
+        if ident is not None and (int(ident) != int(spec.index) or int(seed) != int(plan.run_seed)):
+            raise InputError(
+                f"control map {slot} was drawn for identity {ident} (run seed {seed}), but the plan's identity "
+                f"there is {spec.index} (run seed {plan.run_seed})",
+                where="control_images",
+                fix="drive FDTAControlMaps with the same plan as the sampler.",
+            )

@@ -52,6 +52,9 @@ class FaceModelsAnalyzer:
                     gender=f.gender,
                     age=None if f.age is None else float(f.age),
                     bbox=tuple(float(v) for v in f.detection.bbox),  # type: ignore[arg-type]
+                    kps=None
+                    if getattr(f.detection, "kps", None) is None
+                    else np.asarray(f.detection.kps, np.float64).reshape(-1, 2),
                 )
             )
         return out

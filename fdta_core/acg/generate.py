@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,14 @@ from ..faces.identity import (
     resolve_index_folder,
     subject_embeddings,
 )
+from ..faces.keypoints import KeypointCriteria
 from ..faceset import FaceSet
 from ..plan import IdentityPlan
 from .contact import contact_sheet
 from .edges import EDGE_METHODS, EdgeSettings, control_images
 from .engine import ON_FAILURE, ACGResult, ACGSettings, SampleFn, run_acg
 from .seeds import CONTROL_POLICIES
-from .selection import FaceAnalyzer, SelectionCriteria
+from .selection import PREFER, FaceAnalyzer, SelectionCriteria
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,19 @@ class ACGOptions:
     uniqueness_threshold: float = 0.3
     real_person_threshold: float = 0.3
     real_sets: str = ""
+    # issue 17 (appended: widget order is part of saved workflows)
+    prefer: str = "farthest"
+    check_expression: bool = True
+    smile_ratio: float = 0.95
+    expression_margin: float = 0.04
+    check_pose: bool = True
+    max_yaw: float = 20.0
+    max_roll: float = 20.0
+    max_pitch_offset: float = 0.15
 
     def __post_init__(self) -> None:
         check_choice(None, "control_preprocess", self.control_preprocess, EDGE_METHODS)
+        check_choice(None, "prefer", self.prefer, PREFER)
         check_choice(None, "control_assignment", self.control_assignment, CONTROL_POLICIES)
         check_choice(None, "on_failure", self.on_failure, ON_FAILURE, what="on_failure")
         self.edge()  # Canny thresholds and blur
@@ -103,6 +114,16 @@ class ACGOptions:
             age_tolerance=float(self.age_tolerance) if self.check_age else None,
             uniqueness_threshold=float(self.uniqueness_threshold),
             real_person_threshold=float(self.real_person_threshold),
+            keypoints=KeypointCriteria(
+                check_expression=bool(self.check_expression),
+                smile_ratio=float(self.smile_ratio),
+                expression_margin=float(self.expression_margin),
+                check_pose=bool(self.check_pose),
+                max_yaw=float(self.max_yaw),
+                max_roll=float(self.max_roll),
+                max_pitch_offset=float(self.max_pitch_offset),
+            ),
+            prefer=self.prefer,
         )
 
     def settings(self, *, candidates: int, batch_size: int, seed: int) -> ACGSettings:
@@ -150,7 +171,9 @@ def real_person_bank(
             cache_id = model_file_id(face_models) if face_models is not None else ""
             subjects = bank_subject_embeddings(reference_bank, analyzer.embed_aligned, cache_id=cache_id)
         else:
-            subjects = subject_embeddings(reference_bank.images, reference_bank.subjects, analyzer.embed_aligned)
+            subjects = subject_embeddings(
+                reference_bank.images, reference_bank.subjects, analyzer.embed_aligned
+            )
         real.merge_from(real_index(subjects))
     for path in real_sets:
         got = real_identities(path, face_models, cache_dir=real_cache)
@@ -253,6 +276,7 @@ def generate_sources(
     progress: Callable[[int, int], None] | None = None,
     where: str = "FDTAACGSampler",
     real_cache: str | Path | None = None,
+    control_records: Sequence[dict[str, Any]] | str | None = None,
 ) -> ACGOutputs:
     """One chunk of source faces. ``photos`` are the control images (uint8 [N,H,W,3]); they become edge
         maps at the sampling size per ``options``; ``make_sample(controls, on_step)`` builds the sampler
@@ -260,6 +284,10 @@ def generate_sources(
     ``face_models`` (neither: nothing is checked, candidate 0 is kept). ``index_folder``: the run's identity index (identities of
         earlier chunks are not generated again; this chunk's are added)."""
     options = options or ACGOptions()
+    # drawn maps (FDTAControlMaps, with their parameters): used as they are, never taken for real people
+    if control_records is not None:
+        control_records = parse_control_records(control_records, len(photos))
+        options = replace(options, control_preprocess="none")
     if analyzer is None and face_models is not None:
         from .faces_adapter import as_analyzer
 
@@ -302,6 +330,7 @@ def generate_sources(
         prior=prior,
         meta=dict(meta or {}),
         progress=bar.on_batch,
+        control_records=control_records,
     )
     if run_index is not None and analyzer is not None:
         run_index.save_chunk(plan.start, plan.end, result.accepted_index(), replacing=repaired)
@@ -319,3 +348,31 @@ def index_folder(name: str | None, roots: Sequence[str]) -> Path | None:
     if not name or not str(name).strip():
         return None
     return resolve_index_folder(str(name), list(roots))
+
+
+def parse_control_records(records: Any, n_images: int) -> list[dict[str, Any]]:
+    """The ``parameters`` output of ``FDTAControlMaps`` (JSON text or a list of dicts), one per control
+    image, checked."""
+    import json
+
+    fix = "connect the parameters output of the FDTAControlMaps node that draws control_images (or leave it unconnected)."
+    if isinstance(records, str):
+        try:
+            records = json.loads(records)
+        except ValueError as exc:
+            raise InputError(
+                f"control_parameters is not JSON: {exc}", where="control_parameters", fix=fix
+            ) from exc
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InputError(
+            "control_parameters must be a JSON list with one object per control image",
+            where="control_parameters",
+            fix=fix,
+        )
+    if len(records) != n_images:
+        raise InputError(
+            f"control_parameters describes {len(records)} maps but control_images holds {n_images} images",
+            where="control_parameters",
+            fix=fix,
+        )
+    return records

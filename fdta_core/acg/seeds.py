@@ -16,8 +16,9 @@ STAGE = "acg"
 
 #: How candidates pick their control image: ``random`` draws it from the candidate's own derived seed;
 #: ``cycle`` walks the control images in order (identity i, candidate k, attempt a -> (i + k + a*K) mod N),
-#: so every control image is used equally often.
-CONTROL_POLICIES: tuple[str, ...] = ("random", "cycle")
+#: so every control image is used equally often; ``per_identity``: control image ``i`` belongs to the
+#: plan's ``i``-th identity (a batch of maps drawn per identity, ``FDTAControlMaps``), for all its candidates.
+CONTROL_POLICIES: tuple[str, ...] = ("random", "cycle", "per_identity")
 
 
 def candidate_seed(run_seed: int, identity: int, attempt: int, candidate: int, *, salt: int = 0) -> int:
@@ -39,10 +40,21 @@ def control_index(
     candidates: int = 1,
     policy: str = "random",
     salt: int = 0,
+    slot: int | None = None,
 ) -> int:
-    """Index of the control image that candidate uses, in ``[0, n_controls)``."""
+    """Index of the control image that candidate uses, in ``[0, n_controls)`` (``slot``: the identity's
+    position in its plan, which ``per_identity`` uses)."""
     if n_controls <= 0:
         raise InputError("at least one control image is needed", where="control_images")
+    if policy == "per_identity":
+        if slot is None or not 0 <= int(slot) < n_controls:
+            raise InputError(
+                f"per_identity control assignment needs one control image per identity; plan position {slot} "
+                f"has none among {n_controls}",
+                where="control_images",
+                fix="connect FDTAControlMaps driven by the same plan, or choose random or cycle.",
+            )
+        return int(slot)
     if policy == "random":
         return (
             derive_seed(

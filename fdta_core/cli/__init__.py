@@ -18,6 +18,7 @@ from ..errors import FDTAError
 #: Sub-command modules under ``fdta_core.cli``; each defines ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "plan",
+    "controls",
     "rec",
     "report",
     "audit",

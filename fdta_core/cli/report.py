@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the run's plan (fdta plan --json): adds planned vs written identities per quota field",
     )
     p.add_argument(
+        "--identity-index",
+        type=Path,
+        default=None,
+        help="the run's identity index (folder of chunk-*.faiss, or one .faiss file): adds the diversity of "
+        "the ACG's source faces (pairwise cosine distribution, p99, Vendi score)",
+    )
+    p.add_argument(
         "--style-model",
         type=Path,
         default=None,
@@ -92,6 +99,24 @@ def _read_plan(path: Path) -> list[dict]:
     return rows
 
 
+def _read_identity_index(path: Path):
+    """Unit source-face embeddings [N, D] from a run's identity-index folder or one index file."""
+    from ..errors import InputError
+    from ..faces.identity import IdentityIndex, RunIndex
+
+    if path.is_file():
+        return IdentityIndex.load(path).vectors()
+    if path.is_dir():
+        index = RunIndex(path).all()
+        if len(index):
+            return index.vectors()
+    raise InputError(
+        f"{path} holds no identity index",
+        where="--identity-index",
+        fix="pass the run's identity_index folder (chunk-*.faiss files written by the ACG sampler).",
+    )
+
+
 def _report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -134,6 +159,8 @@ def _report(args: argparse.Namespace) -> int:
         bar.close()
     if args.plan is not None:
         data.plan = _read_plan(args.plan)
+    if args.identity_index is not None:
+        data.source_embeddings = _read_identity_index(args.identity_index)
     html_path, json_path, summary = write_report(data, out, args.threshold)
     if args.json:
         print(json.dumps(summary, indent=1, sort_keys=True, default=str))
@@ -181,6 +208,14 @@ def _report(args: argparse.Namespace) -> int:
                 print(f"  {d['stage']}: identity {d['identity']} [{', '.join(d['reasons'])}] {d['detail']}")
             if drop["total"] > 20:
                 print(f"  ... {drop['total'] - 20} more in report.json and the manifest's 'dropped' table")
+        from ..faces.report import diversity_line
+
+        for key, name in (
+            ("identity_diversity", "identity diversity"),
+            ("source_face_diversity", "source-face diversity"),
+        ):
+            if summary.get(key):
+                print(diversity_line(name, summary[key]))
         if summary.get("stages"):
             from ..timing import format_stage_table
 

@@ -50,6 +50,8 @@ class ReportData:
     dropped: list[dict[str, Any]] = field(default_factory=list)
     written: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity id -> attributes
     plan: list[dict[str, Any]] = field(default_factory=list)  # ``fdta plan --json`` rows, if given
+    #: identity embeddings of the ACG's source faces (the run's identity index), when given
+    source_embeddings: np.ndarray | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)  # manifest ``stages`` rows (timings)
     #: planned identities the data set has no images of, with why (chunk.json / dataset.json ``missing``)
     missing: list[dict[str, Any]] = field(default_factory=list)
@@ -105,6 +107,7 @@ def build_report(
         "missing": list(data.missing),
         "diversity": data.diversity or {"value": None, "note": "not measured: needs --style-model and --references"},
     }
+    summary.update(diversity_summary(data))
     if data.plan:
         rows, missing = plan_vs_written(data.plan, data.written)
         summary["quotas"] = {
@@ -114,6 +117,41 @@ def build_report(
             "missing": missing,
         }
     return m, summary
+
+
+def diversity_summary(data: ReportData) -> dict[str, Any]:
+    """Identity diversity (``fdta_core.faces.identity_diversity``): pairwise cosine distribution, its 99th
+    percentile, nearest-identity cosines and the Vendi score, of the identity centres of the written
+    images and, when the run's identity index is given, of the ACG's source faces."""
+    from .identity_diversity import similarity_stats
+    from .identity import identity_centers
+
+    out: dict[str, Any] = {}
+    if data.embeddings is not None and len(data.labels):
+        _, centers = identity_centers(np.asarray(data.embeddings), np.asarray(data.labels))
+        out["identity_diversity"] = {
+            "of": "identity embeddings (class centres of the written images)",
+            **similarity_stats(centers).to_dict(),
+        }
+    if data.source_embeddings is not None and len(data.source_embeddings):
+        out["source_face_diversity"] = {
+            "of": "source faces (the run's identity index)",
+            **similarity_stats(np.asarray(data.source_embeddings)).to_dict(),
+        }
+    return out
+
+
+def diversity_line(name: str, d: dict[str, Any]) -> str:
+    """One text line of a diversity summary."""
+    if not d.get("pairs"):
+        return f"{name}: {d.get('identities', 0)} identities, no pairs"
+    q = d["quantiles"]
+    samp = f" (sample of {d['sampled_identities']})" if d.get("sampled_identities") else ""
+    return (
+        f"{name}: pairwise cosine median {q['p50']:.3f}, p99 {q['p99']:.3f}, max {d['max']:.3f} over "
+        f"{d['pairs']} pairs{samp}; nearest identity median {d['nearest_identity']['p50']:.3f}; "
+        f"Vendi score {d['vendi_score']:.2f} of {d['identities']}"
+    )
 
 
 # ----------------------------------------------------------------------------- plots (uint8 RGB)
@@ -253,6 +291,23 @@ def render_html(data: ReportData, metrics: DatasetMetrics, summary: dict[str, An
             else None,
         ),
     ]
+    for key, what in (("identity_diversity", "identity centres"), ("source_face_diversity", "source faces")):
+        d = summary.get(key)
+        if not d or not d.get("pairs"):
+            continue
+        rows.append((f"pairwise identity cosine p50 / p99 / max ({what})",
+                     " / ".join(_fmt(v) for v in (d["quantiles"]["p50"], d["p99"], d["max"]))))  # fmt: skip
+        rows.append((f"Vendi score: effective number of identities ({what})", d["vendi_score"]))
+        h = d["histogram"]
+        cats = [f"{lo:+.2f}" for lo in h["edges"][:-1]]
+        lo_i = next((i for i, c in enumerate(h["counts"]) if c), 0)
+        hi_i = max((i for i, c in enumerate(h["counts"]) if c), default=len(cats) - 1) + 1
+        figs.append(
+            (
+                f"Pairwise identity cosine ({what}; p99 {d['p99']:.3f})",
+                bar_chart(cats[lo_i:hi_i], {"pairs": h["counts"][lo_i:hi_i]}, "pairs per cosine bin"),
+            )
+        )
     drop = summary["dropped"]
     rows.append(("dropped on the way (identities at ACG, images at CSIM, ...)", drop["total"]))
     for q in (summary.get("quotas") or {}).get("fields", []):

@@ -107,9 +107,7 @@ def mix(
         if ref.tags:
             extra["stg_reference_tags"] = dict(ref.tags)
         prov.append(
-            first_prov[p.identity].derive(
-                STAGE, reference_key=ref.key, seeds={STAGE: seed}, extra=extra
-            )
+            first_prov[p.identity].derive(STAGE, reference_key=ref.key, seeds={STAGE: seed}, extra=extra)
         )
     labels = np.array([p.identity for p in picks], np.int64)
     styled = source.derived(images, labels, prov, {i: source.source_of(i) for i in identities})
@@ -147,7 +145,9 @@ def contact_sheet(
         for i in by_id.get(ident, []):
             pick = picks[i]
             subject = bank.record(pick.bank_index).subject
-            refs.append(Cell(bank.faces([pick.bank_index])[0], [(f"reference {subject}"[:20], REFERENCE_COLOUR)]))
+            refs.append(
+                Cell(bank.faces([pick.bank_index])[0], [(f"reference {subject}"[:20], REFERENCE_COLOUR)])
+            )
             outs.append(Cell(styled.images[i], [(f"output {pick.style_index}", OUTPUT_COLOUR)]))
         rows += [refs, outs]
     return render_grid(rows, tile=112, gap=4, caption_height=CAPTION, background=(255, 255, 255), n_cols=cols)

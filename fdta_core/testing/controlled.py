@@ -9,7 +9,9 @@ them) whose behaviour is set by the test:
 * ``det_10g.onnx`` finds exactly one face in every square image: centred, its box the whole image, its
   five landmarks the ArcFace template scaled to the image, so alignment is a plain resize. The score is
   ``det_score`` at the centre anchor of stride 32 and about zero everywhere else (the graph computes
-  anchor positions from the input's own shape, so any detector size works).
+  anchor positions from the input's own shape, so any detector size works). ``keypoints`` replaces the
+  template by other five points (in 112-template coordinates, scaled to the image the same way), so a
+  test decides what the expression and pose checks read: a smile, a turned head.
 * ``genderage.onnx`` says ``gender`` and ``age`` for every face: a test plans identities of other
   genders or ages and knows that every candidate of those identities is rejected, and why.
 * ``w600k_r50.onnx`` returns ``e(x) = [sqrt(c0), sqrt(1 - c0) * t(x), 0, ...]`` (512-d), where ``t(x)``
@@ -46,12 +48,13 @@ def _torch():
     return torch
 
 
-def _centred_detector(det_score: float):
+def _centred_detector(det_score: float, keypoints: np.ndarray | None = None):
     torch = _torch()
     f = torch.nn.functional
     # score = sigmoid(gain * (base - distance of the anchor from the image centre, in strides))
     base = math.log(det_score / (1.0 - det_score)) / _GAIN
-    kps_unit = torch.tensor(ARCFACE_TEMPLATE_112 / 112.0 - 0.5, dtype=torch.float32)  # fraction of side
+    pts = ARCFACE_TEMPLATE_112 if keypoints is None else np.asarray(keypoints, np.float64)
+    kps_unit = torch.tensor(pts / 112.0 - 0.5, dtype=torch.float32)  # fraction of side
 
     class CentredSCRFD(torch.nn.Module):
         def forward(self, x):
@@ -141,13 +144,20 @@ def make_controlled_face_pack(
     gender: str = "male",
     age: float = 40.0,
     identity_floor: float = 0.1,
+    keypoints: np.ndarray | None = None,
 ) -> Path:
     """Write the controlled pack under ``folder/models/<pack>/`` (``folder`` plays ``models/insightface``).
 
     ``det_score`` in (0, 1): the score of the one face per image; ``gender``/``age``: what the gender/age
     model says for every face; ``identity_floor`` in [0, 1): the cosine of two faces with unrelated
-    textures. Returns the pack folder.
+    textures; ``keypoints`` ``[5, 2]`` (112-template coordinates, default the ArcFace template): the five
+    landmarks the detector reports for every face (see :func:`smiling_keypoints`, :func:`turned_keypoints`).
+    Returns the pack folder.
     """
+    if keypoints is not None:
+        k = np.asarray(keypoints, np.float64)
+        if k.shape != (5, 2) or not np.all(np.isfinite(k)):
+            raise ValueError(f"keypoints must be 5 finite (x, y) pairs, got shape {list(k.shape)}")
     if not 0.0 < det_score < 1.0:
         raise ValueError(f"det_score must lie in (0, 1), got {det_score}")
     if gender not in ("male", "female"):
@@ -163,7 +173,7 @@ def make_controlled_face_pack(
         + [f"kps_{s}" for s in (8, 16, 32)]
     )
     export_onnx(
-        _centred_detector(det_score),
+        _centred_detector(det_score, keypoints),
         d / "det_10g.onnx",
         torch.zeros(1, 3, 128, 128),
         "input.1",
@@ -187,3 +197,22 @@ def make_controlled_face_pack(
         {"data": {0: "None"}, "fc1": {0: "None"}},
     )
     return d
+
+
+def smiling_keypoints(widen: float = 1.3, lift: float = 3.0) -> np.ndarray:
+    """The ArcFace template with the mouth corners pulled apart by ``widen`` about the mouth centre and
+    raised by ``lift`` (112-pixel units): what a broad smile does to five keypoints."""
+    k = np.asarray(ARCFACE_TEMPLATE_112, np.float64).copy()
+    c = 0.5 * (k[3] + k[4])
+    for i in (3, 4):
+        k[i] = c + (k[i] - c) * widen - np.array([0.0, lift])
+    return k
+
+
+def turned_keypoints(yaw_degrees: float, nose_depth: float = 0.45) -> np.ndarray:
+    """The ArcFace template with the nose tip moved sideways as a head turned by ``yaw_degrees`` moves it
+    (the weak-perspective model of ``fdta_core.faces.keypoints``)."""
+    k = np.asarray(ARCFACE_TEMPLATE_112, np.float64).copy()
+    iod = float(k[1, 0] - k[0, 0])
+    k[2, 0] = 0.5 * (k[0, 0] + k[1, 0]) + nose_depth * iod * math.tan(math.radians(yaw_degrees))
+    return k

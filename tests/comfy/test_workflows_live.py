@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from fdta_core.cli import main as fdta
+from fdta_core.faces.keypoints import planned_expression
 from tests.comfy.harness import ComfyServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,6 +205,12 @@ def predict_selection(plan: list[dict], acg: dict, case: Case) -> dict[int, list
             codes.append("gender")
         if acg["check_age"] and abs(row["age"] - case.pack_args["age"]) > acg["age_tolerance"]:
             codes.append("age")
+        # the controlled detector reports the ArcFace template's keypoints: a neutral mouth, a frontal head
+        if (
+            acg.get("check_expression", True)
+            and planned_expression(row["attributes"].get("expression")) == "smiling"
+        ):
+            codes.append("expression")
         if collapsed and accepted:
             codes.append("duplicate")
         accepted += not codes
@@ -309,18 +316,31 @@ def _run_case(comfy: ComfyServer, tmp_path: Path, capsys, name: str) -> dict:
     }
     assert sorted(provenance) == kept_ids, report
     per_identity = candidates * (retries + 1)
+    thr_u = acg["uniqueness_threshold"]
     for ident, codes in expected.items():
         if codes:
             assert (
                 f"identity {ident}: NO ACCEPTABLE CANDIDATE after {per_identity} candidates "
-                f"({ {'gender': 'gender', 'age': 'age', 'duplicate': 'duplicate'}[codes[0]] } x{per_identity})"
+                f"({ {'gender': 'gender', 'age': 'age', 'duplicate': 'duplicate', 'expression': 'expression'}[codes[0]] } x{per_identity})"
             ) in report, report
         else:
-            assert f"identity {ident}: chose a0c0 " in report, report
-            cands = provenance[ident]["extra"]["acg"]["candidates"]
-            assert [(c["status"], c["reasons"]) for c in cands] == [("chosen", [])] + [
-                ("runner_up", ["not_chosen"])
+            # every candidate passes; the one farthest from the identities accepted so far is kept (the
+            # first identity of the run, with nothing accepted yet, keeps candidate 0: detection decides)
+            acg_prov = provenance[ident]["extra"]["acg"]
+            cands = acg_prov["candidates"]
+            assert sorted((c["status"], tuple(c["reasons"])) for c in cands) == [("chosen", ())] + [
+                ("runner_up", ("not_chosen",))
             ] * (candidates - 1)
+            won = next(c for c in cands if c["status"] == "chosen")
+            assert f"identity {ident}: chose a0c{won['candidate']} " in report, report
+            sel = acg_prov["selection"]
+            if sel["rule"] == "farthest":
+                near = [c["nearest_accepted_cosine"] for c in cands]
+                assert won["nearest_accepted_cosine"] == min(near) == sel["nearest_accepted_cosine"]
+                assert sel["uniqueness_margin"] == pytest.approx(thr_u - min(near), abs=1e-5)
+            else:
+                assert won["candidate"] == 0, acg_prov
+            assert acg_prov["checks"]["pose"]["outcome"] == "pass"
 
     # ---- the written chunks merge into one sound data set with every kept identity exactly once
     dataset = comfy.output_dir / out_name

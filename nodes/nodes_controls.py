@@ -18,6 +18,7 @@ from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import uint8_to_image
 from ..fdta_core.plan import IdentityPlan as PlanRecord
 from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback
+from ._validation import FDTANode, validate
 
 log = logging.getLogger("FDTA")
 
@@ -39,7 +40,7 @@ def _as_plan(plan: Any) -> PlanRecord:
     )
 
 
-class FDTAControlMaps(io.ComfyNode):
+class FDTAControlMaps(FDTANode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -87,6 +88,10 @@ class FDTAControlMaps(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, format=None, size=None) -> bool | str:  # noqa: A002 - the widget's name
+        return validate(cls, locals())
 
     @classmethod
     def execute(cls, plan, format, size) -> io.NodeOutput:  # noqa: A002 - the widget's name

@@ -78,3 +78,21 @@ def test_one_widget_vocabulary_and_sentence_tooltips():
                         or re.match(_CHOICE_PREFIX, text)
                         or not re.match(r"^[a-z]+ ", text)
                     ), f"{where}: start the tooltip with a capital"
+
+
+def test_every_node_is_an_fdta_node_with_a_queue_time_check():
+    """Every node class derives ``FDTANode`` and defines ``validate_inputs`` (ComfyUI's V3 queue-time
+    hook, which 0.3.64 needs for combo values): a node without it lets a bogus widget value through to
+    fail mid-run (nodes/_validation.py says why)."""
+    for path in sorted(NODES_DIR.glob("nodes_*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            declares_node = any(
+                isinstance(k, ast.keyword) and k.arg == "node_id" for k in ast.walk(cls)
+            )
+            if not declares_node:
+                continue
+            bases = [ast.unparse(b) for b in cls.bases]
+            assert bases == ["FDTANode"], f"{path.name}: {cls.name} derives {bases}, not FDTANode"
+            methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
+            assert "validate_inputs" in methods, f"{path.name}: {cls.name} has no validate_inputs"

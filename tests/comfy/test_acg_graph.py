@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fdta_core.acg import candidate_seed
+from fdta_core.acg.generate import ACGOptions
 from fdta_core.testing import faces as testing_faces
 from fdta_core.testing.sd import write_random_sd_models
 from tests.comfy.harness import ComfyServer, node_outputs
@@ -135,7 +136,11 @@ def acg_graph(info: dict, ckpt: str, cnet: str, image: str, **overrides: Any) ->
         "batch_size": 4,
         "options": ["opts", 0],
     }
-    opts_inputs = {
+    # every option at the core's default (what the options node shows), then this test's settings;
+    # the expression and pose checks stay off: random-weight faces carry no meaningful keypoints here
+    opts_inputs = ACGOptions().to_dict() | {
+        "check_expression": False,
+        "check_pose": False,
         "control_preprocess": "none",
         "canny_low": 100,
         "canny_high": 200,

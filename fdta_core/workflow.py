@@ -41,7 +41,11 @@ def _ordered_inputs(schema: Mapping[str, Any]) -> list[tuple[str, Any, dict]]:
     return out
 
 
-def is_widget(typ: Any) -> bool:
+def is_widget(typ: Any, opts: Mapping[str, Any] | None = None) -> bool:
+    """Whether the editor shows this input as a widget (and stores a value for it in ``widgets_values``):
+    a widget type, unless declared ``forceInput`` (then it is a plain socket, like ``control_parameters``)."""
+    if opts and opts.get("forceInput"):
+        return False
     return isinstance(typ, list) or typ in WIDGET_TYPES
 
 
@@ -122,18 +126,18 @@ def api_to_ui(
                 out_links.setdefault((src, slot), []).append(link_id)
                 entry: dict[str, Any] = {
                     "name": name,
-                    "type": ltype if not is_widget(typ) else ("COMBO" if isinstance(typ, list) else typ),
+                    "type": ltype if not is_widget(typ, opts) else ("COMBO" if isinstance(typ, list) else typ),
                     "link": link_id,
                 }
-                if is_widget(typ):
+                if is_widget(typ, opts):
                     entry["widget"] = {"name": name}
                 inputs_ui.append(entry)
-                if is_widget(typ):
+                if is_widget(typ, opts):
                     widgets.append(opts.get("default"))
                     if has_control_widget(name, typ, opts):
                         widgets.append("fixed")
                 continue
-            if is_widget(typ):
+            if is_widget(typ, opts):
                 widgets.append(value)
                 if has_control_widget(name, typ, opts):
                     widgets.append("fixed")
@@ -260,7 +264,7 @@ def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> di
             )
         inputs: dict[str, Any] = {}
         for name, typ, opts in _ordered_inputs(schema):
-            if is_widget(typ):
+            if is_widget(typ, opts):
                 value = values.pop(0) if values else opts.get("default")
                 # the editor's "control after generate" value is not an input; the runner derives seeds
                 if has_control_widget(name, typ, opts) and values and values[0] in _CONTROL_VALUES:
@@ -270,7 +274,7 @@ def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> di
                 src = source(linked[name])
                 if src is not None:
                     inputs[name] = [str(src[0]), src[1]]
-                elif not is_widget(typ):
+                elif not is_widget(typ, opts):
                     continue
         if values and cls.startswith("FDTA"):
             raise ConfigError(
@@ -334,9 +338,9 @@ def node_size(schema: Mapping[str, Any], node: Mapping[str, Any], title: str | N
     slots, widgets, extra = 0, 0, 0
     for name, typ, opts in _ordered_inputs(schema):
         linked = isinstance(inputs.get(name), list)
-        if not is_widget(typ) or linked:
+        if not is_widget(typ, opts) or linked:
             slots += 1
-        if is_widget(typ):
+        if is_widget(typ, opts):
             widgets += 1 + int(has_control_widget(name, typ, opts))
             if opts.get("multiline"):
                 long = len(str(inputs.get(name) or opts.get("default") or "").splitlines()) > 6

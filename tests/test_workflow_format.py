@@ -70,3 +70,29 @@ def test_reroute_bypass_mute_and_unknown_nodes(core_info):
     bad["nodes"][0]["type"] = "NoSuchNode"
     with pytest.raises(ConfigError, match="not known"):
         ui_to_api(bad, core_info)
+
+
+def test_force_input_strings_are_sockets_without_a_widget_value(core_info):
+    """A ``forceInput`` STRING (the ACG's ``control_parameters``) has no widget in the editor: a value for
+    it in ``widgets_values`` would shift every later widget when the frontend loads the file."""
+    info = dict(core_info) | {
+        "TakesText": {
+            "input": {
+                "required": {"steps": ["INT", {"default": 4}]},
+                "optional": {"text": ["STRING", {"forceInput": True}], "name": ["STRING", {"default": "a"}]},
+            },
+            "input_order": {"required": ["steps"], "optional": ["text", "name"]},
+            "output": ["STRING"],
+        },
+        "GivesText": {"input": {"required": {}}, "output": ["STRING"]},
+    }
+    api = {
+        "1": {"class_type": "GivesText", "inputs": {}},
+        "2": {"class_type": "TakesText", "inputs": {"steps": 3, "text": ["1", 0], "name": "b"}},
+    }
+    ui = api_to_ui(api, info)
+    node = next(n for n in ui["nodes"] if n["type"] == "TakesText")
+    assert node["widgets_values"] == [3, "b"]
+    text = next(i for i in node["inputs"] if i["name"] == "text")
+    assert "widget" not in text and text["link"] is not None
+    assert ui_to_api(ui, info) == api

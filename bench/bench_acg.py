@@ -74,6 +74,8 @@ def main() -> int:
         acg = importlib.import_module(f"{name}.fdta_core.acg")
         nodes_acg = importlib.import_module(f"{name}.nodes.nodes_acg")
         plan_mod = importlib.import_module(f"{name}.fdta_core.plan")
+        edges_mod = importlib.import_module(f"{name}.fdta_core.acg.edges")
+        faceset_mod = importlib.import_module(f"{name}.fdta_core.faceset")
 
         t0 = time.perf_counter()
         files = sd.write_random_sd_models(tmp / "models", seed=0)
@@ -97,7 +99,9 @@ def main() -> int:
         plan = plan_mod.IdentityPlan(run_seed=1, start=0, identities=ids)
         rng = np.random.default_rng(0)
         edges = (rng.random((4, args.size, args.size, 3)) > 0.9).astype(np.uint8) * 255
-        controls = nodes_acg.control_images_to_tensor(edges, args.size, args.size, acg.EdgeSettings("none"))
+        # as the node does: maps at the sampling size (core), then ComfyUI's float IMAGE for the sampler
+        maps = edges_mod.control_images(edges, args.size, args.size, acg.EdgeSettings("none"))
+        controls = faceset_mod.uint8_to_image(maps)
 
         sampler = nodes_acg.ComfyBatchSampler(
             model=model, clip=clip, vae=vae, control_net=cnet, controls=controls, strength=1.0,

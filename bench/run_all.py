@@ -107,6 +107,18 @@ BENCHES = {
     "chunk_memory": ["bench_chunk_memory.py"],  # added by issue 15 (memory)
     "bank": ["bench_bank.py"],  # added by issue 15 (memory)
 }
+#: benches that import ComfyUI in-process and so run on ComfyUI's interpreter (its venv has comfy's deps)
+NEEDS_COMFYUI_PYTHON = {"acg"}
+
+
+def comfyui_python() -> str | None:
+    """``COMFYUI_PYTHON``, else ``$COMFYUI_DIR/.venv/bin/python``, when it exists."""
+    py = os.environ.get("COMFYUI_PYTHON")
+    if not py and os.environ.get("COMFYUI_DIR"):
+        py = str(Path(os.environ["COMFYUI_DIR"]) / ".venv" / "bin" / "python")
+    return py if py and Path(py).is_file() else None
+
+
 #: small sizes for benches that take no ``--quick``
 QUICK_ARGS = {
     "chunk_memory": ["--small", "4", "--large", "20", "--steps", "1"],
@@ -132,6 +144,10 @@ def run_bench(name: str, full: bool, timeout: float, python: str) -> tuple[str, 
         extra = ["--quick"]
     else:
         extra = QUICK_ARGS.get(name, [])
+    if name in NEEDS_COMFYUI_PYTHON:
+        python = comfyui_python() or ""
+        if not python:
+            return "", "needs ComfyUI: set COMFYUI_DIR (and COMFYUI_PYTHON if its venv is elsewhere)"
     cmd = [python, str(script), *extra]
     t0 = time.perf_counter()
     try:

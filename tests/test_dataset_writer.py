@@ -260,3 +260,27 @@ def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backe
     got = tmp_path / "ds" / "chunks" / info.name
     assert (got / "train.rec").read_bytes() == (ref / "train.rec").read_bytes()
     assert (got / "train.idx").read_bytes() == (ref / "train.idx").read_bytes()
+
+
+def test_manifest_rows_read_back_exactly_across_insert_statements(tmp_path):
+    """Rows go in as multi-row INSERTs of up to ROWS_PER_INSERT: every value (None, int, float, text)
+    reads back as given, in key order, whatever the batch lengths."""
+    import sqlite3
+
+    from fdta_core.dataset.manifest import IMAGE_COLUMNS, ROWS_PER_INSERT, ManifestWriter
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(2 * ROWS_PER_INSERT + 7):
+        row = [k, k // 3, k // 3, "000000000-000000050", k, '{"gender": "male"}', "{}", None,
+               float(rng.uniform(18, 80)) if k % 2 else None, float(rng.uniform(-1, 1)), '["acg"]', "{}",
+               int(rng.integers(1000, 9000)), f"{k:064x}"]  # fmt: skip
+        rows.append(tuple(row[: len(IMAGE_COLUMNS)]))
+    m = ManifestWriter(tmp_path / "manifest.sqlite")
+    m.add_images(rows[:5])
+    m.add_images(iter(rows[5:]))
+    m.close()
+    got = sqlite3.connect(tmp_path / "manifest.sqlite").execute(
+        f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images ORDER BY key"
+    ).fetchall()
+    assert got == rows

@@ -26,6 +26,7 @@ and images/s of every stage that made the chunk's images (:mod:`fdta_core.timing
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -85,6 +86,8 @@ CREATE TABLE stages (
     started REAL
 );
 """
+#: Image rows per INSERT statement (14 columns each: far below SQLite's 32766 bound parameters).
+ROWS_PER_INSERT = 64
 STAGE_COLUMNS = ("chunk", "stage", "node", "seconds", "images", "images_per_s", "started")
 DROPPED_COLUMNS = ("chunk", "stage", "identity", "reasons", "detail", "record")
 _INDEXES = """
@@ -209,12 +212,27 @@ class ManifestWriter:
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.executescript(_SCHEMA)
         self.conn.execute("BEGIN")
-        self._insert = (
-            f"INSERT INTO images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})"
-        )
+        self._inserts: dict[int, str] = {}
 
     def add_images(self, rows: Iterable[tuple]) -> None:
-        self.conn.executemany(self._insert, rows)
+        """Insert image rows, up to :data:`ROWS_PER_INSERT` per statement.
+
+        One multi-row ``INSERT ... VALUES (...), (...)`` per batch instead of ``executemany``, which steps
+        once per row and releases and re-takes the GIL around every step (contended by the JPEG threads
+        while writing): 1.7 us a row against 2.5 us, measured alone; merges insert the same way."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        for i in range(0, len(rows), ROWS_PER_INSERT):
+            part = rows[i : i + ROWS_PER_INSERT]
+            self.conn.execute(self._insert_n(len(part)), list(itertools.chain.from_iterable(part)))
+
+    def _insert_n(self, n: int) -> str:
+        sql = self._inserts.get(n)
+        if sql is None:
+            one = f"({', '.join('?' * len(IMAGE_COLUMNS))})"
+            sql = self._inserts[n] = f"INSERT INTO images ({', '.join(IMAGE_COLUMNS)}) VALUES " + ", ".join(
+                [one] * n
+            )
+        return sql
 
     def add_identity(
         self, label: int, identity: int, chunk: str | None, first_key: int, end_key: int

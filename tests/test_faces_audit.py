@@ -281,3 +281,35 @@ def test_the_acg_keeps_a_photo_folder_of_real_people_out(planted, tmp_path):
     e = models.embed(src[1:2])[0]
     cos, label = real.most_similar(e)
     assert cos > 0.99 and label == f"person 1 of {photos}"
+
+
+def test_clustered_search_above_the_exact_limit_finds_close_pairs_and_reports_true_cosines(monkeypatch):
+    """Above EXACT_LIMIT the duplicate search is clustered (approximate): it must still find pairs that
+    are clearly the same person, report only pairs truly at or above the threshold with their exact
+    cosine, and say which search ran."""
+    import fdta_core.faces.identity as ident
+
+    rng = np.random.default_rng(3)
+    n, dim = 6000, 128
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    planted = set()
+    for a, b in zip(rng.choice(n // 2, 12, replace=False), n // 2 + rng.choice(n // 2, 12, replace=False)):
+        c = rng.uniform(0.7, 0.95)
+        r = rng.normal(size=dim)
+        r -= (r @ x[a]) * x[a]
+        x[b] = c * x[a] + np.sqrt(1 - c * c) * r / np.linalg.norm(r)
+        planted.add((int(a), int(b)))
+    monkeypatch.setattr(ident, "EXACT_LIMIT", 1000)
+    monkeypatch.setattr(ident, "CELL_SIZE", 250)
+    monkeypatch.setattr(ident, "PROBES", 8)  # 8 of 24 cells: a real approximation
+    a, b, c, info = ident.range_pairs(x, None, 0.5)
+    assert info.method == "clustered" and (info.nlist, info.nprobe) == (24, 8)
+    found = {(int(i), int(j)) for i, j in zip(a, b)}
+    assert planted <= found
+    assert all(i < j for i, j in found)
+    true = np.einsum("ij,ij->i", x[a], x[b])
+    np.testing.assert_allclose(c, true, atol=1e-5)
+    assert (true >= 0.5 - 1e-6).all()
+    ea, eb, _, einfo = ident.range_pairs(x, None, 0.5, exact=True)
+    assert einfo.method == "exact" and found <= {(int(i), int(j)) for i, j in zip(ea, eb)}

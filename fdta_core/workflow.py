@@ -126,7 +126,9 @@ def api_to_ui(
                 out_links.setdefault((src, slot), []).append(link_id)
                 entry: dict[str, Any] = {
                     "name": name,
-                    "type": ltype if not is_widget(typ, opts) else ("COMBO" if isinstance(typ, list) else typ),
+                    "type": ltype
+                    if not is_widget(typ, opts)
+                    else ("COMBO" if isinstance(typ, list) else typ),
                     "link": link_id,
                 }
                 if is_widget(typ, opts):

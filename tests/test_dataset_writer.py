@@ -280,7 +280,9 @@ def test_manifest_rows_read_back_exactly_across_insert_statements(tmp_path):
     m.add_images(rows[:5])
     m.add_images(iter(rows[5:]))
     m.close()
-    got = sqlite3.connect(tmp_path / "manifest.sqlite").execute(
-        f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images ORDER BY key"
-    ).fetchall()
+    got = (
+        sqlite3.connect(tmp_path / "manifest.sqlite")
+        .execute(f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images ORDER BY key")
+        .fetchall()
+    )
     assert got == rows

@@ -129,7 +129,12 @@ def test_audit_finds_exactly_the_planted_identities(planted, capsys, tmp_path):
 def test_audit_bad_input_exits_2(planted, capsys, tmp_path):
     base, _models, ds, _npy, _ = planted
     pack = ["--pack", "tiny_pack", "--insightface-dir", str(base / "insightface")]
-    rc, out = _run(capsys, "audit", str(tmp_path / "nothing"), *pack)
+    rc, out = _run(capsys, "audit", str(tmp_path / "nothing"), "--pack", "nope")
+    assert rc == 2 and "DATASET" in out.err and "does not exist" in out.err  # before the models load
+    rc, out = _run(capsys, "audit", str(ds), "--real", str(tmp_path / "no_real"), *pack)
+    assert rc == 2 and "--real" in out.err and "no_real" in out.err
+    (tmp_path / "empty").mkdir()
+    rc, out = _run(capsys, "audit", str(tmp_path / "empty"), *pack)
     assert rc == 2 and "train.rec" in out.err
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3,)))
@@ -276,7 +281,9 @@ def test_the_acg_keeps_a_photo_folder_of_real_people_out(planted, tmp_path):
     for k, face in enumerate(src):
         _save_png(photos / f"person{k}" / "a.png", face)
     cache = tmp_path / "output" / "fdta" / "real_set_cache"
-    real = real_person_bank(as_analyzer(models), real_sets=[str(photos)], face_models=models, real_cache=cache)
+    real = real_person_bank(
+        as_analyzer(models), real_sets=[str(photos)], face_models=models, real_cache=cache
+    )
     assert len(real) == 3 and len(list(cache.glob("real-*.npz"))) == 1
     e = models.embed(src[1:2])[0]
     cos, label = real.most_similar(e)
@@ -294,7 +301,9 @@ def test_clustered_search_above_the_exact_limit_finds_close_pairs_and_reports_tr
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     planted = set()
-    for a, b in zip(rng.choice(n // 2, 12, replace=False), n // 2 + rng.choice(n // 2, 12, replace=False)):
+    for a, b in zip(
+        rng.choice(n // 2, 12, replace=False), n // 2 + rng.choice(n // 2, 12, replace=False), strict=True
+    ):
         c = rng.uniform(0.7, 0.95)
         r = rng.normal(size=dim)
         r -= (r @ x[a]) * x[a]
@@ -305,11 +314,11 @@ def test_clustered_search_above_the_exact_limit_finds_close_pairs_and_reports_tr
     monkeypatch.setattr(ident, "PROBES", 8)  # 8 of 24 cells: a real approximation
     a, b, c, info = ident.range_pairs(x, None, 0.5)
     assert info.method == "clustered" and (info.nlist, info.nprobe) == (24, 8)
-    found = {(int(i), int(j)) for i, j in zip(a, b)}
+    found = {(int(i), int(j)) for i, j in zip(a, b, strict=True)}
     assert planted <= found
     assert all(i < j for i, j in found)
     true = np.einsum("ij,ij->i", x[a], x[b])
     np.testing.assert_allclose(c, true, atol=1e-5)
     assert (true >= 0.5 - 1e-6).all()
     ea, eb, _, einfo = ident.range_pairs(x, None, 0.5, exact=True)
-    assert einfo.method == "exact" and found <= {(int(i), int(j)) for i, j in zip(ea, eb)}
+    assert einfo.method == "exact" and found <= {(int(i), int(j)) for i, j in zip(ea, eb, strict=True)}

@@ -87,9 +87,7 @@ def test_every_node_is_an_fdta_node_with_a_queue_time_check():
     for path in sorted(NODES_DIR.glob("nodes_*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-            declares_node = any(
-                isinstance(k, ast.keyword) and k.arg == "node_id" for k in ast.walk(cls)
-            )
+            declares_node = any(isinstance(k, ast.keyword) and k.arg == "node_id" for k in ast.walk(cls))
             if not declares_node:
                 continue
             bases = [ast.unparse(b) for b in cls.bases]

@@ -351,7 +351,10 @@ def test_missing_identities_get_repair_rounds_up_to_the_bound(tmp_path, fake):
     assert [p["1"]["inputs"].get("repair") for p in s.prompts[before:]] == ["1: 3, 7", "2: 7"]
     # --repair-rounds 0 never repairs; a workflow whose writer reports nothing has nothing to repair
     assert next_repair([3], 0, 0) is None and next_repair([], 0, 2) is None
-    assert missing_of({"9": {"text": ["x"]}}) is None and missing_of({"4": {"fdta_missing": [2, 1]}}) == [1, 2]
+    assert missing_of({"9": {"text": ["x"]}}) is None and missing_of({"4": {"fdta_missing": [2, 1]}}) == [
+        1,
+        2,
+    ]
     with pytest.raises(ConfigError, match="repair rounds"):
         _cfg(tmp_path, [s.url], repair_rounds=-1)
 

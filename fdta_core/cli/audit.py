@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from .report import add_pack_location_args
 
 
@@ -61,6 +62,12 @@ def _audit(args: argparse.Namespace) -> int:
     from .report import load_pack
 
     check_threshold(args.threshold, "--threshold")
+    # paths first: a mistyped one is reported before the face models load (seconds on a real pack)
+    for where, path in [("DATASET", args.dataset), *(("--real", r) for r in args.real)]:
+        if not Path(path).exists():
+            raise InputError(
+                f"{path} does not exist", where=where, fix="give the path of a data set, folder or .npy."
+            )
     models = load_pack(args)
     progress, close = _bar("embedding")
     try:

@@ -175,7 +175,9 @@ def _report(args: argparse.Namespace) -> int:
         )
         div = summary.get("diversity") or {}
         if div.get("value") is not None:
-            print(f"intra-class diversity (DCFace D_intra, k={div['k']}): {div['value']:.4f} over {div['classes']} identities")
+            print(
+                f"intra-class diversity (DCFace D_intra, k={div['k']}): {div['value']:.4f} over {div['classes']} identities"
+            )
         else:
             print(f"intra-class diversity: {div.get('note', 'not measured')}")
         for m in (summary.get("missing") or [])[:20]:

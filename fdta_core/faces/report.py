@@ -105,7 +105,8 @@ def build_report(
         "dropped": dropped_summary(data.dropped),
         "stages": stage_table(data.stages),
         "missing": list(data.missing),
-        "diversity": data.diversity or {"value": None, "note": "not measured: needs --style-model and --references"},
+        "diversity": data.diversity
+        or {"value": None, "note": "not measured: needs --style-model and --references"},
     }
     summary.update(diversity_summary(data))
     if data.plan:
@@ -123,8 +124,8 @@ def diversity_summary(data: ReportData) -> dict[str, Any]:
     """Identity diversity (``fdta_core.faces.identity_diversity``): pairwise cosine distribution, its 99th
     percentile, nearest-identity cosines and the Vendi score, of the identity centres of the written
     images and, when the run's identity index is given, of the ACG's source faces."""
-    from .identity_diversity import similarity_stats
     from .identity import identity_centers
+    from .identity_diversity import similarity_stats
 
     out: dict[str, Any] = {}
     if data.embeddings is not None and len(data.labels):
@@ -397,7 +398,9 @@ def read_manifest_rows(path: Path) -> dict[int, dict[str, Any]]:
             raise DatasetError(
                 f"{path} has no 'images' table with a 'key' column", fix="is this an FDTA manifest?"
             )
-        want = [c for c in ("identity", "attributes", "csim", "age_target", "extra", "reference_key") if c in cols]
+        want = [
+            c for c in ("identity", "attributes", "csim", "age_target", "extra", "reference_key") if c in cols
+        ]
         out: dict[int, dict[str, Any]] = {}
         for row in con.execute(f"SELECT key, {', '.join(want)} FROM images"):  # noqa: S608 - fixed names
             rec = dict(zip(want, row[1:], strict=True))
@@ -607,7 +610,16 @@ def load_dataset(
     diversity = None
     if measure_style and len(keys):
         diversity = _diversity(
-            keys, labels, rows, np.concatenate(styles), style, references, models, diversity_k, cache_dir, notes
+            keys,
+            labels,
+            rows,
+            np.concatenate(styles),
+            style,
+            references,
+            models,
+            diversity_k,
+            cache_dir,
+            notes,
         )
     if not len(keys):
         notes.append(

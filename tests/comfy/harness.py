@@ -39,6 +39,7 @@ def comfy_or_skip() -> tuple[Path, Path]:
         pytest.skip(reason)
     return root, python
 
+
 __all__ = [
     "PACK_NAME",
     "REPO",

@@ -542,18 +542,26 @@ def test_csim_emptied_identities_are_repaired_through_comfyui(
     comfy.free()
     rc, out = _cli(capsys, argv)
     assert rc == 0, f"{out}\n{comfy.log_tail(80)}"
-    chunk = json.loads((comfy.output_dir / out_name / "chunks" / "000000000-000000006" / "chunk.json").read_text())
+    chunk = json.loads(
+        (comfy.output_dir / out_name / "chunks" / "000000000-000000006" / "chunk.json").read_text()
+    )
     man = json.loads(next(run_dir.glob("run-shard*.json")).read_text())["chunks"]["0"]
     rounds = man["repairs"]
     assert rounds, f"the first pass kept every identity: nothing exercised ({chunk})"
-    assert [r["round"] for r in chunk["repairs"]] == [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert (
+        [r["round"] for r in chunk["repairs"]]
+        == [r["round"] for r in rounds]
+        == list(range(1, len(rounds) + 1))
+    )
     added = {i: r["round"] for r in chunk["repairs"] for i in r["added"]}
     assert added, f"no repair round got an identity through: pick another CSIM threshold ({chunk['repairs']})"
     missing = {m["identity"]: m for m in chunk["missing"]}
     assert sorted(chunk["identities"] + list(missing)) == list(range(n)) and man["missing"] == sorted(missing)
     assert rounds[0]["identities"] == sorted(set(added) | set(rounds[0]["missing_after"]) | set(missing))
     for m in missing.values():  # still missing after the bound: the reason of its last attempt
-        assert m["stage"] == "csim" and m["round"] == len(rounds) and set(m["reasons"]) <= {"csim", "identity"}
+        assert (
+            m["stage"] == "csim" and m["round"] == len(rounds) and set(m["reasons"]) <= {"csim", "identity"}
+        )
     # every repaired identity's images come from its round's own ACG attempt (retries 0: attempt = round)
     rows = sqlite3_rows(comfy.output_dir / out_name / "chunks" / "000000000-000000006",
                         "SELECT identity, json_extract(extra, '$.acg.attempt'), attributes FROM images")  # fmt: skip

@@ -11,7 +11,7 @@ Memory: the FDTA writer runs in a fresh subprocess for a small and a 10x larger 
 RSS (``ru_maxrss``) and the tracemalloc peak; flat means the larger run needs no more memory.
 
 The limit: JPEG-encode-only throughput of the same faces on the same cores (the writer's backend, one
-thread per core, batches of 32, nothing else) -- what the writer could reach if framing, hashing, the
+thread per core, batches of the writer's size, nothing else) -- what the writer could reach if framing, hashing, the
 manifest and the commit cost nothing. ``fraction of JPEG-encode limit: F`` is the writer over that,
 repeated side by side until the ratio's spread is under 10% (or a time cap).
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._steady import load_average, pin_threads, steady_ratio  # noqa: E402
 from fdta_core.dataset import ChunkWriter  # noqa: E402
+from fdta_core.dataset.writer import BATCH_SIZE  # noqa: E402
 from fdta_core.faceset import Provenance  # noqa: E402
 from fdta_core.imagecodec import jpeg_encoder  # noqa: E402
 from fdta_core.recordio import IRHeader, RecordWriter, pack  # noqa: E402
@@ -94,7 +95,9 @@ def fdta(
     return n / (time.perf_counter() - t), w.backend
 
 
-def encode_limit(n: int, pool: np.ndarray, workers: int, backend: str = "auto", batch: int = 32) -> float:
+def encode_limit(
+    n: int, pool: np.ndarray, workers: int, backend: str = "auto", batch: int = BATCH_SIZE
+) -> float:
     """JPEG-encode-only faces/s: the same encoder on ``workers`` threads, batches of ``batch``."""
     import concurrent.futures
 

@@ -131,3 +131,21 @@ def test_preview_is_bounded_and_shows_the_faces(rng):
     np.testing.assert_array_equal(s[134 : 134 + 112, 76 + 116 : 76 + 116 + 112], small.images[4])
     empty = faceset_preview(FaceSet.empty())
     assert empty.ndim == 3 and empty.shape[0] < 200
+
+
+def test_provenance_derive_copies_merges_and_refuses_unknown_fields():
+    """derive() builds the copy directly (it runs once per image per stage): the original is untouched,
+    seeds/extra merge, history grows, scalar fields change, an unknown field is an error."""
+    p = Provenance(
+        identity=1, attributes={"gender": "male"}, seeds={"acg": 1}, extra={"x": 1}, history=["acg"]
+    )
+    q = p.derive("csim", csim=0.5, seeds={"stg": 2}, extra={"y": 2})
+    assert q == Provenance(identity=1, attributes={"gender": "male"}, seeds={"acg": 1, "stg": 2},
+                           csim=0.5, history=["acg", "csim"], extra={"x": 1, "y": 2})  # fmt: skip
+    assert p == Provenance(identity=1, attributes={"gender": "male"}, seeds={"acg": 1}, extra={"x": 1},
+                           history=["acg"])  # fmt: skip
+    q.attributes["gender"] = "female"
+    q.seeds["acg"] = 9
+    assert p.attributes == {"gender": "male"} and p.seeds == {"acg": 1}  # no shared dicts
+    with pytest.raises(TypeError, match="bogus"):
+        p.derive("x", bogus=1)

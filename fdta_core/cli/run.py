@@ -200,10 +200,14 @@ def _run(args: argparse.Namespace) -> int:
         elif state == ChunkState.FAILED:
             bar.write(f"chunk {chunk.name} failed")
 
+    # ComfyUI's progress messages name the node by its id in the prompt: show its class instead
+    node_class = {str(k): v.get("class_type", "?") for k, v in cfg.workflow.items() if isinstance(v, dict)}
+
     def on_progress(name, msg):
         if msg.get("type") == "progress":
             d = msg.get("data", {})
-            bar.set_postfix_str(f"{name} node {d.get('node')} {d.get('value')}/{d.get('max')}")
+            node = str(d.get("node"))
+            bar.set_postfix_str(f"{name} {node_class.get(node, node)} {d.get('value')}/{d.get('max')}")
 
     if args.ray is not None:
         from ..runner.ray_engine import RayOptions, run_ray

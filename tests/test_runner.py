@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fdta_core.cli import main as cli_main
@@ -423,3 +424,68 @@ def test_cli_run_prints_the_per_stage_table_of_the_run_so_far(tmp_path, fake, ca
     out, err = capsys.readouterr()
     assert json.loads(out.strip())["stages"]["stages"][0]["images"] == 20
     assert "per-stage time" not in err
+
+
+def _index_files(folder, chunks):
+    """Run-index files: ``chunks`` maps (start, end) -> {identity: unit vector}."""
+    from fdta_core.faces.identity import IdentityIndex, RunIndex
+
+    run = RunIndex(folder)
+    for (s, e), vecs in chunks.items():
+        idx = IdentityIndex()
+        for ident, v in vecs.items():
+            idx.add(f"identity {ident}", v, ident)
+        run.save_chunk(s, e, idx)
+
+
+def test_cross_chunk_duplicates_are_pairs_of_different_chunks(tmp_path):
+    """Chunks generated at the same time cannot see each other: the end-of-run check finds their shared
+    people (and only pairs across chunks, with the exact cosine, a < b)."""
+    from fdta_core.runner.finish import cross_chunk_duplicates
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(8, 64))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    twin = 0.9 * v[1] + np.sqrt(1 - 0.81) * v[7]  # identity 6 of chunk 5-10 ~ identity 1 of chunk 0-5
+    _index_files(tmp_path / "ids", {(0, 5): {0: v[0], 1: v[1], 2: v[2]}, (5, 10): {5: v[3], 6: twin}})
+    dups = cross_chunk_duplicates(tmp_path / "ids", 0.5)
+    assert [d["identities"] for d in dups] == [[1, 6]]
+    assert dups[0]["chunks"] == ["000000000-000000005", "000000005-000000010"]
+    assert abs(dups[0]["cosine"] - float(v[1] @ twin / np.linalg.norm(twin))) < 1e-3
+    assert cross_chunk_duplicates(tmp_path / "ids", 0.95) == []
+    assert cross_chunk_duplicates(tmp_path / "nowhere", 0.5) == []
+
+
+def test_cli_run_reports_duplicates_between_chunks_with_the_workflows_threshold(tmp_path, fake, capsys):
+    """``fdta run`` checks the whole run's identity index at the end, with the options node's threshold
+    after --set overrides, and says which identities and how to fix it (stderr, and the JSON line)."""
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(4, 64))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    twin = 0.7 * v[0] + np.sqrt(1 - 0.49) * v[3]  # cosine 0.7 to identity 0
+    wf_nodes = json.loads(json.dumps(WORKFLOW)) | {
+        "5": {"class_type": "FDTAACGOptions", "inputs": {"uniqueness_threshold": 0.3}},
+        "6": {"class_type": "FDTAACGSampler", "inputs": {"plan": ["1", 0], "options": ["5", 0], "seed": 1}},
+    }
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(wf_nodes))
+    for run_dir in ("r", "r2"):
+        chunks = {(0, 100): {0: v[0], 1: v[1]}, (100, 200): {150: twin}}
+        _index_files(tmp_path / run_dir / "identities", chunks)
+    s = fake(object_info=OBJECT_INFO)
+    base = ["run", str(wf), "--identities", "200", "--chunk-size", "100", "--seed", "3", "--server", s.url]
+    assert cli_main([*base, "--run-dir", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert [d["identities"] for d in summary["cross_chunk_duplicates"]] == [[0, 150]]
+    assert "identity 0 (chunk 000000000-000000100) ~ identity 150" in err and "fdta audit" in err
+    # a stricter threshold set for the run: the pair is no longer the same person
+    assert (
+        cli_main(
+            [*base, "--run-dir", str(tmp_path / "r2"), "--set", "FDTAACGOptions.uniqueness_threshold=0.8"]
+        )
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["cross_chunk_duplicates"] == []
+    assert "same person" not in err

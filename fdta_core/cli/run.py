@@ -235,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         counts = run(cfg, on_chunk=on_chunk, on_progress=on_progress)
     bar.n = counts[ChunkState.DONE.value]
     bar.close()
+    duplicates = _cross_chunk_check(cfg) if counts[ChunkState.DONE.value] else None
     merged = None
     if args.merge_to is not None and counts[ChunkState.DONE.value] == len(chunks):
         from ..runner.finish import merge_run
@@ -253,12 +254,42 @@ def _run(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_run_stages(stages), file=sys.stderr)
     summary = {"run_dir": str(cfg.run_dir), "manifest": str(cfg.manifest_path()), **counts, "stages": stages}
+    if duplicates is not None:
+        summary["cross_chunk_duplicates"] = duplicates
     if args.merge_to is not None:
         summary["merged"] = None if merged is None else str(args.merge_to)
     print(json.dumps(summary))
     if counts[ChunkState.DONE.value] != len(chunks):
         return 1
     return 0 if not merged else int(merged)
+
+
+def _cross_chunk_check(cfg: RunConfig) -> list[dict] | None:
+    """Identities of different chunks that are the same person (chunks generated at the same time cannot
+    see each other); printed, and returned for the summary. None when the run has no ACG or no index."""
+    from ..runner.finish import cross_chunk_duplicates, uniqueness_threshold
+
+    threshold = uniqueness_threshold(cfg)
+    folder = Path(cfg.index_location())
+    if threshold is None or not folder.is_dir():
+        return None
+    dups = cross_chunk_duplicates(folder, threshold)
+    if dups:
+        print(
+            f"WARNING: {len(dups)} pair(s) of identities in different chunks are the same person (cosine >= "
+            f"{threshold}); chunks generated at the same time cannot see each other:",
+            file=sys.stderr,
+        )
+        for d in dups[:20]:
+            a, b = d["identities"]
+            print(f"  identity {a} (chunk {d['chunks'][0]}) ~ identity {b} (chunk {d['chunks'][1]}): "
+                  f"cosine {d['cosine']:.3f}", file=sys.stderr)  # fmt: skip
+        print(
+            "  fix: merge the set, then `fdta audit MERGED --pack P --write-filtered OUT` leaves the later "
+            "identity of each pair out (or run on one server: every chunk then sees all earlier ones).",
+            file=sys.stderr,
+        )
+    return dups
 
 
 def _comfy_location(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -82,3 +82,58 @@ def merge_run(
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout keeps the run's one JSON summary
         return fdta(argv)
+
+
+def uniqueness_threshold(cfg) -> float | None:
+    """The ACG's ``uniqueness_threshold`` in this run's prompts (the options node's literal value, overrides
+    applied; the core's default when the sampler has no options node), or None when no ACG runs."""
+    from ..acg.generate import ACGOptions
+
+    first = plan_chunks(cfg.identities, cfg.chunk_size, cfg.first_identity)[0]
+    prompt = patch_workflow(cfg.workflow, first, cfg.seed, cfg.overrides, identity_index="")
+    if not any(n.get("class_type") == "FDTAACGSampler" for n in prompt.values()):
+        return None
+    values = [
+        n["inputs"].get("uniqueness_threshold")
+        for n in prompt.values()
+        if n.get("class_type") == "FDTAACGOptions"
+    ]
+    literal = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return min(literal) if literal else float(ACGOptions().uniqueness_threshold)
+
+
+def cross_chunk_duplicates(index_folder: str | Path, threshold: float) -> list[dict]:
+    """Pairs of identities of *different* chunks of the run's identity index at or above ``threshold``.
+
+    A chunk's ACG sees the chunks that were done when it started, so chunks generated at the same time
+    (several servers, shards, Ray actors) cannot see each other: this is the check of the whole run once
+    its chunks are written. Each pair: ``{"identities": [a, b], "cosine": c, "chunks": [A, B]}``, ``a < b``.
+    """
+    import numpy as np
+
+    from ..faces.identity import IdentityIndex, RunIndex, range_pairs
+
+    vecs, ids, chunk_of, names = [], [], [], []
+    for s, e, f in RunIndex(index_folder).chunk_files():
+        idx = IdentityIndex.load(f)
+        if not len(idx):
+            continue
+        vecs.append(idx.vectors())
+        ids.extend(idx.ids)
+        chunk_of.extend([len(names)] * len(idx))
+        names.append(f"{s:09d}-{e:09d}")
+    if len(names) < 2:
+        return []
+    if len({v.shape[1] for v in vecs}) > 1:
+        log.warning(
+            "identity index %s mixes embedding sizes (different face models): not checked", index_folder
+        )
+        return []
+    a, b, c, _info = range_pairs(np.concatenate(vecs), None, float(threshold))
+    out = []
+    for i, j, cos in zip(a.tolist(), b.tolist(), c.tolist(), strict=True):
+        if chunk_of[i] == chunk_of[j]:
+            continue
+        (ia, ca), (ib, cb) = sorted(((ids[i], chunk_of[i]), (ids[j], chunk_of[j])))
+        out.append({"identities": [ia, ib], "cosine": round(cos, 4), "chunks": [names[ca], names[cb]]})
+    return sorted(out, key=lambda d: d["identities"])

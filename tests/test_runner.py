@@ -489,3 +489,6 @@ def test_cli_run_reports_duplicates_between_chunks_with_the_workflows_threshold(
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["cross_chunk_duplicates"] == []
     assert "same person" not in err
+    # the run's index turned off: nothing to check (not the current folder's files)
+    assert cli_main([*base, "--run-dir", str(tmp_path / "r3"), "--identity-index", ""]) == 0
+    assert "cross_chunk_duplicates" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

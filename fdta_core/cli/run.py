@@ -270,9 +270,10 @@ def _cross_chunk_check(cfg: RunConfig) -> list[dict] | None:
     from ..runner.finish import cross_chunk_duplicates, uniqueness_threshold
 
     threshold = uniqueness_threshold(cfg)
-    folder = Path(cfg.index_location())
-    if threshold is None or not folder.is_dir():
+    location = cfg.index_location()  # "" when the run turned the index off
+    if threshold is None or not location or not Path(location).is_dir():
         return None
+    folder = Path(location)
     dups = cross_chunk_duplicates(folder, threshold)
     if dups:
         print(

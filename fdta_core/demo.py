@@ -187,6 +187,8 @@ def resolve_comfyui(cfg: DemoConfig, say: Say) -> tuple[Path, Path]:
     return root, python
 
 
+#: A script for ComfyUI's interpreter (a child process): it prints the unmet requirement lines on its
+#: stdout, which :func:`missing_requirements` reads (the library itself logs; this print is the answer).
 _REQ_CHECK = r"""
 import re, sys
 from importlib import metadata

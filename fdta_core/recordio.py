@@ -350,6 +350,18 @@ def scan_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             offset = f.tell()
 
 
+def rec_file(path: str | os.PathLike) -> Path:
+    """The ``.rec`` a user named: the file itself, or a data-set folder's ``train.rec``."""
+    rec = Path(path)
+    if rec.is_dir():
+        rec = rec / "train.rec"
+    if not rec.is_file():
+        raise DatasetError(
+            f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
+        )
+    return rec
+
+
 class RecordReader:
     """Indexed random access to a ``.rec`` (like ``MXIndexedRecordIO`` in ``'r'`` mode).
 
@@ -359,13 +371,7 @@ class RecordReader:
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
-        rec = Path(rec_path)
-        if rec.is_dir():
-            rec = rec / "train.rec"
-        if not rec.is_file():
-            raise DatasetError(
-                f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
-            )
+        rec = rec_file(rec_path)
         self.rec_path = rec
         idx = Path(idx_path) if idx_path is not None else rec.with_suffix(".idx")
         if idx.is_file():

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import folder_paths
 from comfy_api.latest import io
 
-from ..fdta_core.errors import FDTAError, ModelNotFoundError
+from ..fdta_core.errors import FDTAError, InputError, ModelNotFoundError
 from ..fdta_core.models_catalog import FOLDERS
+from ..fdta_core.plan import IdentityPlan as PlanRecord
 from ..fdta_core.seeds import SEED_MAX
 
 T = TypeVar("T")
@@ -29,6 +30,22 @@ log = logging.getLogger("FDTA")
 Faceset = io.Custom("FDTA_FACESET")
 #: Identities, attributes and prompts of one chunk (``fdta_core.prompts`` plan).
 IdentityPlan = io.Custom("FDTA_IDENTITY_PLAN")
+
+
+def as_plan(plan: Any) -> PlanRecord:
+    """The plan a ``FDTA_IDENTITY_PLAN`` socket carries (a dict when it came through ComfyUI's cache or
+    the API), or a clear error naming the socket."""
+    if isinstance(plan, PlanRecord):
+        return plan
+    if isinstance(plan, dict):
+        return PlanRecord.from_dict(plan)
+    raise InputError(
+        f"expected an identity plan, got {type(plan).__name__}",
+        where="plan",
+        fix="connect the plan output of FDTAAttributeSpec or FDTAAttributePrompt.",
+    )
+
+
 #: Detector / ArcFace / gender-age models of one insightface pack.
 FaceModels = io.Custom("FDTA_FACE_MODELS")
 #: STG (DCFace mixer) model.

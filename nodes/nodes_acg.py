@@ -34,7 +34,6 @@ from ..fdta_core.acg.selection import PREFER
 from ..fdta_core.errors import InputError
 from ..fdta_core.faces.realset import REAL_SET_CACHE
 from ..fdta_core.faceset import FaceSet, image_to_uint8, uint8_to_image
-from ..fdta_core.plan import IdentityPlan as PlanRecord
 from ..fdta_core.timing import StageClock
 from ._common import (
     CATEGORY,
@@ -43,6 +42,7 @@ from ._common import (
     Faceset,
     IdentityPlan,
     ReferenceBank,
+    as_plan,
     batch_size_input,
     bool_input,
     combo_input,
@@ -59,18 +59,6 @@ from ._validation import FDTANode, PromptGraph, check_widgets, validate
 log = logging.getLogger("FDTA")
 
 NODE_ID = "FDTAACGSampler"
-
-
-def _as_plan(plan: Any) -> PlanRecord:
-    if isinstance(plan, PlanRecord):
-        return plan
-    if isinstance(plan, dict):
-        return PlanRecord.from_dict(plan)
-    raise InputError(
-        f"expected an identity plan, got {type(plan).__name__}",
-        where="plan",
-        fix="connect the plan output of FDTAAttributeSpec or FDTAAttributePrompt.",
-    )
 
 
 class ComfyBatchSampler:
@@ -524,7 +512,7 @@ class FDTAACGSampler(FDTANode):
     ) -> io.NodeOutput:
         with node_errors(NODE_ID):
             clock = StageClock()
-            plan = _as_plan(plan)
+            plan = as_plan(plan)
             check_range(start_percent, end_percent)
             opts = _acg_options(options)
 

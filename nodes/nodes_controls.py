@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from comfy_api.latest import io
 
 from ..fdta_core.acg.controls import CONTROL_SIZE, FORMATS, plan_maps, preview_grid
-from ..fdta_core.errors import InputError
 from ..fdta_core.faceset import uint8_to_image
-from ..fdta_core.plan import IdentityPlan as PlanRecord
-from ._common import CATEGORY, IdentityPlan, node_errors, progress_callback
+from ._common import CATEGORY, IdentityPlan, as_plan, node_errors, progress_callback
 from ._validation import FDTANode, validate
 
 log = logging.getLogger("FDTA")
@@ -26,18 +23,6 @@ NODE_ID = "FDTAControlMaps"
 
 #: The preview grid shows at most this many maps (a bounded preview, whatever the chunk size).
 PREVIEW_MAX = 64
-
-
-def _as_plan(plan: Any) -> PlanRecord:
-    if isinstance(plan, PlanRecord):
-        return plan
-    if isinstance(plan, dict):
-        return PlanRecord.from_dict(plan)
-    raise InputError(
-        f"expected an identity plan, got {type(plan).__name__}",
-        where="plan",
-        fix="connect the plan output of FDTAAttributeSpec or FDTAAttributePrompt.",
-    )
 
 
 class FDTAControlMaps(FDTANode):
@@ -96,7 +81,7 @@ class FDTAControlMaps(FDTANode):
     @classmethod
     def execute(cls, plan, format, size) -> io.NodeOutput:  # noqa: A002 - the widget's name
         with node_errors(NODE_ID):
-            plan = _as_plan(plan)
+            plan = as_plan(plan)
             bar = progress_callback(len(plan), NODE_ID)
             maps = plan_maps(plan, fmt=format, size=int(size), progress=bar)
             shown = type(maps)(maps.images[:PREVIEW_MAX], maps.params[:PREVIEW_MAX])

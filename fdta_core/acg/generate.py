@@ -46,35 +46,39 @@ from .selection import PREFER, FaceAnalyzer, SelectionCriteria
 log = logging.getLogger(__name__)
 
 
+#: The core's own defaults, which the flat options below take rather than repeat.
+_EDGE, _SET, _SEL, _KP = EdgeSettings(), ACGSettings(), SelectionCriteria(), KeypointCriteria()
+
+
 @dataclass(frozen=True)
 class ACGOptions:
     """The advanced ACG settings (``FDTAACGOptions``): edge preprocessing of the control images, how
-    candidates pick them, retries, and the selection criteria. The defaults are what the sampler uses
-    when no options node is connected (the sampler's defaults before the options node existed)."""
+    candidates pick them, retries, and the selection criteria, flat in widget order. The defaults are
+    those of the core's settings classes (what the sampler uses when no options node is connected)."""
 
-    control_preprocess: str = "canny"
-    canny_low: int = 100
-    canny_high: int = 200
-    edge_blur: int = 3
-    control_assignment: str = "random"
-    retries: int = 2
-    on_failure: str = "skip"
-    min_det_score: float = 0.5
-    check_gender: bool = True
-    check_age: bool = True
-    age_tolerance: float = 10.0
-    uniqueness_threshold: float = 0.3
-    real_person_threshold: float = 0.3
+    control_preprocess: str = _EDGE.method
+    canny_low: int = _EDGE.low
+    canny_high: int = _EDGE.high
+    edge_blur: int = _EDGE.blur
+    control_assignment: str = _SET.control_policy
+    retries: int = _SET.retries
+    on_failure: str = _SET.on_failure
+    min_det_score: float = _SEL.min_det_score
+    check_gender: bool = _SEL.check_gender
+    check_age: bool = _SEL.age_tolerance is not None
+    age_tolerance: float = _SEL.age_tolerance
+    uniqueness_threshold: float = _SEL.uniqueness_threshold
+    real_person_threshold: float = _SEL.real_person_threshold
     real_sets: str = ""
     # issue 17 (appended: widget order is part of saved workflows)
-    prefer: str = "farthest"
-    check_expression: bool = True
-    smile_ratio: float = 0.95
-    expression_margin: float = 0.04
-    check_pose: bool = True
-    max_yaw: float = 20.0
-    max_roll: float = 20.0
-    max_pitch_offset: float = 0.15
+    prefer: str = _SEL.prefer
+    check_expression: bool = _KP.check_expression
+    smile_ratio: float = _KP.smile_ratio
+    expression_margin: float = _KP.expression_margin
+    check_pose: bool = _KP.check_pose
+    max_yaw: float = _KP.max_yaw
+    max_roll: float = _KP.max_roll
+    max_pitch_offset: float = _KP.max_pitch_offset
 
     def __post_init__(self) -> None:
         check_choice(None, "control_preprocess", self.control_preprocess, EDGE_METHODS)
@@ -115,13 +119,10 @@ class ACGOptions:
             uniqueness_threshold=float(self.uniqueness_threshold),
             real_person_threshold=float(self.real_person_threshold),
             keypoints=KeypointCriteria(
-                check_expression=bool(self.check_expression),
-                smile_ratio=float(self.smile_ratio),
-                expression_margin=float(self.expression_margin),
-                check_pose=bool(self.check_pose),
-                max_yaw=float(self.max_yaw),
-                max_roll=float(self.max_roll),
-                max_pitch_offset=float(self.max_pitch_offset),
+                **{
+                    f.name: type(getattr(_KP, f.name))(getattr(self, f.name))
+                    for f in fields(KeypointCriteria)
+                }
             ),
             prefer=self.prefer,
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -30,10 +29,10 @@ from typing import Any
 
 from ..errors import ConfigError, FDTAError
 from .client import ComfyClient, ServerLost, new_prompt_id
-from .dispatch import execute, follow, next_prompt, prompt_finished, recover_interrupted, settle_failure
+from .dispatch import execute, follow, next_prompt, prompt_finished, settle_failure
 from .launch import LaunchSpec
 from .manifest import Chunk, ChunkState
-from .runner import RunConfig, open_ledger
+from .runner import RunConfig, start_ledger
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +208,7 @@ def _drive(ray, cfg: RunConfig, opts: RayOptions, on_chunk, on_progress) -> dict
 
     if opts.attach and cfg.overrides:
         cfg.check_overrides(ComfyClient(opts.attach[0]).object_info())
-    ledger = open_ledger(cfg, on_chunk=on_chunk)
-    followed = recover_interrupted(ledger, ComfyClient)
-    todo: queue.Queue[Chunk] = queue.Queue()
-    busy = {c.index for c, _, _ in followed}
-    for c in ledger.manifest.todo(cfg.max_attempts):
-        if c.index not in busy:
-            todo.put(c)
-    ledger.outstanding = todo.qsize() + len(followed)
+    ledger, followed, todo = start_ledger(cfg, ComfyClient, on_chunk=on_chunk)
     for chunk, url, pid in followed:  # prompts an earlier driver queued on servers that still run them
 
         def _follow(chunk=chunk, url=url, pid=pid):

@@ -136,14 +136,7 @@ def run(
         )
     if cfg.overrides:  # before anything is queued: a misspelt --set must not "succeed" doing nothing
         cfg.check_overrides(client_factory(cfg.servers[0]).object_info())
-    ledger = open_ledger(cfg, on_chunk=on_chunk)
-    followed = recover_interrupted(ledger, client_factory)
-    todo: queue.Queue[Chunk] = queue.Queue()
-    busy = {c.index for c, _, _ in followed}
-    for c in ledger.manifest.todo(cfg.max_attempts):
-        if c.index not in busy:
-            todo.put(c)
-    ledger.outstanding = todo.qsize() + len(followed)
+    ledger, followed, todo = start_ledger(cfg, client_factory, on_chunk=on_chunk)
     stop = threading.Event()
     log.info("run %s: %d chunk(s) to do, %s", cfg.run_dir, ledger.outstanding, ledger.manifest.counts())
 
@@ -205,6 +198,25 @@ def open_ledger(cfg: RunConfig, *, on_chunk: Callable[[Chunk, ChunkState], None]
     if cfg.identity_index is None:
         prepare_run_index(cfg.index_location(), {"run": cfg.run_key()})
     return Ledger(manifest, cfg.max_attempts, on_chunk=on_chunk)
+
+
+def start_ledger(
+    cfg: RunConfig,
+    client_factory: Callable[[str], ComfyClient],
+    *,
+    on_chunk: Callable[[Chunk, ChunkState], None] | None = None,
+) -> tuple[Ledger, list[tuple[Chunk, str, str]], queue.Queue[Chunk]]:
+    """What every engine starts from: the ledger, the prompts an earlier driver left running on servers
+    (``(chunk, url, prompt_id)``, to be followed, not queued again) and the queue of the other chunks to do."""
+    ledger = open_ledger(cfg, on_chunk=on_chunk)
+    followed = recover_interrupted(ledger, client_factory)
+    todo: queue.Queue[Chunk] = queue.Queue()
+    busy = {c.index for c, _, _ in followed}
+    for c in ledger.manifest.todo(cfg.max_attempts):
+        if c.index not in busy:
+            todo.put(c)
+    ledger.outstanding = todo.qsize() + len(followed)
+    return ledger, followed, todo
 
 
 def run_one(

@@ -484,14 +484,9 @@ def open_rec_index(
     cache_dir: str | os.PathLike | None = None,
 ) -> BankIndex:
     """The index of an insightface ``.rec`` (built on first use or when the ``.rec`` changed)."""
-    rec = Path(rec_path)
-    if rec.is_dir():
-        rec = rec / "train.rec"
-    if not rec.is_file():
-        raise DatasetError(
-            f"RecordIO file {rec} not found", fix="pass a .rec file or a folder holding train.rec."
-        )
-    rec = rec.resolve()
+    from ..recordio import rec_file
+
+    rec = rec_file(rec_path).resolve()
     fp = _rec_fingerprint(rec)
     db = _db_path(cache_folder(rec.parent, cache_dir), rec.stem, str(rec))
     found = _usable(db, fp, align, align_id, None)

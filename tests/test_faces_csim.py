@@ -125,6 +125,48 @@ def test_filter_with_face_models_uses_batches(tmp_path):
     assert min(ref) > 0.5 and len(kept) == 6  # small noise keeps identity with the tiny ArcFace
 
 
+def test_streamed_filter_gives_what_the_whole_set_gives(tmp_path):
+    """With face models the filter judges each batch on the helper thread while the model runs the next
+    (sources first, then the faces, several batches, two buffers reused); it must decide and record
+    exactly what the same filter decides from all embeddings at once: verdicts, reasons, CSIMs, leak
+    records, the identity-level drop and the kept images' provenance."""
+    from fdta_core.faces import load_face_pack
+    from fdta_core.testing.faces import make_tiny_face_pack
+
+    make_tiny_face_pack(tmp_path, "p", genderage=False)
+    models = load_face_pack([tmp_path], "p", providers="CPU", require=("recognizer",), threads=1)
+    fs = _faceset(7, 5, noise=60, seed=3)  # 35 faces: batches of 8 straddle the sources and the faces
+    prov = []
+    for i, p in enumerate(fs.provenance):  # most styled after a bank subject, one names an unknown one
+        subj = {0: "bob", 1: "alice", 2: "nobody"}.get(i % 4)
+        prov.append(
+            Provenance(
+                identity=p.identity, history=p.history, extra={"stg_reference_subject": subj} if subj else {}
+            )
+        )
+    fs = FaceSet(fs.images, fs.labels, prov, fs.sources)
+    subjects = {"alice": models.embed(fs.images[1:2])[0] + 0.5, "bob": models.embed(fs.sources[3][None])[0]}
+    whole = lambda x: models.embed(x, batch_size=64)  # noqa: E731 - a plain function: no streaming
+    base_csim = csim_filter(fs, whole, threshold=-1.0)[1].csim
+    thr = float(np.quantile(base_csim, 0.3))
+    runs = [
+        csim_filter(fs, m, threshold=thr, min_images_per_identity=3, batch_size=8,
+                    reference_subjects=subjects, leak_threshold=0.9)
+        for m in (models, whole)
+    ]  # fmt: skip
+    (k1, s1), (k2, s2) = runs
+    np.testing.assert_allclose(s1.csim, s2.csim, atol=1e-5)
+    np.testing.assert_allclose(s1.csim_subject, s2.csim_subject, atol=1e-5, equal_nan=True)
+    assert np.isnan(s1.csim_subject[2]) and np.isfinite(s1.csim_subject[0])
+    assert s1.reasons == s2.reasons and set(s1.reasons) == {"", "csim", "leak", "identity"}
+    assert s1.dropped_identities == s2.dropped_identities
+    assert np.array_equal(s1.kept_mask, s2.kept_mask) and len(k1) == len(k2) > 0
+    for a, b in zip(k1.provenance, k2.provenance, strict=True):
+        assert a.history == b.history == ["stg", "csim"] and a.extra.keys() == b.extra.keys()
+        assert a.csim == pytest.approx(b.csim, abs=2e-6)
+    assert [d.reasons for d in k1.dropped] == [d.reasons for d in k2.dropped]
+
+
 def test_bad_inputs():
     fs = _faceset(1, 2)
     emb = LinearEmbedder()

@@ -67,3 +67,30 @@ def test_gpu_providers_without_a_visible_device_are_not_offered(monkeypatch, cap
     monkeypatch.setattr(P, "cuda_device_visible", lambda: True)
     assert P.resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert P.provider_choices()[:3] == ["auto", "CPU", "CUDA"]
+
+
+@pytest.mark.parametrize("mean,std", [(127.5, 127.5), (127.5, 128.0), (0.0, 1.0)])
+def test_to_blob_opencv_path_matches_numpy(monkeypatch, mean, std):
+    """The OpenCV split + addWeighted conversion gives the numpy transpose-and-normalise to within one
+    float32 rounding step (also from a non-contiguous batch, into a reused buffer, and with the reused
+    planes of another shape in between); without OpenCV numpy does it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    expect = images.transpose(0, 3, 1, 2).astype(np.float32)
+    expect -= np.float32(mean)
+    expect *= np.float32(1.0 / std)
+    ulp = 2.4e-7 * max(1.0, 255.0 / std)
+    fast = P.to_blob(images, mean, std)
+    assert fast.dtype == np.float32 and fast.flags.c_contiguous
+    np.testing.assert_allclose(fast, expect, rtol=0, atol=ulp)
+    P.to_blob(images[:2, :64, :96], mean, std)  # other planes in the thread's scratch
+    buf = np.full((5, 3, 112, 112), np.nan, np.float32)
+    assert P.to_blob(images[::-1], mean, std, out=buf) is buf
+    np.testing.assert_allclose(buf, expect[::-1], rtol=0, atol=ulp)
+    with pytest.raises(ValueError, match="out has shape"):
+        P.to_blob(images, mean, std, out=buf[:4])
+    monkeypatch.setattr(P, "_cv2", lambda: None)
+    np.testing.assert_array_equal(P.to_blob(images, mean, std), expect)
+    np.testing.assert_array_equal(P.to_blob(images[:0], mean, std), expect[:0])

@@ -161,16 +161,21 @@ def compute_csim(
     """
     check_choice("csim", "reference", reference, REFERENCES)
     emb = l2_normalize(embeddings)
-    out = np.empty(len(faceset), np.float64)
-    for ident, idx in faceset.by_identity().items():
-        if reference == "source":
+    if not len(faceset):
+        return np.zeros((0,), np.float64)
+    ids, inverse = np.unique(np.asarray(faceset.labels), return_inverse=True)
+    if reference == "source":
+        for ident in ids.tolist():
             if source_embeddings is None or ident not in source_embeddings:
-                faceset.source_of(ident)  # raises the explanatory error
-            ref = l2_normalize(np.asarray(source_embeddings[ident]))
-        else:
-            ref = l2_normalize(emb[idx].mean(axis=0))
-        out[idx] = emb[idx] @ ref
-    return out
+                faceset.source_of(ident)  # raises the explanatory error when the source face is missing
+                raise InputError(f"no source embedding for identity {ident}", where="csim")
+        refs = l2_normalize(np.stack([np.asarray(source_embeddings[i]) for i in ids.tolist()]))
+    else:
+        sums = np.zeros((len(ids), emb.shape[1]), np.float64)
+        np.add.at(sums, inverse, emb)
+        refs = l2_normalize(sums)  # the direction of the mean: dividing by the count changes nothing
+    # one vectorised pass (no loop over identities): row i against its identity's reference
+    return np.einsum("ij,ij->i", emb, refs[inverse])
 
 
 def csim_filter(
@@ -208,99 +213,185 @@ def csim_filter(
     n = len(faceset)
     if embeddings is not None and len(embeddings) != n:
         raise InputError(f"{len(embeddings)} embeddings for {n} images", where="csim.embeddings")
-    src_emb: dict[int, np.ndarray] | None = None
-    ids = faceset.identities
+    judge = _Judge(faceset, float(threshold), reference, reference_subjects, leak_threshold)
     src = None
     if reference == "source" and n:
-        missing = [i for i in ids if i not in faceset.sources]
-        if missing:
-            faceset.source_of(missing[0])
-        src = np.stack([faceset.sources[i] for i in ids])
-    if embeddings is None and src is not None and hasattr(models_or_fn, "embed_many"):
-        # the faceset and its sources in one pipeline (the sources fill the last batch)
+        for ident in judge.ids.tolist():
+            faceset.source_of(ident)  # raises the explanatory error when one is missing
+        src = np.stack([faceset.sources[i] for i in judge.ids.tolist()])
+    if embeddings is None and src is not None and _streams(models_or_fn):
+        # the sources first, then the faceset, in one pipeline; each batch of faces is judged on the
+        # helper thread while the model runs the next one (see BatchedModel.run_batches)
+        m = len(src)
+        got: list[np.ndarray] = []
+
+        def on_batch(start: int, stop: int, out: np.ndarray) -> None:
+            if start < m:
+                got.append(out[: min(stop, m) - start])
+                if stop >= m:
+                    judge.set_references(np.concatenate(got))
+            lo = max(start, m)
+            if lo < stop:
+                judge.images(lo - m, stop - m, out[lo - start :])
+
         def step(done: int, _total: int) -> None:
             if progress is not None:
-                progress(min(done, n), n)
+                progress(max(0, done - m), n)
 
-        embeddings, src_out = models_or_fn.embed_many([faceset.images, src], batch_size, step)
-        src_emb = dict(zip(ids, np.asarray(src_out, np.float64), strict=True))
-    elif embeddings is None:
-        embeddings = embed_faceset(faceset, models_or_fn, batch_size=batch_size, progress=progress)
-    if src is not None and src_emb is None:
-        fn = _embedder(models_or_fn, batch_size)
-        src_emb = dict(zip(ids, np.asarray(fn(src), np.float64), strict=True))
-    csim = compute_csim(faceset, embeddings, reference, src_emb) if n else np.zeros((0,))
-    keep = csim >= float(threshold)
-    reasons = ["" if k else "csim" for k in keep]
-    csim_subject = np.full(n, np.nan)
-    if reference_subjects:
-        to_source = compute_csim(faceset, embeddings, "source", src_emb) if src_emb is not None else csim
-        emb_n = l2_normalize(embeddings)
-        for i, p in enumerate(faceset.provenance):
-            subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
-            ref = reference_subjects.get(str(subj)) if subj is not None else None
-            if ref is None:
-                continue
-            csim_subject[i] = float(emb_n[i] @ l2_normalize(np.asarray(ref, np.float64)))
-            leaked = csim_subject[i] >= to_source[i] or (
-                leak_threshold is not None and csim_subject[i] >= float(leak_threshold)
+        models_or_fn.embed_many([src, faceset.images], batch_size, step, on_batch=on_batch)
+    elif n:
+        if embeddings is None:
+            embeddings = embed_faceset(faceset, models_or_fn, batch_size=batch_size, progress=progress)
+        if src is not None:
+            judge.set_references(np.asarray(_embedder(models_or_fn, batch_size)(src), np.float64))
+        else:
+            judge.set_mean_references(embeddings)
+        judge.images(0, n, embeddings)
+    return judge.finish(int(min_images_per_identity))
+
+
+def _streams(models: Any) -> bool:
+    """Whether ``models`` can hand over embeddings batch by batch (``embed_many(..., on_batch=)``)."""
+    import inspect
+
+    fn = getattr(models, "embed_many", None)
+    if fn is None:
+        return False
+    try:
+        return "on_batch" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Judge:
+    """The filter's per-image work, one range of images at a time (a whole faceset, or the batches of
+    a pipeline as they come out of the model): CSIM to the identity's reference, CSIM to the STG
+    reference subject, the keep/leak verdicts and the kept images' provenance. :meth:`finish` then
+    applies what needs every image (``min_images_per_identity``, per-identity leak counts)."""
+
+    def __init__(
+        self,
+        faceset: FaceSet,
+        threshold: float,
+        reference: str,
+        subjects: dict[str, np.ndarray] | None,
+        leak_threshold: float | None,
+    ) -> None:
+        n = len(faceset)
+        self.fs, self.threshold, self.reference = faceset, threshold, reference
+        self.leak_threshold = None if leak_threshold is None else float(leak_threshold)
+        self.ids, self.row = np.unique(np.asarray(faceset.labels, np.int64), return_inverse=True)
+        self.refs: np.ndarray | None = None
+        self.csim = np.zeros(n, np.float64)
+        self.subject = np.full(n, np.nan)
+        self.keep = np.zeros(n, bool)
+        self.leaked = np.zeros(n, bool)
+        self.prov = list(faceset.provenance)
+        self.subjects = bool(subjects)
+        self.extra: dict[str, Any] = {"csim_reference": reference, "csim_threshold": threshold}
+        if self.subjects:
+            self.extra["leak_threshold"] = self.leak_threshold
+            names = list(subjects)
+            index = {name: k for k, name in enumerate(names)}
+            self.which = np.array(
+                [
+                    index.get(str(p.extra.get("stg_reference_subject")), -1)
+                    if isinstance(p.extra, dict)
+                    else -1
+                    for p in faceset.provenance
+                ],
+                np.int64,
             )
-            if leaked:
-                keep[i] = False
-                reasons[i] = "leak"
-    dropped: list[int] = []
-    if min_images_per_identity > 0:
-        for ident, idx in faceset.by_identity().items():
-            if int(keep[idx].sum()) < min_images_per_identity:
-                dropped.append(int(ident))
-                for i in idx:
-                    if keep[i]:
-                        reasons[i] = "identity"
-                keep[idx] = False
-    prov = list(faceset.provenance)
-    extra: dict[str, Any] = {"csim_reference": reference, "csim_threshold": float(threshold)}
-    leaks_of: dict[int, int] = {}
-    if reference_subjects:
-        extra["leak_threshold"] = None if leak_threshold is None else float(leak_threshold)
-        for i, r in enumerate(reasons):
-            if r == "leak":
-                leaks_of[int(faceset.labels[i])] = leaks_of.get(int(faceset.labels[i]), 0) + 1
-    for i in np.nonzero(keep)[0]:
-        e = dict(extra)
-        if reference_subjects:
-            if src_emb is not None:
-                e["csim_to_source"] = round(float(to_source[i]), 6)
-            if np.isfinite(csim_subject[i]):
-                e["csim_to_reference_subject"] = round(float(csim_subject[i]), 6)
-            e["leaked_images_dropped"] = leaks_of.get(int(faceset.labels[i]), 0)
-        prov[i] = prov[i].derive("csim", csim=round(float(csim[i]), 6), extra=e)
-    full = faceset.derived(faceset.images, faceset.labels, prov, faceset.sources)
-    kept = full.select(keep)
-    kept.dropped = list(faceset.dropped) + _dropped_records(
-        faceset, csim, reasons, float(threshold), reference, int(min_images_per_identity), keep, csim_subject
-    )
-    stats = CSIMStats(
-        threshold=float(threshold),
-        reference=reference,
-        min_images_per_identity=int(min_images_per_identity),
-        csim=csim,
-        kept_mask=keep,
-        labels=faceset.labels.copy(),
-        reasons=reasons,
-        identities_in=len(ids),
-        identities_kept=len(kept.identities),
-        dropped_identities=dropped,
-        csim_subject=csim_subject,
-        leak_threshold=None if leak_threshold is None else float(leak_threshold),
-    )
-    log.info(
-        "[FDTA] csim: kept %d / %d images, %d / %d identities",
-        stats.n_kept,
-        n,
-        stats.identities_kept,
-        len(ids),
-    )
-    return kept, stats
+            self.subject_refs = l2_normalize(np.stack([np.asarray(subjects[k], np.float64) for k in names]))
+
+    def set_references(self, per_identity: np.ndarray) -> None:
+        """One reference embedding per identity, in the order of ``self.ids``."""
+        self.refs = l2_normalize(per_identity)
+
+    def set_mean_references(self, embeddings: np.ndarray) -> None:
+        """``mean`` reference: the direction of each identity's mean L2-normalised embedding."""
+        sums = np.zeros((len(self.ids), np.shape(embeddings)[1]), np.float64)
+        np.add.at(sums, self.row, l2_normalize(embeddings))
+        self.refs = l2_normalize(sums)
+
+    def images(self, lo: int, hi: int, embeddings: np.ndarray) -> None:
+        emb = l2_normalize(embeddings)
+        c = np.einsum("ij,ij->i", emb, self.refs[self.row[lo:hi]])
+        self.csim[lo:hi] = c
+        keep = c >= self.threshold
+        if self.subjects:
+            w = self.which[lo:hi]
+            hit = np.flatnonzero(w >= 0)
+            subj = self.subject[lo:hi]
+            subj[hit] = np.einsum("ij,ij->i", emb[hit], self.subject_refs[w[hit]])
+            # the real subject's identity came through when the face is at least as close to the subject
+            # as to its own identity's reference, or at least leak_threshold close to it
+            leaked = np.zeros(hi - lo, bool)
+            leaked[hit] = subj[hit] >= c[hit]
+            if self.leak_threshold is not None:
+                leaked[hit] |= subj[hit] >= self.leak_threshold
+            self.leaked[lo:hi] = leaked
+            keep &= ~leaked
+        self.keep[lo:hi] = keep
+        prov, extra = self.prov, self.extra
+        for k in np.flatnonzero(keep).tolist():
+            e = dict(extra)
+            if self.subjects:
+                if self.reference == "source":
+                    e["csim_to_source"] = round(float(c[k]), 6)
+                if self.which[lo + k] >= 0:
+                    e["csim_to_reference_subject"] = round(float(self.subject[lo + k]), 6)
+                e["leaked_images_dropped"] = 0  # the identity's count is filled in by finish()
+            prov[lo + k] = prov[lo + k].derive("csim", csim=round(float(c[k]), 6), extra=e)
+
+    def finish(self, min_images: int) -> tuple[FaceSet, CSIMStats]:
+        fs, keep, csim = self.fs, self.keep, self.csim
+        n = len(fs)
+        reasons = ["" if k else "csim" for k in keep.tolist()]
+        for i in np.flatnonzero(self.leaked).tolist():
+            reasons[i] = "leak"
+        dropped: list[int] = []
+        if min_images > 0:
+            for ident, idx in fs.by_identity().items():
+                if int(keep[idx].sum()) < min_images:
+                    dropped.append(int(ident))
+                    for i in idx.tolist():
+                        if keep[i]:
+                            reasons[i] = "identity"
+                    keep[idx] = False
+        if self.subjects and self.leaked.any():
+            leaks_of: dict[int, int] = {}
+            for i in np.flatnonzero(self.leaked).tolist():
+                leaks_of[int(fs.labels[i])] = leaks_of.get(int(fs.labels[i]), 0) + 1
+            for i in np.flatnonzero(keep).tolist():
+                self.prov[i].extra["leaked_images_dropped"] = leaks_of.get(int(fs.labels[i]), 0)
+        full = fs.derived(fs.images, fs.labels, self.prov, fs.sources)
+        kept = full.select(keep)
+        kept.dropped = list(fs.dropped) + _dropped_records(
+            fs, csim, reasons, self.threshold, self.reference, min_images, keep, self.subject
+        )
+        stats = CSIMStats(
+            threshold=self.threshold,
+            reference=self.reference,
+            min_images_per_identity=min_images,
+            csim=csim,
+            kept_mask=keep,
+            labels=fs.labels.copy(),
+            reasons=reasons,
+            identities_in=len(self.ids),
+            identities_kept=len(kept.identities),
+            dropped_identities=dropped,
+            csim_subject=self.subject,
+            leak_threshold=self.leak_threshold,
+        )
+        log.info(
+            "[FDTA] csim: kept %d / %d images, %d / %d identities",
+            stats.n_kept,
+            n,
+            stats.identities_kept,
+            len(self.ids),
+        )
+        return kept, stats
 
 
 def _dropped_records(

@@ -210,10 +210,15 @@ class FaceModels:
         return self._need("recognizer").embed(aligned, batch_size, progress)
 
     def embed_many(
-        self, parts: Sequence[np.ndarray], batch_size: int = 32, progress: Any = None
+        self,
+        parts: Sequence[np.ndarray],
+        batch_size: int = 32,
+        progress: Any = None,
+        on_batch: Callable[[int, int, np.ndarray], None] | None = None,
     ) -> list[np.ndarray]:
-        """Embeddings of several aligned-face arrays in one batched pipeline, one result per array."""
-        return self._need("recognizer").embed_many(parts, batch_size, progress)
+        """Embeddings of several aligned-face arrays in one batched pipeline, one result per array
+        (``on_batch``: see :meth:`~fdta_core.faces.providers.BatchedModel.run_batches`)."""
+        return self._need("recognizer").embed_many(parts, batch_size, progress, on_batch)
 
     @property
     def embedding_dim(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,21 @@ class ArcFaceRecognizer(BatchedModel):
         return self.embed_many([faces], batch_size, progress)[0]
 
     def embed_many(
-        self, parts: Sequence[np.ndarray], batch_size: int = 32, progress: Any = None
+        self,
+        parts: Sequence[np.ndarray],
+        batch_size: int = 32,
+        progress: Any = None,
+        on_batch: Callable[[int, int, np.ndarray], None] | None = None,
     ) -> list[np.ndarray]:
         """Embeddings of several face arrays in one pipeline (e.g. a faceset and its source faces, so the
-        sources fill the last batch instead of costing a batch of their own); one array per part."""
+        sources fill the last batch instead of costing a batch of their own); one array per part.
+        ``on_batch(start, stop, embeddings)``: see :meth:`BatchedModel.run_batches` (indices run over
+        the parts end to end)."""
         arrs = [self._checked(f) for f in parts]
         sizes = [len(a) for a in arrs]
         if not sum(sizes):
             return [np.zeros((0, self.dim), np.float32) for _ in arrs]
-        emb = self.run_batches([a for a in arrs if len(a)], batch_size, progress)
+        emb = self.run_batches([a for a in arrs if len(a)], batch_size, progress, on_batch)
         emb = emb.astype(np.float32, copy=False)
         return np.split(emb, np.cumsum(sizes)[:-1])
 

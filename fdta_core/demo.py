@@ -20,6 +20,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -430,12 +431,26 @@ def write_pairs_bin(dataset: Path, path: Path, pairs: int, seed: int) -> Path:
 
 
 # ---------------------------------------------------------------------------- the demo
+#: Set by ``fdta demo``'s SIGINT/SIGTERM handler. Python drops an exception raised while a ``__del__``
+#: or a weakref callback runs ("Exception ignored in ..."), so a Ctrl-C that lands there would be lost
+#: and the demo would go on to the end; every step boundary checks this instead.
+INTERRUPTED = threading.Event()
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` when a Ctrl-C (or a kill) arrived, even if its exception was lost."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 def _cli(argv: list[str], step: str) -> None:
     from .cli import main as fdta
 
+    check_interrupted()
     rc = fdta(argv)
     if rc == 130:  # the inner command caught a Ctrl-C: pass it on, so every step stops
         raise KeyboardInterrupt
+    check_interrupted()
     if rc != 0:
         raise DemoError(
             f"{step} failed: 'fdta {' '.join(argv)}' exited with {rc}", fix="read the messages above."
@@ -546,6 +561,7 @@ def run_demo(cfg: DemoConfig, say: Say) -> dict[str, Any]:
     }
     say(f"verification on {bin_path.name} (pairs drawn from the data set itself): "
         f"{100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f} %")  # fmt: skip
+    check_interrupted()
     seconds = round(time.monotonic() - t0, 1)
     say(f"done in {seconds:.0f} s; where everything is:")
     for label, p in (("workflow", wf_path), ("run manifest", demo / "run"), ("chunks", server.output_dir / OUTPUT_NAME),

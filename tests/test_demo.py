@@ -136,3 +136,41 @@ def test_real_models_are_used_when_present_and_keep_every_check_on(tmp_path) -> 
     ]
     assert "loras" not in parsed  # folders that do not exist are not registered
     assert np.all([p.is_absolute() for ps in parsed.values() for p in ps])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost interrupt itself
+def test_a_lost_ctrl_c_still_stops_the_demo_at_the_next_step(monkeypatch) -> None:
+    """Python drops an exception raised inside a ``__del__``; a Ctrl-C whose KeyboardInterrupt was lost
+    that way is remembered by the handler and stops the demo before and after the next command."""
+    import fdta_core.cli as cli
+
+    ran: list[list[str]] = []
+
+    def fake_main(argv):
+        ran.append(argv)
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    demo.INTERRUPTED.clear()
+    demo._cli(["rec", "info", "x"], "a step")
+    assert ran == [["rec", "info", "x"]]
+
+    class Swallows:
+        def __del__(self):
+            demo.INTERRUPTED.set()  # what the signal handler does first
+            raise KeyboardInterrupt  # ...and this is dropped by Python ("Exception ignored in")
+
+    Swallows()  # collected at once: the interrupt is lost, the flag is not
+    with pytest.raises(KeyboardInterrupt):
+        demo._cli(["rec", "info", "y"], "the next step")
+    assert ran == [["rec", "info", "x"]]
+
+    def interrupted_during(argv):
+        demo.INTERRUPTED.set()
+        return 0  # the command finished anyway: its KeyboardInterrupt was lost
+
+    monkeypatch.setattr(cli, "main", interrupted_during)
+    demo.INTERRUPTED.clear()
+    with pytest.raises(KeyboardInterrupt):
+        demo._cli(["run"], "the run")
+    demo.INTERRUPTED.clear()

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from ..demo import INTERRUPTED, DemoConfig, run_demo
 
     cfg = DemoConfig(
         workdir=args.workdir,
@@ -63,14 +63,17 @@ def _demo(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[fdta demo] {msg}", flush=True)
 
-    def on_term(signum, frame):  # a kill ends the demo like Ctrl-C: the server is stopped on the way out
+    def on_signal(signum, frame):  # Ctrl-C or a kill: the server is stopped on the way out
+        INTERRUPTED.set()  # remembered: the exception below can be lost (see fdta_core.demo.INTERRUPTED)
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    INTERRUPTED.clear()
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = run_demo(cfg, say)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     sys.stdout.flush()
     print(json.dumps(summary), flush=True)
     return 0

@@ -336,7 +336,8 @@ class BatchedModel:
 
         ``on_batch(start, stop, output)``: called for every batch, in order, on the helper thread while
         the model runs the next batch, so that a caller's per-image work (the CSIM filter's cosines and
-        provenance) costs no time of its own on a second core; an exception in it is raised here.
+        provenance) costs no time of its own on a second core; an exception in it is raised here. It
+        runs on the one helper thread, so it must not run a model itself (that would wait on itself).
 
         Pre-processing (uint8 NHWC -> float NCHW, normalised) of the next batch runs in a helper thread
         while onnxruntime runs the current one (both release the GIL), so on the CPU the conversion,

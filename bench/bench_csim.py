@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--provider", default="CPU", help="ONNX provider: CPU, CUDA, auto (IOBinding on CUDA)")
     ap.add_argument("--fp16", action="store_true", help="run the recogniser from its fp16 copy")
+    ap.add_argument(
+        "--cap", type=float, default=None, help="seconds for the side-by-side limit comparisons (default 120)"
+    )
     args = ap.parse_args(argv)
     pin_threads(1)  # numpy/OpenCV pools: the pre-processing thread must not fan out over the cores
     n = 1024 if args.quick else args.n  # the ratio needs many batches: one tiny-model batch is ~1 ms
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             return n_img / (time.perf_counter() - t0)
 
         _kept, stats = csim_filter(fs, models, 0.3, batch_size=args.batch)
-        cap = 30 if args.quick else 120
+        cap = args.cap or (30 if args.quick else 120)
         st_hot = steady_ratio(filter_rate, hot_rate, cap_s=cap / 2)
         st = steady_ratio(filter_rate, bare_rate, cap_s=cap)
         print(

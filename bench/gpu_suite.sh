@@ -20,7 +20,7 @@ QUICK=""
 echo "== GPU figures (bench/gpu_suite.py: bf16 peak, SD 1.5 512 px, STG full size, SAM 1024 px, IResNet-50)"
 timeout 180 "$PY" "$HERE/gpu_suite.py" $QUICK || echo "gpu_suite.py failed or timed out (rc $?)"
 echo "== CSIM filter vs bare onnxruntime, ArcFace r50 topology on CUDA (IOBinding; add --fp16 for the fp16 copy)"
-timeout 60 "$PY" "$HERE/bench_csim.py" --model r50 --provider CUDA --n 2048 --batch 256 --repeats 2 \
+timeout 60 "$PY" "$HERE/bench_csim.py" --model r50 --provider CUDA --n 1024 --batch 256 --repeats 2 --cap 15 \
   || echo "bench_csim.py (CUDA) failed or timed out (rc $?)"
 if [ -n "${COMFYUI_DIR:-}" ]; then
   # the ACG through ComfyUI's own sampler at 512 px (tiny-width SD unless real weights are configured)

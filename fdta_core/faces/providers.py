@@ -343,7 +343,8 @@ class BatchedModel:
         while onnxruntime runs the current one (both release the GIL), so on the CPU the conversion,
         which costs about as much as a small model, is hidden behind inference; measured faster than
         folding the conversion into the graph, which onnxruntime runs on its own (pinned) threads. On
-        CUDA the batches go through IOBinding and the outputs stay on the device until the end.
+        CUDA the batches go through IOBinding and the outputs stay on the device until the end (with
+        ``on_batch``, each batch's output is copied to the host for it: a few KB).
         ``progress(done, total)`` is called after each batch."""
         parts = [images] if isinstance(images, np.ndarray) else list(images)
         n = sum(len(p) for p in parts)

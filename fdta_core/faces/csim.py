@@ -293,16 +293,14 @@ class _Judge:
             self.extra["leak_threshold"] = self.leak_threshold
             names = list(subjects)
             index = {name: k for k, name in enumerate(names)}
-            self.which = np.array(
-                [
-                    index.get(str(p.extra.get("stg_reference_subject")), -1)
-                    if isinstance(p.extra, dict)
-                    else -1
-                    for p in faceset.provenance
-                ],
-                np.int64,
-            )
+            self.which = np.array([self._subject_row(p, index) for p in faceset.provenance], np.int64)
             self.subject_refs = l2_normalize(np.stack([np.asarray(subjects[k], np.float64) for k in names]))
+
+    @staticmethod
+    def _subject_row(p: Any, index: dict[str, int]) -> int:
+        """Row of the bank subject an image was styled after (-1: none, or one the bank lacks)."""
+        subj = p.extra.get("stg_reference_subject") if isinstance(p.extra, dict) else None
+        return -1 if subj is None else index.get(str(subj), -1)
 
     def set_references(self, per_identity: np.ndarray) -> None:
         """One reference embedding per identity, in the order of ``self.ids``."""

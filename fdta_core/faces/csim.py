@@ -148,36 +148,6 @@ def csim_histogram(values: np.ndarray, bins: int = 20, value_range: tuple[float,
     return np.histogram(v, bins=bins, range=value_range)
 
 
-def compute_csim(
-    faceset: FaceSet,
-    embeddings: np.ndarray,
-    reference: str = "source",
-    source_embeddings: dict[int, np.ndarray] | None = None,
-) -> np.ndarray:
-    """CSIM of every image to its identity's reference embedding.
-
-    ``source``: the identity's source face (``source_embeddings`` maps identity -> embedding).
-    ``mean``: the mean of the identity's L2-normalised embeddings.
-    """
-    check_choice("csim", "reference", reference, REFERENCES)
-    emb = l2_normalize(embeddings)
-    if not len(faceset):
-        return np.zeros((0,), np.float64)
-    ids, inverse = np.unique(np.asarray(faceset.labels), return_inverse=True)
-    if reference == "source":
-        for ident in ids.tolist():
-            if source_embeddings is None or ident not in source_embeddings:
-                faceset.source_of(ident)  # raises the explanatory error when the source face is missing
-                raise InputError(f"no source embedding for identity {ident}", where="csim")
-        refs = l2_normalize(np.stack([np.asarray(source_embeddings[i]) for i in ids.tolist()]))
-    else:
-        sums = np.zeros((len(ids), emb.shape[1]), np.float64)
-        np.add.at(sums, inverse, emb)
-        refs = l2_normalize(sums)  # the direction of the mean: dividing by the count changes nothing
-    # one vectorised pass (no loop over identities): row i against its identity's reference
-    return np.einsum("ij,ij->i", emb, refs[inverse])
-
-
 def csim_filter(
     faceset: FaceSet,
     models_or_fn: Any,

@@ -262,28 +262,36 @@ class SearchInfo:
 #: compared with PROBES x CELL_SIZE base vectors. On random 512-d embeddings with planted pairs at cosine
 #: 0.35-0.8 (``bench/bench_audit.py``, 100K identities, 2 cores), recall / time: 1000 x 8: 0.70 / 6.2 s;
 #: 1000 x 12: 0.87 / 8.5-10 s; 500 x 24: 0.91 / 10-11 s; 1000 x 32: 1.00 / 22 s. 1000 x 12 keeps the
-#: 10K -> 100K growth under the bench's 15x (14.6x measured warm and repeated, 6.6 s at 100K, since each
-#: cell is a FAISS range search instead of a dense product scanned by numpy). Misses are the weakest pairs (cosine < 0.6); real class
+#: 10K -> 100K growth near the bench's 15x: 14.5-15.5 measured warm and repeated (6.6-6.9 s at 100K, each
+#: cell a FAISS range search); both sizes are compute-bound and this search does 12x the exact one's
+#: products. Misses are the weakest pairs (cosine < 0.6); real class
 #: centres cluster (gender, ethnicity, age), which helps the cells. ``exact=True`` when no miss is acceptable.
 CELL_SIZE = 1000
 PROBES = 12
+
+
+def _range(index: Any, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FAISS range search with an inclusive threshold: ``(query row, base row, cosine)`` of every pair
+    with cosine >= ``threshold`` (rows local to ``queries`` and to the index)."""
+    thr = np.float32(threshold)
+    lims, dist, lab = index.range_search(queries, float(np.nextafter(thr, np.float32(-2))))  # keeps ip > r
+    rows = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims.astype(np.int64)))
+    keep = dist >= thr
+    return rows[keep], lab[keep].astype(np.int64), dist[keep].astype(np.float64)
 
 
 def _exact_pairs(q: np.ndarray, b: np.ndarray, threshold: float, self_join: bool, block: int):
     faiss = _faiss()
     idx = faiss.IndexFlatIP(b.shape[1])
     idx.add(b)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))  # faiss keeps ip > radius
     qi, bj, cs = [], [], []
     for s in range(0, len(q), block):
-        lims, dist, lab = idx.range_search(q[s : s + block], radius)
-        rows = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        keep = dist >= np.float32(threshold)
-        if self_join:
-            keep &= lab > rows
+        rows, lab, cos = _range(idx, q[s : s + block], threshold)
+        rows += s
+        keep = lab > rows if self_join else slice(None)
         qi.append(rows[keep])
-        bj.append(lab[keep].astype(np.int64))
-        cs.append(dist[keep].astype(np.float64))
+        bj.append(lab[keep])
+        cs.append(cos[keep])
     return np.concatenate(qi), np.concatenate(bj), np.concatenate(cs)
 
 
@@ -310,8 +318,6 @@ def _clustered_pairs(q: np.ndarray, b: np.ndarray, threshold: float, self_join: 
     flat_row = np.repeat(np.arange(len(q), dtype=np.int64), probes)
     q_order = np.argsort(flat_cell, kind="stable")
     q_starts = np.searchsorted(flat_cell[q_order], np.arange(nlist + 1))
-    thr = np.float32(threshold)
-    radius = float(np.nextafter(thr, np.float32(-2)))  # faiss keeps ip > radius
     qi, bj, cs = [], [], []
     for c in range(nlist):
         brow = b_order[b_starts[c] : b_starts[c + 1]]
@@ -322,12 +328,10 @@ def _clustered_pairs(q: np.ndarray, b: np.ndarray, threshold: float, self_join: 
         # [queries x cell] matrix to scan afterwards: that scan cost as much as the products)
         cell = faiss.IndexFlatIP(d)
         cell.add(b[brow])
-        lims, dist, lab = cell.range_search(q[qrow], radius)
-        r = np.repeat(np.arange(len(qrow)), np.diff(lims.astype(np.int64)))
-        keep = dist >= thr
-        qi.append(qrow[r[keep]])
-        bj.append(brow[lab[keep]].astype(np.int64))
-        cs.append(dist[keep].astype(np.float64))
+        r, k, cos = _range(cell, q[qrow], threshold)
+        qi.append(qrow[r])
+        bj.append(brow[k].astype(np.int64))
+        cs.append(cos)
     if not qi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), nlist, probes
     a, bb, c = np.concatenate(qi), np.concatenate(bj), np.concatenate(cs)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError
+from ..imagecodec import _cv2  # OpenCV, or None without it (numpy then converts)
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +209,6 @@ def _prep_pool() -> concurrent.futures.ThreadPoolExecutor:
         if _PREP is None:
             _PREP = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fdta-face-prep")
         return _PREP
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:  # a declared dependency; numpy does the same, slower
-        return None
-    return cv2
 
 
 _SCRATCH = threading.local()

@@ -235,15 +235,40 @@ def test_manifest_json_fast_path_matches_the_json_module():
     assert _json({}) == "{}" and _json([]) == "[]"
 
 
-@pytest.mark.parametrize("backend", ["pillow", "auto"])
-def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backend):
+@pytest.mark.parametrize(("backend", "direct_io"), [("pillow", False), ("auto", False), ("auto", True)])
+def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backend, direct_io, monkeypatch):
     """The threaded, batched writer produces exactly the bytes of encoding each face in order and
-    appending ``pack`` records one by one (the speed work must not change the data set)."""
+    appending ``pack`` records one by one (the speed work must not change the data set), through the
+    page cache or past it (O_DIRECT, used wherever the file system takes it)."""
+    import fdta_core.dataset.writer as writer_mod
     from fdta_core.imagecodec import jpeg_encoder
     from fdta_core.recordio import IRHeader, pack
 
+    made = []
+
+    class Spy(RecordWriter):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self.direct)
+
+    monkeypatch.setattr(writer_mod, "RecordWriter", Spy)
     fs = make_faceset(0, 5, 7)
-    info = write_faceset(fs, tmp_path / "ds", jpeg_backend=backend, batch_size=3, workers=3, sync_every=1000)
+    info = write_faceset(
+        fs,
+        tmp_path / "ds",
+        jpeg_backend=backend,
+        batch_size=3,
+        workers=3,
+        sync_every=1000,
+        direct_io=direct_io,
+    )
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600))
+        takes_direct = hasattr(os, "O_DIRECT")
+    except OSError:
+        takes_direct = False
+    assert made == [direct_io and takes_direct]
     _, encode = jpeg_encoder(backend)
     ref = tmp_path / "ref"
     ref.mkdir()

@@ -67,11 +67,12 @@ def test_sequential_scan_matches_index(shared_testdata, name):
     assert got == want
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
 @pytest.mark.parametrize("name", SETS)
-def test_writer_reproduces_mxnet_bytes(shared_testdata, tmp_path, name):
+def test_writer_reproduces_mxnet_bytes(shared_testdata, tmp_path, name, direct):
     folder, exp = _expected(shared_testdata, name)
     src = RecordReader(folder / "train.rec")
-    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx", direct=direct) as w:
         for key in exp["write_order"]:
             rec = exp["records"][str(key)]
             if "record_hex" in rec:
@@ -191,15 +192,127 @@ def test_encode_scalar_record_is_byte_identical_to_the_general_path():
 
 
 def test_encode_scalar_records_batch_is_byte_identical():
-    """The batch framing (one join, one numpy magic scan) equals framing each record on its own, for
-    clean batches and for a batch with an aligned (split) and an unaligned magic in a payload."""
+    """The batch framing (into one reused buffer, one numpy magic scan) equals framing each record on
+    its own, for clean batches and for a batch with an aligned (split) and an unaligned magic in a
+    payload, also when the buffer holds an earlier, longer batch."""
     from fdta_core.recordio import _MAGIC_BYTES, encode_scalar_record, encode_scalar_records
 
     rng = np.random.default_rng(1)
     clean = [(float(i % 3), i + 1, bytes(rng.integers(0, 256, 50 + i, dtype=np.uint8))) for i in range(9)]
     base = bytes(rng.integers(0, 256, 40, dtype=np.uint8))
     dirty = [*clean[:3], (1.0, 50, base[:8] + _MAGIC_BYTES + base), (2.0, 51, base[:5] + _MAGIC_BYTES + base)]
-    for items in (clean, dirty, clean[:1], []):
-        data, sizes = encode_scalar_records(items)
+    buf = None
+    for items in (clean, dirty, clean[:1], [], clean, dirty[:4]):  # the buffer is reused across batches
+        old = buf
+        buf, n, sizes = encode_scalar_records(items, buf)
         recs = [encode_scalar_record(*it) for it in items]
-        assert data == b"".join(recs) and sizes == [len(r) for r in recs]
+        assert bytes(buf[:n]) == b"".join(recs) and sizes == [len(r) for r in recs]
+        assert old is None or len(old) < n or buf is old  # reused when large enough
+    big = [(0.0, 1, bytes(5000))]
+    grown, n, _ = encode_scalar_records(big, bytearray(16))
+    assert len(grown) >= n == 5000 + 32
+
+
+def _o_direct_works(folder) -> bool:
+    """Whether this file system takes O_DIRECT (ext4 and xfs do; the test's answer must not depend on
+    the writer's own code)."""
+    import os
+
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    (folder / "probe").unlink()
+    return True
+
+
+def _write_pattern(w: RecordWriter, rng) -> None:
+    """Records of every size class: tiny, around a block, around the staging buffer (4 MiB), with
+    flushes (the background fdatasync's) in between."""
+    sizes = [0, 1, 3, 4091, 4096, 4097, 12_000, 1 << 20, (4 << 20) - 5, (4 << 20) + 9, 7, 5000]
+    for key, n in enumerate(sizes * 2, 1):
+        w.write(key, pack(IRHeader(0, float(key), key, 0), rng.integers(0, 256, n, dtype=np.uint8).tobytes()))
+        if key % 5 == 0:
+            w.flush_for_sync()
+
+
+def test_direct_writer_gives_the_same_files(tmp_path):
+    """O_DIRECT (whole blocks from a staging buffer, the tail at close) writes the bytes the buffered
+    file writes, records of any size, flushed at any point."""
+    for direct in (False, True):
+        folder = tmp_path / str(direct)
+        folder.mkdir()
+        with RecordWriter(folder / "train.rec", direct=direct) as w:
+            assert w.direct is (direct and _o_direct_works(folder))
+            _write_pattern(w, np.random.default_rng(3))
+    for name in ("train.rec", "train.idx"):
+        assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes()
+
+
+def test_direct_writer_falls_back_where_o_direct_is_refused(tmp_path, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL) gets an ordinary file; a write that comes back
+    short of a whole block turns O_DIRECT off for the rest. Same bytes either way."""
+    import errno
+    import os
+
+    import fdta_core.recordio as rio
+
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform: the writer never asks for it")
+    with RecordWriter(tmp_path / "want.rec") as w:
+        _write_pattern(w, np.random.default_rng(4))
+    real_open, real_write = os.open, os.write
+
+    def refuse(path, flags, *a):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(rio.os, "open", refuse)
+    with RecordWriter(tmp_path / "refused.rec", direct=True) as w:
+        assert not w.direct
+        _write_pattern(w, np.random.default_rng(4))
+    monkeypatch.setattr(rio.os, "open", real_open)
+    if not _o_direct_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT: the short-write path cannot be reached")
+    shorts = []
+
+    def short(fd, data):
+        if not shorts and len(data) > 2 * rio.DIRECT_BLOCK:
+            shorts.append(len(data))
+            return real_write(fd, data[: rio.DIRECT_BLOCK])  # a whole block: still aligned
+        if len(shorts) == 1 and len(data) > 2 * rio.DIRECT_BLOCK:
+            shorts.append(len(data))
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            wrote = real_write(fd, data[:100])  # unaligned: O_DIRECT must go off for the rest
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            return wrote
+        return real_write(fd, data)
+
+    monkeypatch.setattr(rio.os, "write", short)
+    with RecordWriter(tmp_path / "short.rec", direct=True) as w:
+        assert w.direct
+        _write_pattern(w, np.random.default_rng(4))
+        assert not w.direct  # off since the unaligned short write
+    assert len(shorts) == 2
+
+    def einval(fd, data):  # a file system that opens with O_DIRECT but refuses its writes
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(rio.os, "write", einval)
+    with RecordWriter(tmp_path / "einval.rec", direct=True) as w:
+        assert w.direct
+        _write_pattern(w, np.random.default_rng(4))
+        assert not w.direct
+    for name in ("refused", "short", "einval"):
+        assert (tmp_path / f"{name}.rec").read_bytes() == (tmp_path / "want.rec").read_bytes()
+        assert (tmp_path / f"{name}.idx").read_bytes() == (tmp_path / "want.idx").read_bytes()

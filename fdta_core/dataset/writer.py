@@ -397,12 +397,15 @@ def _encode_batch(
     chunk: str,
     items: list[tuple[int, int, np.ndarray]],
     meta: list[tuple[int, int, int, Provenance | None]],
-) -> tuple[bytes, list[int], list[tuple]]:
-    """One batch, in a worker thread: JPEG, RecordIO framing, SHA-256 and the manifest rows.
+    buffers: collections.deque,
+) -> tuple[bytearray, int, list[int], list[tuple]]:
+    """One batch, in a worker thread: JPEG, SHA-256, the manifest rows and the RecordIO framing.
 
-    Returns the framed records joined (one write), their sizes (for the ``.idx`` offsets) and the rows.
-    Everything per face happens here, so the thread that feeds the writer only queues faces and writes
-    whole batches (its Python would otherwise hold the GIL while the encoders wait for it)."""
+    The records are framed into a buffer from ``buffers`` (a new one when none is free), which the
+    feeding thread writes in one call and gives back: no fresh pages per batch. Returns
+    ``(buffer, nbytes, sizes, rows)``. Everything per face happens here, so the thread that feeds the
+    writer only queues faces and writes whole batches (its Python would otherwise hold the GIL while
+    the encoders wait for it)."""
     records, rows = [], []
     sha256 = hashlib.sha256
     for (key, label, image), (_key, _label, identity, prov) in zip(items, meta, strict=True):
@@ -413,8 +416,12 @@ def _encode_batch(
                 key, label, identity, chunk, prov, jpeg_bytes=len(jpeg), sha256=sha256(jpeg).hexdigest()
             )
         )
-    data, sizes = encode_scalar_records(records)
-    return data, sizes, rows
+    try:
+        buf = buffers.pop()
+    except IndexError:
+        buf = None
+    buf, nbytes, sizes = encode_scalar_records(records, buf)
+    return buf, nbytes, sizes, rows
 
 
 #: Faces per encoder job: larger batches mean fewer hand-offs between the feeding thread and the encoders
@@ -440,7 +447,8 @@ class ChunkWriter:
     block with an exception (or calling ``abort()``) removes everything written for it, including the
     dataset folders it created. ``stamp`` (the planned run) and ``overwrite`` decide whether a chunk of
     the same range on disk may be replaced (:func:`check_chunk_slot`); that is checked before anything
-    is created.
+    is created. ``direct_io`` writes ``train.rec`` past the page cache where the file system allows it
+    (``O_DIRECT``; see ``recordio._RecFile``): the same bytes for less CPU a face.
     """
 
     def __init__(
@@ -462,6 +470,7 @@ class ChunkWriter:
         sync_every: int = 16 << 20,
         stages: Iterable[StageTiming] = (),
         node: str = "ChunkWriter",
+        direct_io: bool = True,
     ) -> None:
         self._closed = False
         self._made: list[Path] = []
@@ -522,7 +531,7 @@ class ChunkWriter:
         try:
             self.tmp.mkdir()
             _ACTIVE.add(str(self.tmp))
-            self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx")
+            self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx", direct=direct_io)
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
             self._base_dropped = 0
         except (OSError, sqlite3.Error) as exc:
@@ -535,6 +544,7 @@ class ChunkWriter:
         self._synced = 0
         self.sync_every = int(sync_every)
         self._pending: collections.deque = collections.deque()
+        self._buffers: collections.deque = collections.deque()  # framing buffers, reused (_encode_batch)
         self._batch: list[tuple[int, int, np.ndarray]] = []
         self._batch_meta: list[tuple[int, int, int, Provenance | None]] = []
         self._identities: list[int] = []  # local label -> original identity
@@ -685,7 +695,9 @@ class ChunkWriter:
     def _submit(self) -> None:
         if not self._batch:
             return
-        fut = self._pool.submit(_encode_batch, self._encode, self.name, self._batch, self._batch_meta)
+        fut = self._pool.submit(
+            _encode_batch, self._encode, self.name, self._batch, self._batch_meta, self._buffers
+        )
         self._pending.append((fut, self._batch_meta))
         self._batch, self._batch_meta = [], []
         while len(self._pending) >= self.max_pending:
@@ -694,16 +706,18 @@ class ChunkWriter:
     def _drain_one(self) -> None:
         fut, meta = self._pending.popleft()
         try:
-            data, sizes, rows = fut.result()
+            buf, nbytes, sizes, rows = fut.result()
         except Exception as exc:
             self._fail(
                 DatasetError(f"encoding JPEG failed in chunk {self.name}: {type(exc).__name__}: {exc}")
             )
         try:
-            self._rec.write_joined([m[0] for m in meta], sizes, data)
+            with memoryview(buf) as view:
+                self._rec.write_joined([m[0] for m in meta], sizes, view[:nbytes])
             self._manifest.add_images(rows)
         except (OSError, sqlite3.Error) as exc:
             self._fail(_os_error(exc, f"writing chunk {self.name}", self.tmp))
+        self._buffers.append(buf)
         self._written += len(meta)
         if self._rec.offset - self._synced >= self.sync_every:
             self._background_sync()

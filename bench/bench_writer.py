@@ -4,8 +4,9 @@ memory at two data-set sizes.
 * baseline (insightface's ``face2rec``-style path): one face at a time, single thread, OpenCV
   ``cv2.imencode`` JPEG q95 (RGB -> BGR first, as OpenCV expects), pack the IRHeader, append the record;
 * FDTA: ``fdta_core.dataset.ChunkWriter`` -- threaded JPEG encoding (all cores), RecordIO framing,
-  SHA-256 and the manifest rows in the workers, SQLite inserts, background fdatasync and the atomic
-  commit of the chunk.
+  SHA-256 and the manifest rows in the workers, SQLite inserts, ``train.rec`` past the page cache
+  (O_DIRECT; ``--buffered`` writes it through the page cache instead), background fdatasync and the
+  atomic commit of the chunk.
 
 Memory: the FDTA writer runs in a fresh subprocess for a small and a 10x larger chunk and reports peak
 RSS (``ru_maxrss``) and the tracemalloc peak; flat means the larger run needs no more memory.
@@ -77,12 +78,16 @@ def baseline(folder: Path, n: int, pool: np.ndarray) -> float:
     return n / (time.perf_counter() - t)
 
 
+#: ``--buffered``: write train.rec through the page cache (ChunkWriter's direct_io=False)
+DIRECT_IO = True
+
+
 def fdta(
     folder: Path, n: int, pool: np.ndarray, backend: str = "auto", workers: int | None = None
 ) -> tuple[float, str]:
     n_id = (n + PER_ID - 1) // PER_ID
     t = time.perf_counter()
-    w = ChunkWriter(folder, 0, n_id, jpeg_backend=backend, workers=workers)
+    w = ChunkWriter(folder, 0, n_id, jpeg_backend=backend, workers=workers, direct_io=DIRECT_IO)
     prov = None
     for i in range(n):
         ident = i // PER_ID
@@ -128,7 +133,14 @@ def _memory_child(n: int, out: str) -> None:
 def memory(n: int, tmp: Path) -> dict:
     out = tmp / f"mem{n}"
     r = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(n), str(out)],
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            str(n),
+            str(out),
+            *([] if DIRECT_IO else ["--buffered"]),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -143,8 +155,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="faces for the speed comparison")
     ap.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
     ap.add_argument("--cap", type=float, default=None, help="seconds to repeat the limit comparison")
+    ap.add_argument("--buffered", action="store_true", help="write train.rec through the page cache")
     ap.add_argument("--memory-child", nargs=2, metavar=("N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global DIRECT_IO
+    DIRECT_IO = not args.buffered
     if args.memory_child:
         _memory_child(int(args.memory_child[0]), args.memory_child[1])
         return

@@ -17,6 +17,7 @@ float32 label values when the label is an array (the header's label is then 0.0)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -230,10 +231,14 @@ class _RecFile:
                     raise
                 log.debug("O_DIRECT refused for %s (%s); writing through the page cache", path, exc)
             else:
-                self.direct = True
-                self._stage = mmap.mmap(-1, _STAGE)  # page-aligned, as O_DIRECT wants
+                try:
+                    self._stage = mmap.mmap(-1, _STAGE)  # page-aligned, as O_DIRECT wants
+                except BaseException:
+                    os.close(self._fd)
+                    raise
                 self._view = memoryview(self._stage)
                 self._fill = 0
+                self.direct = True
         if not self.direct:
             self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.closed = False
@@ -312,8 +317,9 @@ class _RecFile:
                 self._file.close()
             else:
                 os.close(self._fd)
-                self._view.release()
-                self._stage.close()
+                with contextlib.suppress(BufferError):  # a view still held by a traceback: freed by GC
+                    self._view.release()
+                    self._stage.close()
 
 
 class RecordWriter:
@@ -402,11 +408,14 @@ class RecordWriter:
             return
         try:
             self._rec.close(fsync=fsync)
-        finally:
-            self._idx.flush()
-            if fsync:
-                os.fsync(self._idx.fileno())
-            self._idx.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # the .rec's error is the one to report
+                self._idx.close()
+            raise
+        self._idx.flush()
+        if fsync:
+            os.fsync(self._idx.fileno())
+        self._idx.close()
 
     def __enter__(self) -> RecordWriter:
         return self

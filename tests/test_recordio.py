@@ -316,3 +316,36 @@ def test_direct_writer_falls_back_where_o_direct_is_refused(tmp_path, monkeypatc
     for name in ("refused", "short", "einval"):
         assert (tmp_path / f"{name}.rec").read_bytes() == (tmp_path / "want.rec").read_bytes()
         assert (tmp_path / f"{name}.idx").read_bytes() == (tmp_path / "want.idx").read_bytes()
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_a_full_disk_at_close_is_reported_and_closes_both_files(tmp_path, monkeypatch, direct):
+    """ENOSPC on the last write (the tail, at close) reaches the caller as itself, not masked by the
+    ``.idx``'s flush, and neither file is left open. Buffered: ``/dev/full`` fails every write with
+    ENOSPC; direct: the staging buffer's writes fail the same way."""
+    import errno
+    import os
+
+    import fdta_core.recordio as rio
+
+    if direct:
+        if not _o_direct_works(tmp_path):
+            pytest.skip("this file system refuses O_DIRECT")
+        w = RecordWriter(tmp_path / "train.rec", direct=True)
+        assert w.direct
+
+        def full(fd, data):
+            del data  # a view of the staging buffer must not outlive the call
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(rio.os, "write", full)
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this platform")
+        w = RecordWriter("/dev/full", tmp_path / "train.idx")
+    w.write(1, pack(IRHeader(0, 1.0, 1, 0), b"x" * 100))  # staged or buffered: nothing written yet
+    with pytest.raises(OSError) as err:
+        w.close()
+    assert err.value.errno == errno.ENOSPC
+    assert w._idx.closed and w._rec.closed
+    w.close()  # a second close (an abort after the failed commit) is a no-op

@@ -235,8 +235,19 @@ def test_manifest_json_fast_path_matches_the_json_module():
     assert _json({}) == "{}" and _json([]) == "[]"
 
 
-@pytest.mark.parametrize(("backend", "direct_io"), [("pillow", False), ("auto", False), ("auto", True)])
-def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backend, direct_io, monkeypatch):
+@pytest.mark.parametrize(
+    ("backend", "direct_io", "env"),
+    [
+        ("pillow", False, None),
+        ("auto", False, None),
+        ("auto", True, None),
+        ("auto", None, "0"),
+        ("auto", None, None),
+    ],
+)
+def test_train_rec_is_byte_identical_to_a_plain_sequential_write(
+    tmp_path, backend, direct_io, env, monkeypatch
+):
     """The threaded, batched writer produces exactly the bytes of encoding each face in order and
     appending ``pack`` records one by one (the speed work must not change the data set), through the
     page cache or past it (O_DIRECT, used wherever the file system takes it)."""
@@ -252,6 +263,10 @@ def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backe
             made.append(self.direct)
 
     monkeypatch.setattr(writer_mod, "RecordWriter", Spy)
+    if env is None:
+        monkeypatch.delenv("FDTA_DIRECT_IO", raising=False)
+    else:
+        monkeypatch.setenv("FDTA_DIRECT_IO", env)
     fs = make_faceset(0, 5, 7)
     info = write_faceset(
         fs,
@@ -268,7 +283,8 @@ def test_train_rec_is_byte_identical_to_a_plain_sequential_write(tmp_path, backe
         takes_direct = hasattr(os, "O_DIRECT")
     except OSError:
         takes_direct = False
-    assert made == [direct_io and takes_direct]
+    wanted = env != "0" if direct_io is None else direct_io  # None: on unless FDTA_DIRECT_IO=0
+    assert made == [wanted and takes_direct]
     _, encode = jpeg_encoder(backend)
     ref = tmp_path / "ref"
     ref.mkdir()

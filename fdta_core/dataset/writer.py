@@ -432,6 +432,13 @@ def _encode_batch(
 BATCH_SIZE = 128
 
 
+def direct_io_default() -> bool:
+    """Whether chunks are written past the page cache by default: yes, unless ``FDTA_DIRECT_IO`` is
+    ``0``/``false``/``no``/``off`` (an escape hatch for a file system that takes ``O_DIRECT`` but is slow
+    with it; one that refuses it falls back by itself)."""
+    return os.environ.get("FDTA_DIRECT_IO", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -448,7 +455,8 @@ class ChunkWriter:
     dataset folders it created. ``stamp`` (the planned run) and ``overwrite`` decide whether a chunk of
     the same range on disk may be replaced (:func:`check_chunk_slot`); that is checked before anything
     is created. ``direct_io`` writes ``train.rec`` past the page cache where the file system allows it
-    (``O_DIRECT``; see ``recordio._RecFile``): the same bytes for less CPU a face.
+    (``O_DIRECT``; see ``recordio._RecFile``): the same bytes for less CPU a face. Default: on, unless
+    the environment sets ``FDTA_DIRECT_IO=0`` (:func:`direct_io_default`).
     """
 
     def __init__(
@@ -470,7 +478,7 @@ class ChunkWriter:
         sync_every: int = 16 << 20,
         stages: Iterable[StageTiming] = (),
         node: str = "ChunkWriter",
-        direct_io: bool = True,
+        direct_io: bool | None = None,
     ) -> None:
         self._closed = False
         self._made: list[Path] = []
@@ -531,6 +539,8 @@ class ChunkWriter:
         try:
             self.tmp.mkdir()
             _ACTIVE.add(str(self.tmp))
+            if direct_io is None:
+                direct_io = direct_io_default()
             self._rec = RecordWriter(self.tmp / "train.rec", self.tmp / "train.idx", direct=direct_io)
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
             self._base_dropped = 0

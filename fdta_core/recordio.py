@@ -243,12 +243,16 @@ class _RecFile:
             self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.closed = False
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")  # as a closed buffered file says
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._file is not None:
             self._file.write(data)
             return
-        with memoryview(data) as src:
-            src = src.cast("B") if src.format != "B" or src.ndim != 1 else src
+        self._check_open()
+        with memoryview(data) as raw, raw if raw.format == "B" and raw.ndim == 1 else raw.cast("B") as src:
             pos, n = 0, src.nbytes
             while pos < n:
                 take = min(n - pos, _STAGE - self._fill)
@@ -296,10 +300,14 @@ class _RecFile:
         if self._file is not None:
             self._file.flush()
         else:
+            self._check_open()
             self._write_blocks()
 
     def fileno(self) -> int:
-        return self._file.fileno() if self._file is not None else self._fd
+        if self._file is not None:
+            return self._file.fileno()
+        self._check_open()
+        return self._fd
 
     def close(self, *, fsync: bool = True) -> None:
         if self.closed:
@@ -311,7 +319,7 @@ class _RecFile:
             else:
                 self._write_blocks(everything=True)
             if fsync:
-                os.fsync(self.fileno())
+                os.fsync(self._file.fileno() if self._file is not None else self._fd)
         finally:
             if self._file is not None:
                 self._file.close()
@@ -320,6 +328,12 @@ class _RecFile:
                 with contextlib.suppress(BufferError):  # a view still held by a traceback: freed by GC
                     self._view.release()
                     self._stage.close()
+
+    def __del__(self) -> None:
+        # like a buffered file dropped unclosed: what is staged is written and the descriptor closed
+        if not getattr(self, "closed", True):
+            with contextlib.suppress(Exception):
+                self.close(fsync=False)
 
 
 class RecordWriter:
@@ -340,7 +354,11 @@ class RecordWriter:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         self._rec = _RecFile(self.rec_path, direct)
-        self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        try:
+            self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        except BaseException:
+            self._rec.close(fsync=False)
+            raise
         self._offset = 0
         self.count = 0
 

@@ -327,3 +327,24 @@ def test_manifest_rows_read_back_exactly_across_insert_statements(tmp_path):
         .fetchall()
     )
     assert got == rows
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_a_writer_that_fails_to_start_keeps_no_file_open(tmp_path, monkeypatch, direct_io):
+    """A manifest that cannot be created (a full disk) removes the chunk's folder and closes its
+    train.rec: an open descriptor would hold the removed file's space until the process exits."""
+    import gc
+
+    import fdta_core.dataset.writer as writer_mod
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "ManifestWriter", full)
+    with pytest.raises(DatasetError, match="no space left"):
+        ChunkWriter(tmp_path / "ds", 0, 10, direct_io=direct_io)
+    gc.collect()
+    fds = [os.readlink(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")
+           if os.path.exists(f"/proc/self/fd/{f}")]  # fmt: skip
+    assert not [p for p in fds if str(tmp_path) in p]

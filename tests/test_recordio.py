@@ -349,3 +349,48 @@ def test_a_full_disk_at_close_is_reported_and_closes_both_files(tmp_path, monkey
     assert err.value.errno == errno.ENOSPC
     assert w._idx.closed and w._rec.closed
     w.close()  # a second close (an abort after the failed commit) is a no-op
+
+
+def _open_fds() -> set[str]:
+    import os
+
+    return {
+        os.readlink(f"/proc/self/fd/{f}")
+        for f in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{f}")
+    }
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_direct_writer_leaves_no_descriptor_behind(tmp_path):
+    """The O_DIRECT file holds a raw descriptor: an .idx that cannot be opened, and a writer dropped
+    without close, leave none open; the dropped one writes what it staged, as a buffered file would."""
+    import gc
+
+    with pytest.raises(FileNotFoundError):
+        RecordWriter(tmp_path / "a.rec", tmp_path / "missing" / "a.idx", direct=True)
+    gc.collect()
+    assert not [p for p in _open_fds() if str(tmp_path) in p]
+    sizes = {}
+    for direct in (False, True):
+        w = RecordWriter(tmp_path / f"{direct}.rec", direct=direct)
+        for k in range(100):
+            w.write(k, pack(IRHeader(0, 1.0, k, 0), b"y" * 1000))
+        del w
+        gc.collect()
+        sizes[direct] = (tmp_path / f"{direct}.rec").read_bytes()
+    assert sizes[True] == sizes[False] and len(sizes[True]) == 100 * 1032
+    assert not [p for p in _open_fds() if str(tmp_path) in p]
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_a_closed_writer_refuses_io(tmp_path, direct):
+    """After close, writing or asking for the descriptor (the background fdatasync) raises ValueError,
+    instead of handing out a descriptor number that may by then belong to another file."""
+    w = RecordWriter(tmp_path / "t.rec", direct=direct)
+    w.write(1, pack(IRHeader(0, 1.0, 1, 0), b"z" * 10))
+    w.close()
+    with pytest.raises(ValueError):
+        w.flush_for_sync()
+    with pytest.raises(ValueError):
+        w.write(2, pack(IRHeader(0, 1.0, 2, 0), b"z"))

@@ -545,6 +545,10 @@ class ChunkWriter:
             self._manifest = ManifestWriter(self.tmp / MANIFEST_NAME)
             self._base_dropped = 0
         except (OSError, sqlite3.Error) as exc:
+            rec = getattr(self, "_rec", None)
+            if rec is not None:  # its descriptor would hold the removed file's space until exit
+                with contextlib.suppress(Exception):
+                    rec.close(fsync=False)
             self._cleanup()
             raise _os_error(exc, f"starting chunk {self.name}", self.tmp) from None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fdta-jpeg")

@@ -78,16 +78,12 @@ def baseline(folder: Path, n: int, pool: np.ndarray) -> float:
     return n / (time.perf_counter() - t)
 
 
-#: ``--buffered``: write train.rec through the page cache (ChunkWriter's direct_io=False)
-DIRECT_IO = True
-
-
 def fdta(
     folder: Path, n: int, pool: np.ndarray, backend: str = "auto", workers: int | None = None
 ) -> tuple[float, str]:
     n_id = (n + PER_ID - 1) // PER_ID
     t = time.perf_counter()
-    w = ChunkWriter(folder, 0, n_id, jpeg_backend=backend, workers=workers, direct_io=DIRECT_IO)
+    w = ChunkWriter(folder, 0, n_id, jpeg_backend=backend, workers=workers)
     prov = None
     for i in range(n):
         ident = i // PER_ID
@@ -133,14 +129,7 @@ def _memory_child(n: int, out: str) -> None:
 def memory(n: int, tmp: Path) -> dict:
     out = tmp / f"mem{n}"
     r = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--memory-child",
-            str(n),
-            str(out),
-            *([] if DIRECT_IO else ["--buffered"]),
-        ],
+        [sys.executable, __file__, "--memory-child", str(n), str(out)],  # inherits FDTA_DIRECT_IO
         capture_output=True,
         text=True,
         check=True,
@@ -155,11 +144,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="faces for the speed comparison")
     ap.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
     ap.add_argument("--cap", type=float, default=None, help="seconds to repeat the limit comparison")
-    ap.add_argument("--buffered", action="store_true", help="write train.rec through the page cache")
+    ap.add_argument(
+        "--buffered", action="store_true", help="write train.rec through the page cache (FDTA_DIRECT_IO=0)"
+    )
     ap.add_argument("--memory-child", nargs=2, metavar=("N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global DIRECT_IO
-    DIRECT_IO = not args.buffered
+    if args.buffered:  # the writer's own switch; the memory child inherits it
+        os.environ["FDTA_DIRECT_IO"] = "0"
     if args.memory_child:
         _memory_child(int(args.memory_child[0]), args.memory_child[1])
         return
